@@ -1,0 +1,224 @@
+"""The experiment configs, one per notebook (field names = the notebook's ``parameters`` cell).
+
+Each class lists its knobs with defaults and help text; ``profiles`` holds what the ``smoke``,
+``demo`` and ``full`` profiles change. Explicit parameters always win over the profile.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from .config import ConfigError, StageConfig, param
+
+SMOKE_TEACHER = "tiny-random-llama"  # a tiny random Llama with the real SmolLM2 tokenizer (see models.py)
+DEMO_TEACHER = "smollm2-135m"
+CORE_TASKS = ["CB", "COPA", "RTE"]
+ALL_TASKS = ["BoolQ", "CB", "COPA", "MultiRC", "ReCoRD", "RTE", "WiC", "WSC"]
+
+
+@dataclass
+class StudentShape:
+    """The student's shape; shared by the vocabulary stage (for parameter counts) and stage 1."""
+
+    student_arch: Literal["same", "llama", "gpt2", "bert"] = param(
+        "same", "student architecture: 'same' as the teacher, or another HF architecture sharing its tokenizer")
+    student_layers: int = param(4, "student transformer layers")
+    student_hidden: int = param(256, "student hidden size")
+    student_heads: int = param(4, "student attention heads")
+    student_kv_heads: int | None = param(None, "student key/value heads (None: same as heads)")
+    student_intermediate: int | None = param(None, "student MLP width (None: 4 x hidden, or 8/3 x hidden for Llama)")
+    student_max_positions: int = param(512, "student maximum sequence length")
+
+
+@dataclass
+class OverviewConfig(StageConfig):
+    stage = "overview"
+    notebook = "00_overview"
+    profiles = {
+        "smoke": {"teacher": SMOKE_TEACHER, "speed_batches": 1},
+        "demo": {"teacher": DEMO_TEACHER},
+        "full": {"teacher": DEMO_TEACHER},
+    }
+    teacher: str = param(DEMO_TEACHER, "teacher: built-in name, local folder or hub id")
+    prompts: list[str] = param(["The capital of France is", "The opposite of hot is",
+                                "Once upon a time, there was a"], "prompts whose next-word distribution is shown")
+    top_k: int = param(10, "how many next words to show per prompt")
+    speed_batches: int = param(3, "batches (8 x 128 tokens) timed for the teacher's tokens/s")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.top_k < 1:
+            raise ConfigError("parameter 'top_k' must be >= 1")
+
+
+@dataclass
+class FrequencyConfig(StageConfig):
+    stage = "frequency"
+    notebook = "01_word_frequency"
+    profiles = {
+        "smoke": {"teacher": SMOKE_TEACHER, "max_lines": 3000, "max_task_examples": 50},
+        "demo": {"teacher": DEMO_TEACHER},
+        "full": {"teacher": DEMO_TEACHER},
+    }
+    teacher: str = param(DEMO_TEACHER, "whose tokenizer counts (built-in name, folder or hub id)")
+    corpus: str | None = param(None, "text file, folder of .txt files, or a saved `datasets` dataset "
+                                     "(default: the shared Gutenberg train shards)")
+    max_lines: int | None = param(None, "stop after this many lines of the corpus (None: all)")
+    superglue_dir: str | None = param(None, "SuperGLUE folder (default: $GLMD_DATA, ../shared/data/superglue)")
+    tasks: list[str] = param(ALL_TASKS + ["AX-b", "AX-g"], "tasks whose texts are counted for comparison")
+    max_task_examples: int | None = param(None, "examples per task split counted (None: all)")
+    batch_lines: int = param(1000, "lines per tokenizer batch")
+
+
+@dataclass
+class VocabConfig(StudentShape, StageConfig):
+    stage = "vocab"
+    notebook = "02_vocab_pruning"
+    profiles = {
+        "smoke": {"teacher": SMOKE_TEACHER, "student_layers": 2, "student_hidden": 64, "student_heads": 2,
+                  "mass_check_lines": 16},
+        "demo": {"teacher": DEMO_TEACHER},
+        "full": {"teacher": DEMO_TEACHER},
+    }
+    teacher: str = param(DEMO_TEACHER, "teacher whose tokenizer and input embeddings define the map")
+    keep_rate: float = param(0.5, "share of the vocabulary kept (paper: 0.5)")
+    keep_tokens: int | None = param(None, "absolute number of kept tokens (overrides keep_rate)")
+    multiple_of: int = param(64, "round the kept size up to a multiple of this")
+    substitute: Literal["unk", "dot", "cosine", "euclidean"] = param(
+        "cosine", "substitute for a pruned token: UNK, or the most similar kept token by teacher input embeddings")
+    pruned_mass: Literal["renormalize", "substitute"] = param(
+        "renormalize", "pruned probability mass: drop and renormalise (paper) or add to the substitute")
+    mass_check_lines: int = param(64, "held-out lines used to measure the teacher's probability mass on kept tokens")
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0.0 < self.keep_rate <= 1.0:
+            raise ConfigError("parameter 'keep_rate' must be in (0, 1]")
+        if self.multiple_of < 1:
+            raise ConfigError("parameter 'multiple_of' must be >= 1")
+
+
+@dataclass
+class Stage1Config(StudentShape, StageConfig):
+    stage = "stage1"
+    notebook = "03_stage1_distillation"
+    profiles = {
+        "smoke": {"teacher": SMOKE_TEACHER, "student_layers": 2, "student_hidden": 64, "student_heads": 2,
+                  "steps": 6, "batch_size": 4, "seq_len": 32, "max_lines": 2000, "eval_batches": 2,
+                  "checkpoint_every": 3, "warmup_steps": 1},
+        "demo": {"teacher": DEMO_TEACHER, "steps": 150, "batch_size": 8, "seq_len": 128, "eval_batches": 8},
+        "full": {"teacher": DEMO_TEACHER, "steps": 100_000, "batch_size": 64, "seq_len": 512, "lr": 1e-4,
+                 "warmup_steps": 2000, "eval_batches": 200, "checkpoint_every": 2000},
+    }
+    teacher: str = param(DEMO_TEACHER, "pre-trained teacher (built-in name, folder or hub id)")
+    corpus: str | None = param(None, "unlabeled training text (default: shared Gutenberg train shards)")
+    valid_corpus: str | None = param(None, "held-out text (default: the shared corpus's valid.txt)")
+    max_lines: int | None = param(None, "read at most this many corpus lines (None: as many as the steps need)")
+    use_vocab_map: bool = param(True, "use the compressed vocabulary from notebook 02 (False: full vocabulary)")
+    init: Literal["random", "teacher"] = param("random", "random (paper) or from the teacher where shapes allow")
+    temperature: float = param(15.0, "distillation temperature T (paper: 15); the loss is scaled by T^2")
+    teacher_topk: int | None = param(None, "truncate the teacher's distribution to its top-k tokens (None: full)")
+    ce_weight: float = param(0.0, "baseline only: weight of the student's own cross-entropy added to the loss")
+    mlm_probability: float = param(0.15, "masked-LM teachers: share of positions masked")
+    mlm_loss_on: Literal["masked", "all"] = param("masked", "masked-LM teachers: positions the loss covers")
+    steps: int = param(150, "optimizer steps")
+    batch_size: int = param(8, "sequences per micro-batch")
+    grad_accum: int = param(1, "micro-batches per optimizer step")
+    seq_len: int = param(128, "tokens per training sequence")
+    lr: float = param(5e-4, "peak learning rate (AdamW)")
+    weight_decay: float = param(0.01, "AdamW weight decay")
+    warmup_steps: int = param(10, "linear warm-up steps before cosine decay")
+    max_grad_norm: float = param(1.0, "gradient clipping norm")
+    loss_chunk: int = param(1024, "positions per chunk when computing the loss (bounds peak memory)")
+    checkpoint_every: int = param(50, "write a checkpoint every N steps")
+    keep_checkpoints: int = param(2, "keep the last K checkpoints")
+    resume: bool = param(True, "continue from the last checkpoint in <run_dir>/stage1 if there is one")
+    teacher_cache: bool = param(False, "train from precomputed teacher top-k logits instead of running the teacher")
+    cache_topk: int = param(64, "top-k logits per position stored in the teacher cache")
+    eval_batches: int = param(8, "held-out batches for KL / agreement / perplexity")
+
+    def validate(self) -> None:
+        super().validate()
+        for k in ("steps", "batch_size", "grad_accum", "seq_len", "loss_chunk", "checkpoint_every",
+                  "keep_checkpoints", "cache_topk", "eval_batches"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"parameter {k!r} must be >= 1")
+        if self.temperature <= 0:
+            raise ConfigError("parameter 'temperature' must be > 0")
+        if self.lr <= 0:
+            raise ConfigError("parameter 'lr' must be > 0")
+
+
+@dataclass
+class TeacherConfig(StageConfig):
+    stage = "teachers"
+    notebook = "04_teacher_finetune"
+    profiles = {
+        "smoke": {"teacher": SMOKE_TEACHER, "max_train_examples": 16, "max_eval_examples": 16, "epochs": 1,
+                  "batch_size": 4, "max_seq_len": 96},
+        "demo": {"teacher": DEMO_TEACHER, "max_train_examples": 250, "max_eval_examples": 120, "epochs": 1},
+        "full": {"teacher": DEMO_TEACHER, "tasks": ALL_TASKS, "epochs": 10, "train_layers": 0, "lr": 1e-5},
+    }
+    teacher: str = param(DEMO_TEACHER, "pre-trained model fine-tuned into one task teacher per task")
+    tasks: list[str] = param(CORE_TASKS, "SuperGLUE tasks to fine-tune a teacher on")
+    superglue_dir: str | None = param(None, "SuperGLUE folder (default: $GLMD_DATA, ../shared/data/superglue)")
+    pattern_id: int = param(0, "which cloze pattern of each task")
+    epochs: int = param(1, "passes over the (capped) train split")
+    batch_size: int = param(8, "examples per step")
+    lr: float = param(3e-5, "learning rate (AdamW)")
+    train_layers: int = param(4, "fine-tune only the top N transformer layers and the final norm (0: all)")
+    max_train_examples: int | None = param(None, "cap on train examples per task (None: all)")
+    max_eval_examples: int | None = param(None, "cap on dev examples per task (None: all)")
+    max_seq_len: int = param(256, "inputs longer than this are truncated from the passage side")
+
+
+@dataclass
+class Stage2Config(StageConfig):
+    stage = "stage2"
+    notebook = "05_stage2_distillation"
+    profiles = {
+        "smoke": {"steps_2a": 3, "steps_2b": 3, "batch_size": 4, "max_train_examples": 16,
+                  "max_eval_examples": 16, "max_seq_len": 96},
+        "demo": {"steps_2a": 40, "steps_2b": 40, "max_train_examples": 250, "max_eval_examples": 120},
+        "full": {"tasks": ALL_TASKS, "steps_2a": 5000, "steps_2b": 5000, "batch_size": 32, "lr": 1e-4},
+    }
+    tasks: list[str] = param(CORE_TASKS, "tasks to distil (each needs a task teacher from notebook 04)")
+    superglue_dir: str | None = param(None, "SuperGLUE folder (default: $GLMD_DATA, ../shared/data/superglue)")
+    temperature: float = param(15.0, "temperature of the vocabulary KL in pass 2a (pass 2b uses T=1)")
+    steps_2a: int = param(40, "optimizer steps of pass 2a (vocabulary KL on cloze inputs)")
+    steps_2b: int = param(40, "optimizer steps of pass 2b (soft cross-entropy on task scores)")
+    batch_size: int = param(8, "examples per step")
+    lr: float = param(2e-4, "learning rate (AdamW)")
+    select_by_dev: bool = param(True, "keep the best dev checkpoint (uses dev labels, as the paper); False: last")
+    add_unlabeled: bool = param(False, "also distil on the test split's (unlabeled) inputs")
+    max_train_examples: int | None = param(None, "cap on train examples per task (None: all)")
+    max_eval_examples: int | None = param(None, "cap on dev examples per task (None: all)")
+    max_seq_len: int = param(256, "inputs longer than this are truncated from the passage side")
+
+
+@dataclass
+class EvalConfig(StageConfig):
+    stage = "eval"
+    notebook = "06_superglue_eval"
+    profiles = {
+        "smoke": {"teacher": SMOKE_TEACHER, "max_eval_examples": 16, "tasks": CORE_TASKS},
+        "demo": {"teacher": DEMO_TEACHER, "max_eval_examples": 120},
+        "full": {"teacher": DEMO_TEACHER},
+    }
+    teacher: str = param(DEMO_TEACHER, "the pre-trained teacher, evaluated zero-shot")
+    tasks: list[str] = param(CORE_TASKS + ["BoolQ", "WiC", "WSC", "MultiRC", "AX-b", "AX-g"],
+                             "tasks evaluated (dev splits; AX-b/AX-g with the RTE models)")
+    models: list[str] = param(["zero_shot", "teachers", "students"],
+                              "which models: zero_shot, teachers (notebook 04), students (notebook 05)")
+    superglue_dir: str | None = param(None, "SuperGLUE folder (default: $GLMD_DATA, ../shared/data/superglue)")
+    max_eval_examples: int | None = param(None, "cap on dev examples per task for model scores (None: all)")
+    batch_size: int = param(16, "examples per forward pass (batched by length)")
+    write_test_predictions: bool = param(False, "also write test-split predictions in the leaderboard format")
+
+
+@dataclass
+class ReportConfig(StageConfig):
+    stage = "report"
+    notebook = "07_method_comparison"
+    profiles = {"smoke": {}, "demo": {}, "full": {}}
+    title: str = param("GLMD Workbench run", "heading of report.md")

