@@ -1,0 +1,92 @@
+"""Shared fixtures: tiny random models built from configs, with real tokenizers.
+
+* ``smol_tokenizer``: the real SmolLM2 tokenizer (49,152 BPE tokens), from the cached conversion.
+* ``tiny_llama`` / ``tiny_gpt2``: 2-layer random models over that vocabulary (a Llama teacher and a
+  GPT-2-style student share it).
+* ``bert_tokenizer`` / ``tiny_bert``: a WordPiece tokenizer trained here on a little English text and a
+  2-layer random BERT masked LM over it (the masked-LM teacher path).
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+TEXT = """The quick brown fox jumps over the lazy dog. It was the best of times, it was the worst of times.
+Call me Ishmael. Some years ago, never mind how long precisely, having little or no money in my purse,
+I thought I would sail about a little and see the watery part of the world. Is the premise true? Yes.
+The capital of France is Paris. The opposite of hot is cold. Once upon a time there was a small house.
+Happy families are all alike; every unhappy family is unhappy in its own way. No, maybe, yes, true, false.
+""" * 4
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer():
+    from glmd_lib.models import load_tokenizer
+
+    return load_tokenizer("smollm2-135m")
+
+
+def _tiny_llama(vocab_size: int, seed: int = 0, **overrides):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+               num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+               bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True)
+    cfg.update(overrides)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(**cfg)).eval()
+
+
+@pytest.fixture
+def make_tiny_llama(smol_tokenizer):
+    """Factory: ``make_tiny_llama(seed=0, **config_overrides)``."""
+    return lambda seed=0, **kw: _tiny_llama(len(smol_tokenizer), seed, **kw)
+
+
+@pytest.fixture
+def tiny_llama(make_tiny_llama):
+    return make_tiny_llama()
+
+
+@pytest.fixture
+def tiny_gpt2(smol_tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(1)
+    cfg = GPT2Config(vocab_size=len(smol_tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=256,
+                     bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+@pytest.fixture(scope="session")
+def bert_tokenizer(tmp_path_factory):
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertTokenizerFast
+
+    d = tmp_path_factory.mktemp("bert_tok")
+    (d / "train.txt").write_text(TEXT)
+    wp = BertWordPieceTokenizer(lowercase=True)
+    wp.train([str(d / "train.txt")], vocab_size=400, min_frequency=1)
+    wp.save_model(str(d))
+    return BertTokenizerFast(vocab_file=str(d / "vocab.txt"), do_lower_case=True)
+
+
+@pytest.fixture
+def tiny_bert(bert_tokenizer):
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(2)
+    cfg = BertConfig(vocab_size=len(bert_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=2, max_position_embeddings=256, pad_token_id=bert_tokenizer.pad_token_id)
+    return BertForMaskedLM(cfg).eval()
+
+
+@pytest.fixture
+def sample_text() -> str:
+    return TEXT
