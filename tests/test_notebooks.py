@@ -1,0 +1,38 @@
+"""Notebook hygiene: no committed outputs, one parameters cell that mirrors the config class."""
+import ast
+
+import nbformat
+import pytest
+
+from glmd_lib.pipeline import NOTEBOOK_DIR, config_classes
+
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+
+
+def test_there_are_notebooks():
+    assert [p.name for p in NOTEBOOKS][:1] == ["00_overview.ipynb"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_without_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    dirty = [i for i, c in enumerate(nb.cells)
+             if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
+    assert not dirty, f"{path.name}: cells {dirty} hold outputs; run `make clean-notebooks`"
+    assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_single_parameters_cell_mirrors_config(path):
+    nb = nbformat.read(path, as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: {len(tagged)} cells tagged 'parameters'"
+    assigned = {}
+    for node in ast.parse(tagged[0].source).body:
+        assert isinstance(node, ast.Assign), f"{path.name}: the parameters cell holds only assignments"
+        assigned[node.targets[0].id] = ast.literal_eval(node.value)
+    cls = config_classes().get(path.stem)
+    assert cls is not None, f"{path.name} has no config class (glmd_lib/configs.py, attribute `notebook`)"
+    assert list(assigned) == cls.field_names(), f"{path.name}: parameters differ from {cls.__name__}"
+    assert all(v is None for v in assigned.values()), "None means 'the profile default'"
+    assert {"run_dir", "profile", "seed"} <= set(assigned)
