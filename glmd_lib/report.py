@@ -1,0 +1,191 @@
+"""The run report (notebook 07): teachers vs. GLMD students, sizes, coverage, retention.
+
+Everything is read from the run directory's artifacts, never from kernel state:
+
+* ``eval/results.csv``        dev scores of every evaluated model (notebook 06), majority baselines included
+* ``stage2/<TASK>/metrics.json``  the student's dev score after passes 2a and 2b (notebook 05)
+* ``teachers/<TASK>/metrics.json`` the task teacher's dev score before/after fine-tuning (notebook 04)
+* ``vocab/summary.json``, ``frequency/summary.json``, ``stage1/metrics.json``  sizes, coverage, stage-1 quality
+
+``write_report`` renders ``report/report.md`` (and the PNG plots beside it); notebook 07 shows the same text.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .runs import atomic_write_text
+
+GROUPS = ("majority", "zero-shot teacher", "task teacher", "GLMD student")
+
+
+def _read(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def model_group(name: str) -> str:
+    """Which of GROUPS an evaluated model belongs to, from the names notebook 06 gives them."""
+    n = name.lower()
+    if n.startswith("majority"):
+        return "majority"
+    if "student" in n or "glmd" in n or "stage2" in n:
+        return "GLMD student"
+    if "zero" in n:
+        return "zero-shot teacher"
+    if "teacher" in n:
+        return "task teacher"
+    return "other"
+
+
+def task_scores(run_dir: Path | str) -> pd.DataFrame:
+    """One row per (model, task): the official task score (two-metric tasks averaged) and the parameters."""
+    from .superglue.metrics import task_score
+
+    path = Path(run_dir) / "eval" / "results.csv"
+    if not path.exists():
+        return pd.DataFrame(columns=["model", "group", "task", "score", "params"])
+    df = pd.read_csv(path)
+    rows = []
+    for (model, task), g in df.groupby(["model", "task"], sort=False):
+        metrics = dict(zip(g["metric"], g["value"]))
+        score = metrics["score"] if "score" in metrics else task_score(task, metrics)
+        params = g["params"].dropna()
+        rows.append({"model": model, "group": model_group(model), "task": task, "score": float(score),
+                     "params": int(params.iloc[0]) if len(params) else None})
+    return pd.DataFrame(rows)
+
+
+def results_table(run_dir: Path | str) -> pd.DataFrame:
+    """Per task: majority, zero-shot teacher, task teacher, GLMD student, retention = student / task teacher."""
+    scores = task_scores(run_dir)
+    if scores.empty:
+        return pd.DataFrame()
+    best = scores[scores.group.isin(GROUPS)].groupby(["task", "group"])["score"].max().unstack("group")
+    table = best.reindex(columns=[g for g in GROUPS if g in best.columns])
+    if {"GLMD student", "task teacher"} <= set(table.columns):
+        table["retention"] = table["GLMD student"] / table["task teacher"]
+    return table
+
+
+def sizes_table(run_dir: Path | str) -> pd.DataFrame:
+    scores = task_scores(run_dir)
+    if scores.empty:
+        return pd.DataFrame()
+    sizes = scores.dropna(subset=["params"]).groupby("group")["params"].max()
+    out = sizes.reindex([g for g in GROUPS if g in sizes.index and g != "majority"]).to_frame("parameters")
+    if "zero-shot teacher" in out.index or "task teacher" in out.index:
+        teacher = out.loc[[g for g in ("task teacher", "zero-shot teacher") if g in out.index]].iloc[0, 0]
+        out["share of teacher"] = out["parameters"] / teacher
+    return out
+
+
+def stage_summaries(run_dir: Path | str) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    out = {
+        "frequency": _read(run_dir / "frequency" / "summary.json"),
+        "vocab": _read(run_dir / "vocab" / "summary.json"),
+        "stage1": _read(run_dir / "stage1" / "metrics.json"),
+        "teachers": {p.parent.name: _read(p) for p in sorted((run_dir / "teachers").glob("*/metrics.json"))},
+        "stage2": {p.parent.name: _read(p) for p in sorted((run_dir / "stage2").glob("*/metrics.json"))},
+    }
+    return out
+
+
+def _md_table(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
+    """A GitHub markdown table (pandas' to_markdown needs the optional tabulate package)."""
+    if df.empty:
+        return "_(nothing to show yet)_\n"
+    df = df.reset_index()
+    cells = [[("" if pd.isna(v) else floatfmt.format(v)) if isinstance(v, float) else
+              (f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)) for v in row]
+             for row in df.itertuples(index=False)]
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    sep = "|" + "|".join("---" for _ in df.columns) + "|"
+    return "\n".join([head, sep] + ["| " + " | ".join(r) + " |" for r in cells]) + "\n"
+
+
+def plot_scores(table: pd.DataFrame, path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    cols = [c for c in GROUPS if c in table.columns]
+    if table.empty or not cols:
+        return None
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(table)), 3.8))
+    table[cols].plot.bar(ax=ax, rot=0, width=0.8)
+    ax.set_ylabel("dev score")
+    ax.set_xlabel("")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8, ncols=len(cols), loc="upper center", bbox_to_anchor=(0.5, 1.15))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def collect_figures(run_dir: Path | str, out_dir: Path) -> list[Path]:
+    """Copy every stage's PNG plots into ``report/figures/`` so the report is self-contained."""
+    run_dir = Path(run_dir)
+    figs = out_dir / "figures"
+    figs.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for png in sorted(run_dir.glob("*/*.png")) + sorted(run_dir.glob("*/*/*.png")):
+        if out_dir in png.parents:
+            continue
+        rel = png.relative_to(run_dir)
+        dest = figs / "_".join(rel.parts)
+        shutil.copyfile(png, dest)
+        copied.append(dest)
+    return copied
+
+
+def render(run_dir: Path | str, title: str, out_dir: Path) -> str:
+    run_dir = Path(run_dir)
+    table = results_table(run_dir)
+    sizes = sizes_table(run_dir)
+    s = stage_summaries(run_dir)
+    lines = [f"# {title}", "", f"Run directory: `{run_dir}`", ""]
+    lines += ["## Dev scores", "",
+              "Official SuperGLUE metrics on the dev splits (two-metric tasks averaged). *retention* = GLMD "
+              "student ÷ task teacher. Majority baselines use the full dev split; model scores may use a capped "
+              "subset (see `eval/config.json`).", "", _md_table(table)]
+    if plot_scores(table, out_dir / "scores.png"):
+        lines += ["![dev scores](scores.png)", ""]
+    lines += ["## Sizes", "", _md_table(sizes, "{:.3f}")]
+    v = s.get("vocab") or {}
+    if v:
+        keys = ["vocab_size", "kept", "protected", "corpus_coverage", "superglue_coverage", "substitute_method"]
+        keys += [k for k in v if "param" in k]
+        lines += ["## Vocabulary compression", "",
+                  _md_table(pd.DataFrame({"value": [v.get(k) for k in keys]}, index=pd.Index(keys, name="")))]
+    st1 = s.get("stage1") or {}
+    if st1:
+        keys = [k for k in ("steps", "tokens_seen", "student_params", "teacher_params", "valid_kl",
+                            "valid_top1_agreement", "valid_student_ppl", "valid_teacher_ppl") if k in st1]
+        lines += ["## Stage 1 (unlabeled text)", "",
+                  _md_table(pd.DataFrame({"value": [st1[k] for k in keys]}, index=pd.Index(keys, name="")))]
+    if s.get("stage2"):
+        st2 = pd.DataFrame({t: {k: v for k, v in (m or {}).items() if isinstance(v, (int, float))}
+                            for t, m in s["stage2"].items()}).T
+        lines += ["## Stage 2 per task", "", _md_table(st2.rename_axis("task"))]
+    figures = collect_figures(run_dir, out_dir)
+    if figures:
+        lines += ["## Figures", ""] + [f"![{f.stem}](figures/{f.name})" for f in figures] + [""]
+    return "\n".join(lines)
+
+
+def write_report(run_dir: Path | str, out_dir: Path | str, title: str = "GLMD Workbench run") -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = render(run_dir, title, out_dir)
+    return atomic_write_text(out_dir / "report.md", text)

@@ -1,0 +1,46 @@
+"""The report reads artifacts from disk and computes retention = student / task teacher."""
+import json
+
+import pandas as pd
+import pytest
+
+from glmd_lib.report import model_group, results_table, sizes_table, write_report
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    rows = []
+    for model, params, scores in [("majority", None, {"CB": 0.5, "RTE": 0.53}),
+                                  ("teacher (zero-shot)", 1000, {"CB": 0.4, "RTE": 0.55}),
+                                  ("task teacher", 1000, {"CB": 0.8, "RTE": 0.7}),
+                                  ("GLMD student", 250, {"CB": 0.6, "RTE": 0.63})]:
+        for task, s in scores.items():
+            rows.append({"model": model, "task": task, "metric": "accuracy", "value": s, "params": params})
+            if task == "CB":  # a two-metric task: the score is their mean
+                rows.append({"model": model, "task": task, "metric": "f1", "value": s / 2, "params": params})
+    (tmp_path / "eval").mkdir()
+    pd.DataFrame(rows).to_csv(tmp_path / "eval" / "results.csv", index=False)
+    (tmp_path / "vocab").mkdir()
+    (tmp_path / "vocab" / "summary.json").write_text(json.dumps({"vocab_size": 100, "kept": 64}))
+    return tmp_path
+
+
+def test_groups():
+    assert [model_group(n) for n in ("majority", "teacher (zero-shot)", "teacher CB", "GLMD student CB")] == \
+        ["majority", "zero-shot teacher", "task teacher", "GLMD student"]
+
+
+def test_results_table_and_retention(run_dir):
+    t = results_table(run_dir)
+    assert t.loc["RTE", "retention"] == pytest.approx(0.63 / 0.7)
+    assert t.loc["CB", "task teacher"] == pytest.approx((0.8 + 0.4) / 2)  # CB: mean of accuracy and macro-F1
+    assert t.loc["CB", "retention"] == pytest.approx(0.45 / 0.6)
+    sizes = sizes_table(run_dir)
+    assert sizes.loc["GLMD student", "share of teacher"] == pytest.approx(0.25)
+
+
+def test_report_written(run_dir):
+    path = write_report(run_dir, run_dir / "report", title="T")
+    text = path.read_text()
+    assert text.startswith("# T") and "retention" in text and "| RTE |" in text and "kept" in text
+    assert (run_dir / "report" / "scores.png").exists()
