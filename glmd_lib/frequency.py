@@ -1,0 +1,450 @@
+"""Token frequencies of a corpus under a Hugging Face tokenizer (notebook 01).
+
+GLMD prunes the student's vocabulary to the most frequent tokens of the pre-training corpus, so the
+first question is how skewed that distribution is. This module counts it:
+
+* :func:`iter_corpus_lines` streams the lines of a text file, a folder of ``.txt`` files, a ``datasets``
+  dataset (in memory or saved with ``save_to_disk``) or any iterable of strings. Nothing is loaded whole;
+  bad input (missing, empty, undecodable) fails with the file and line.
+* :func:`count_tokens` tokenizes batches of lines with the *fast* (Rust) tokenizer, which spreads a
+  batch over all cores, and adds the ids to a histogram with ``np.bincount``. The tokenizer (which
+  releases the GIL) runs in a worker thread while the main thread reads the next batch and counts the
+  previous one, so counting costs little more than the tokenizer alone (``benchmarks/bench_frequency.py``).
+* :func:`superglue_texts` gives the raw texts of a SuperGLUE task, so the task distribution can be
+  compared with the corpus one ("task-aware" counts).
+* :func:`zipf_fit`, :func:`coverage`, :func:`counts_table` / :func:`read_counts` summarise and persist.
+
+Lines are counted without their line break and without special tokens (``add_special_tokens=False``):
+a count is how often a token occurs in the text itself.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+COVERAGE_SIZES = (1024, 2048, 4096, 8192, 16384, 32768)  # "1k ... 32k" kept tokens
+
+
+class CorpusError(ValueError):
+    """The corpus is missing, empty or cannot be decoded; the message names the file (and line)."""
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+# --------------------------------------------------------------------------------------------
+
+def _is_saved_dataset(path: Path) -> bool:
+    return path.is_dir() and any((path / f).exists() for f in ("dataset_info.json", "state.json", "dataset_dict.json"))
+
+
+def corpus_files(path: Path | str) -> list[Path]:
+    """The text files of a corpus path: the file itself, or the folder's ``*.txt`` files (sorted, recursive)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CorpusError(f"corpus {path} does not exist")
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+    if not files:
+        raise CorpusError(f"corpus folder {path} contains no .txt files")
+    return files
+
+
+def _text_column(ds: Any, where: str) -> str:
+    names = list(ds.column_names)
+    if "text" in names:
+        return "text"
+    strings = [n for n, f in ds.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
+    if len(strings) == 1:
+        return strings[0]
+    raise CorpusError(f"dataset {where} has no 'text' column and not exactly one string column (columns: {names})")
+
+
+def _iter_dataset(ds: Any, where: str, batch: int = 1000) -> Iterator[str]:
+    import datasets
+
+    if isinstance(ds, datasets.DatasetDict):
+        if "train" not in ds:
+            raise CorpusError(f"dataset {where} has no 'train' split (splits: {list(ds)}); pass one split")
+        ds = ds["train"]
+    col = _text_column(ds, where)
+    for rows in ds.iter(batch_size=batch):
+        for i, text in enumerate(rows[col]):
+            if text is None:
+                continue
+            if not isinstance(text, str):
+                raise CorpusError(f"dataset {where}: column {col!r} holds {type(text).__name__}, not text")
+            yield from text.splitlines()
+
+
+def _iter_file(path: Path, block: int = 1 << 20) -> Iterator[str]:
+    # Read ~1 MB blocks cut at a line break and decode each block at once (much faster than line by line);
+    # on a decoding error, count the line breaks before the bad byte to name the line.
+    lines_before = 0
+    tail = b""
+    with open(path, "rb") as fh:
+        while True:
+            chunk = fh.read(block)
+            data = tail + chunk
+            if not chunk:
+                tail = b""
+            else:
+                cut = data.rfind(b"\n") + 1
+                data, tail = data[:cut], data[cut:]
+                if not data:  # a line longer than the block: keep reading
+                    tail = data + tail
+                    continue
+            if not data:
+                return
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                lineno = lines_before + data.count(b"\n", 0, e.start) + 1
+                start = data.rfind(b"\n", 0, e.start) + 1
+                raise CorpusError(f"{path}, line {lineno}: not valid UTF-8 ({e.reason} at byte {e.start - start} "
+                                  f"of the line); convert the file to UTF-8 or remove that line") from None
+            lines_before += data.count(b"\n")
+            yield from (text[:-1] if text.endswith("\n") else text).split("\n")
+            if not chunk:
+                return
+
+
+def iter_corpus_lines(source: Any, max_lines: int | None = None) -> Iterator[str]:
+    """Stream the non-empty lines of a corpus (without line breaks).
+
+    ``source``: a text file, a folder of ``.txt`` files, a saved ``datasets`` folder, a ``datasets.Dataset``
+    (its ``text`` column), or any iterable of strings (each string may hold several lines).
+    Raises :class:`CorpusError` for a missing path, undecodable bytes (naming file and line) and a corpus
+    without a single non-empty line.
+    """
+    if max_lines is not None and max_lines < 1:
+        raise CorpusError(f"max_lines must be >= 1, got {max_lines}")
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source).expanduser()
+        where = str(path)
+        if not path.exists():
+            raise CorpusError(f"corpus {path} does not exist")
+        if _is_saved_dataset(path):
+            import datasets
+
+            raw: Iterable[str] = _iter_dataset(datasets.load_from_disk(str(path)), where)
+        else:
+            raw = itertools.chain.from_iterable(_iter_file(f) for f in corpus_files(path))
+    elif type(source).__module__.startswith("datasets"):
+        where = f"<{type(source).__name__}>"
+        raw = _iter_dataset(source, where)
+    else:
+        where = f"<{type(source).__name__} of texts>"
+        raw = itertools.chain.from_iterable(str(t).splitlines() for t in source)
+
+    n = 0
+    for line in raw:
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        yield line
+        n += 1
+        if max_lines is not None and n >= max_lines:
+            return
+    if n == 0:
+        raise CorpusError(f"corpus {where} is empty (no non-empty lines)")
+
+
+def _batches(lines: Iterator[str], size: int) -> Iterator[list[str]]:
+    while batch := list(itertools.islice(lines, size)):
+        yield batch
+
+
+# --------------------------------------------------------------------------------------------
+# counting
+# --------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def tokenizer_parallelism(enabled: bool = True) -> Iterator[None]:
+    """Let the Rust tokenizer use all cores inside the block (tests set TOKENIZERS_PARALLELISM=false)."""
+    old = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if enabled else "false"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = old
+
+
+def _backend(tokenizer: Any):
+    """The Rust ``tokenizers.Tokenizer`` behind a transformers tokenizer (or the tokenizer itself)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
+    if backend is None and hasattr(tokenizer, "encode_batch"):
+        backend = tokenizer
+    if backend is None:
+        raise TypeError(f"{type(tokenizer).__name__} is not a fast tokenizer; load it with use_fast=True")
+    return backend
+
+
+def encode_batch_ids(backend: Any, batch: Sequence[str]) -> np.ndarray:
+    """Token ids of a batch of texts, concatenated (no special tokens)."""
+    enc = getattr(backend, "encode_batch_fast", backend.encode_batch)(list(batch), add_special_tokens=False)
+    return np.fromiter(itertools.chain.from_iterable(e.ids for e in enc), dtype=np.int64)
+
+
+def count_tokens(source: Any, tokenizer: Any, max_lines: int | None = None, batch_lines: int = 1000,
+                 parallel: bool = True, progress: bool = False) -> np.ndarray:
+    """Histogram of token ids over a corpus: an int64 array of length ``len(tokenizer)``.
+
+    ``source`` is anything :func:`iter_corpus_lines` accepts. Batches of ``batch_lines`` lines go through
+    the fast tokenizer in a worker thread; meanwhile this thread counts the previous batch and reads the
+    next one.
+    ``parallel``: let the tokenizer use every core (overrides TOKENIZERS_PARALLELISM during the call).
+    """
+    if batch_lines < 1:
+        raise ValueError(f"batch_lines must be >= 1, got {batch_lines}")
+    backend = _backend(tokenizer)
+    size = max(len(tokenizer), backend.get_vocab_size(with_added_tokens=True))
+    counts = np.zeros(size, dtype=np.int64)
+    batches = _batches(iter_corpus_lines(source, max_lines), batch_lines)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(unit=" lines", desc="counting")
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+
+    def add(encodings) -> None:
+        ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int64)
+        counts[:] += np.bincount(ids, minlength=size)[:size]
+
+    # A three-stage pipeline: while the Rust tokenizer (which releases the GIL) encodes batch i in a
+    # worker thread, this thread turns batch i-1 into counts and reads batch i+1. Without it the cores
+    # would idle during the Python parts.
+    with tokenizer_parallelism(parallel), ThreadPoolExecutor(max_workers=1) as worker:
+        previous = None
+        for batch in batches:
+            current = worker.submit(encode, batch, add_special_tokens=False)
+            if previous is not None:
+                add(previous.result())
+            previous = current
+            if bar is not None:
+                bar.update(len(batch))
+        if previous is not None:
+            add(previous.result())
+    if bar is not None:
+        bar.close()
+    return counts[: len(tokenizer)] if size > len(tokenizer) and not counts[len(tokenizer):].any() else counts
+
+
+# --------------------------------------------------------------------------------------------
+# SuperGLUE texts (task-aware counts)
+# --------------------------------------------------------------------------------------------
+
+_TEXT_FIELDS = ("premise", "hypothesis", "question", "passage", "text", "sentence1", "sentence2",
+                "choice1", "choice2", "query")
+
+
+def _example_texts(ex: dict) -> Iterator[str]:
+    for key in _TEXT_FIELDS:
+        val = ex.get(key)
+        if isinstance(val, str):
+            yield val
+        elif isinstance(val, dict):  # MultiRC / ReCoRD: passage = {"text": ..., "questions": [...]}
+            if isinstance(val.get("text"), str):
+                yield val["text"]
+            for q in val.get("questions", []) or []:
+                if isinstance(q.get("question"), str):
+                    yield q["question"]
+                for a in q.get("answers", []) or []:
+                    if isinstance(a.get("text"), str):
+                        yield a["text"]
+    for qa in ex.get("qas", []) or []:  # ReCoRD
+        if isinstance(qa.get("query"), str):
+            yield qa["query"]
+
+
+def superglue_files(task: str, data_dir: Path | str) -> list[Path]:
+    d = Path(data_dir).expanduser() / task
+    if not d.is_dir():
+        raise CorpusError(f"SuperGLUE task folder {d} does not exist (is superglue_dir right? tasks there: "
+                          f"{sorted(p.name for p in Path(data_dir).expanduser().glob('*') if p.is_dir())})")
+    files = sorted(d.glob("*.jsonl"))
+    if not files:
+        raise CorpusError(f"SuperGLUE task folder {d} holds no .jsonl files")
+    return files
+
+
+def superglue_texts(task: str, data_dir: Path | str, max_examples: int | None = None) -> list[str]:
+    """The raw texts (premises, questions, passages, choices ...) of every split of a SuperGLUE task.
+
+    ``max_examples`` caps the examples read per split. Labels and verbalizers are not included: this is
+    the text a student has to read, not what it has to answer. Uses the project's SuperGLUE readers
+    (``glmd_lib.superglue.data``) when present, so the texts are exactly those the later notebooks see.
+    """
+    try:
+        from .superglue import data as sg
+    except ImportError:  # pragma: no cover - only before the readers existed
+        sg = None
+    if sg is None or task not in sg.TASKS:
+        return _superglue_texts_raw(task, data_dir, max_examples)
+    splits = ("test",) if task in sg.DIAGNOSTICS else sg.SPLITS
+    present = [s for s in splits if sg.has_split(task, s, data_dir)]
+    if not present:
+        superglue_files(task, data_dir)  # raises the "folder does not exist / no .jsonl" error
+        raise CorpusError(f"SuperGLUE task {task} in {data_dir}: none of the splits {list(splits)} exists")
+    texts: list[str] = []
+    for split in present:
+        for ex in sg.read_split(task, split, data_dir, max_examples=max_examples):
+            texts.extend(t for t in sg.example_texts(ex) if t)
+    if not texts:
+        raise CorpusError(f"SuperGLUE task {task} in {data_dir}: no texts found")
+    return texts
+
+
+def _superglue_texts_raw(task: str, data_dir: Path | str, max_examples: int | None = None) -> list[str]:
+    """Fallback reader: the usual text fields of every ``*.jsonl`` in ``<data_dir>/<task>/``."""
+    texts: list[str] = []
+    for path in superglue_files(task, data_dir):
+        with open(path, "rb") as fh:
+            for lineno, raw in enumerate(fh, start=1):
+                if max_examples is not None and lineno > max_examples:
+                    break
+                if not raw.strip():
+                    continue
+                try:
+                    ex = json.loads(raw.decode("utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                    raise CorpusError(f"{path}, line {lineno}: not a UTF-8 JSON object ({e})") from None
+                texts.extend(_example_texts(ex))
+    if not texts:
+        raise CorpusError(f"SuperGLUE task {task} in {data_dir}: no text fields found")
+    return texts
+
+
+# --------------------------------------------------------------------------------------------
+# summaries
+# --------------------------------------------------------------------------------------------
+
+def frequency_order(counts: np.ndarray) -> np.ndarray:
+    """Token ids sorted by count, descending; ties by id (a stable, reproducible order)."""
+    return np.argsort(-np.asarray(counts), kind="stable")
+
+
+def zipf_fit(counts: np.ndarray, min_count: int = 2, points: int = 200) -> tuple[float, float]:
+    """Fit ``log f = c - s log r`` to the rank-frequency curve; return ``(s, c)`` (natural logs).
+
+    Fitted on ``points`` log-spaced ranks among the tokens seen at least ``min_count`` times, so that the
+    thousands of tail ranks do not outweigh the head (and singletons, whose ranks are arbitrary, are out).
+    """
+    f = np.sort(np.asarray(counts))[::-1]
+    f = f[f >= min_count]
+    if len(f) < 3:
+        return float("nan"), float("nan")
+    ranks = np.unique(np.geomspace(1, len(f), num=min(points, len(f))).astype(np.int64))
+    slope, intercept = np.polyfit(np.log(ranks), np.log(f[ranks - 1].astype(np.float64)), 1)
+    return float(-slope), float(intercept)
+
+
+def coverage_curve(counts: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
+    """``curve[k-1]`` = share of tokens covered by the first ``k`` ids of ``order`` (default: by ``counts``)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    order = frequency_order(counts) if order is None else np.asarray(order)
+    total = counts.sum()
+    if total == 0:
+        return np.zeros(len(order))
+    return np.cumsum(counts[order]) / total
+
+
+def coverage(counts: np.ndarray, sizes: Iterable[int] = COVERAGE_SIZES,
+             order: np.ndarray | None = None) -> dict[int, float]:
+    """Share of the tokens in ``counts`` covered by the top ``k`` ids of ``order`` for each size ``k``.
+
+    ``order`` lets one rank by one distribution (the corpus) and measure on another (a task's texts).
+    """
+    curve = coverage_curve(counts, order)
+    return {int(k): float(curve[min(k, len(curve)) - 1]) for k in sizes}
+
+
+def summarize(counts: np.ndarray, sizes: Iterable[int] = COVERAGE_SIZES) -> dict[str, Any]:
+    s, c = zipf_fit(counts)
+    return {
+        "corpus_tokens": int(counts.sum()),
+        "vocab_size": int(len(counts)),
+        "types_seen": int((counts > 0).sum()),
+        "zipf_exponent": s,
+        "zipf_intercept": c,
+        "coverage": {str(k): v for k, v in coverage(counts, sizes).items()},
+    }
+
+
+def counts_table(counts: np.ndarray, tokenizer: Any):
+    """A DataFrame with one row per vocabulary entry, most frequent first.
+
+    Columns: ``token_id``, ``token`` (the tokenizer's own spelling, e.g. ``Ġthe``), ``text`` (decoded),
+    ``count``, ``rank`` (1-based), ``share``, ``cum_share``, ``special``.
+    """
+    import pandas as pd
+
+    counts = np.asarray(counts)
+    order = frequency_order(counts)
+    ids = order.tolist()
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    special |= {i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(t, "special", False)}
+    total = max(int(counts.sum()), 1)
+    return pd.DataFrame({
+        "token_id": order,
+        "token": tokenizer.convert_ids_to_tokens(ids),
+        "text": [tokenizer.decode([i]) for i in ids],
+        "count": counts[order],
+        "rank": np.arange(1, len(order) + 1),
+        "share": counts[order] / total,
+        "cum_share": np.cumsum(counts[order]) / total,
+        "special": [i in special for i in ids],
+    })
+
+
+def write_counts(counts: np.ndarray, tokenizer: Any, path: Path | str):
+    """Write :func:`counts_table` as CSV, atomically; returns the table.
+
+    Every text field is quoted: tokens such as a lone ``\\r`` would otherwise split a row in two.
+    """
+    import csv
+
+    from .runs import atomic_path
+
+    table = counts_table(counts, tokenizer)
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False, quoting=csv.QUOTE_NONNUMERIC)
+    return table
+
+
+def read_counts_table(path: Path | str):
+    """The full ``counts.csv`` as a DataFrame (tokens such as ``null`` or ``NaN`` stay strings)."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.exists():
+        raise CorpusError(f"counts file {path} does not exist: run notebook 01 first")
+    return pd.read_csv(path, keep_default_na=False, dtype={"token": str, "text": str})
+
+
+def read_counts(path: Path | str, vocab_size: int | None = None) -> np.ndarray:
+    """Counts indexed by token id from a ``counts.csv`` written by notebook 01."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.exists():
+        raise CorpusError(f"counts file {path} does not exist: run notebook 01 first")
+    df = pd.read_csv(path, usecols=["token_id", "count"], dtype={"token_id": np.int64, "count": np.int64})
+    n = vocab_size if vocab_size is not None else int(df["token_id"].max()) + 1
+    if df["token_id"].max() >= n or len(df) != n:
+        raise CorpusError(f"{path} has {len(df)} rows (max id {df['token_id'].max()}) but the vocabulary has "
+                          f"{n} entries: was it counted with another tokenizer?")
+    counts = np.zeros(n, dtype=np.int64)
+    counts[df["token_id"].to_numpy()] = df["count"].to_numpy()
+    return counts

@@ -1,0 +1,508 @@
+"""Long-tail vocabulary compression (notebook 02): the student keeps only the frequent tokens.
+
+GLMD's student has the teacher's tokenizer but only the ``K`` most frequent tokens of the pre-training
+corpus as rows of its embedding and output layer (paper: half the vocabulary). A :class:`VocabMap`
+records which teacher ids are kept (``kept_ids``, in frequency order = the student's rows) and, for
+every teacher id, the student row it becomes (``teacher_to_student``: kept ids their own row, pruned ids
+the row of a *substitute*: UNK, or the kept token whose teacher input embedding is most similar).
+
+With a map one can
+* turn teacher input ids into student ids (:meth:`VocabMap.map_ids`) and back (:meth:`VocabMap.unmap_ids`);
+* shrink a model's input embedding and output layer to the kept rows (:meth:`VocabMap.shrink_model`);
+* restrict teacher logits to the kept ids and turn them into a target distribution over the student's
+  rows (:meth:`VocabMap.restrict_probs`): either drop the pruned mass and renormalise (the paper) or add
+  each pruned token's probability to its substitute.
+
+A map is saved as one JSON file next to the model (``vocab_map.json``) with a fingerprint of the
+tokenizer; loading it against another tokenizer fails. :meth:`VocabMap.identity` keeps every token so
+full-vocabulary runs share the code path.
+
+For comparison, :class:`FactorizedEmbedding` / :func:`factorize_model` implement the alternative the paper
+argues against: keep the whole vocabulary but factorise the embedding (ALBERT: ``V x E`` then ``E -> H``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .runs import atomic_write_text
+
+FILENAME = "vocab_map.json"
+FORMAT_VERSION = 1
+SUBSTITUTE_METHODS = ("unk", "dot", "cosine", "euclidean")
+
+
+class VocabMapError(ValueError):
+    """A vocabulary map cannot be built, loaded or applied; the message names the cause."""
+
+
+# --------------------------------------------------------------------------------------------
+# tokenizer helpers
+# --------------------------------------------------------------------------------------------
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A short hash of what makes ids mean tokens: the vocabulary (token -> id) and the special tokens."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    payload = json.dumps({"vocab": vocab, "len": len(tokenizer),
+                          "special": sorted(protected_token_ids(tokenizer))}, ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+def protected_token_ids(tokenizer: Any, extra_ids: Iterable[int] = ()) -> list[int]:
+    """Ids that are always kept: the tokenizer's special / added-special tokens, plus ``extra_ids``
+    (the verbalizer and answer tokens of the task patterns). Sorted, unique."""
+    ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+    for i, tok in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).items():
+        if getattr(tok, "special", False):
+            ids.add(int(i))
+    ids |= {int(i) for i in extra_ids}
+    return sorted(i for i in ids if i is not None)
+
+
+def round_up(n: int, multiple: int) -> int:
+    return int(math.ceil(n / multiple) * multiple)
+
+
+def kept_size(vocab_size: int, keep: float | int, multiple_of: int = 64) -> int:
+    """``keep`` as a rate (float in (0, 1]) or a count (int), rounded up to a multiple of ``multiple_of``."""
+    if isinstance(keep, bool) or not isinstance(keep, (int, float, np.integer, np.floating)):
+        raise VocabMapError(f"keep must be a rate (float) or a token count (int), got {keep!r}")
+    if isinstance(keep, (float, np.floating)):
+        if not 0.0 < keep <= 1.0:
+            raise VocabMapError(f"keep rate {keep} must be in (0, 1]")
+        n = math.ceil(keep * vocab_size)
+    else:
+        n = int(keep)
+        if n < 1:
+            raise VocabMapError(f"keep count {n} must be >= 1")
+    return round_up(n, max(1, int(multiple_of)))
+
+
+# --------------------------------------------------------------------------------------------
+# substitutes
+# --------------------------------------------------------------------------------------------
+
+def _embedding_matrix(embeddings: Any) -> torch.Tensor:
+    if isinstance(embeddings, nn.Module) and hasattr(embeddings, "get_input_embeddings"):
+        embeddings = embeddings.get_input_embeddings().weight
+    elif isinstance(embeddings, nn.Embedding):
+        embeddings = embeddings.weight
+    return torch.as_tensor(embeddings).detach()
+
+
+@torch.no_grad()
+def nearest_kept(embeddings: torch.Tensor, query_ids: torch.Tensor, kept_ids: torch.Tensor,
+                 method: str = "cosine", chunk: int = 2048, coarse: str = "auto",
+                 candidates: int = 16) -> torch.Tensor:
+    """For each id in ``query_ids``, the position (in ``kept_ids``) of the most similar kept token.
+
+    Similarity by the teacher's input embeddings: ``dot`` (inner product), ``cosine``, or ``euclidean``
+    (smallest distance; ``argmax 2 q.k - |k|^2``, so it is one matrix product too). Queries go in chunks
+    of ``chunk`` rows, so memory stays at ``chunk x K`` scores however large the vocabulary.
+
+    ``coarse="bf16"``: score all pairs with a bf16 matrix product (about 3x faster on CPUs with bf16
+    units), keep each query's ``candidates`` best, and pick among those with exact fp32 scores. The
+    answer differs from the exhaustive fp32 search only if the true best falls outside a bf16 top-16
+    (``benchmarks/bench_vocab.py`` counts such cases). ``"fp32"``: exhaustive fp32. ``"auto"``: bf16 on
+    CPU, fp32 elsewhere (GPUs are fast enough in fp32).
+    """
+    if method not in ("dot", "cosine", "euclidean"):
+        raise VocabMapError(f"unknown similarity {method!r}; use one of dot, cosine, euclidean")
+    if coarse == "auto":
+        coarse = "bf16" if embeddings.device.type == "cpu" else "fp32"
+    E = embeddings.float()
+    keys = E.index_select(0, kept_ids.to(E.device))
+    if method == "cosine":
+        keys = torch.nn.functional.normalize(keys, dim=-1)
+    sq = (keys * keys).sum(-1) if method == "euclidean" else None
+    keys_lp = None
+    if coarse == "bf16":
+        # euclidean: append -|k|^2/2 to every key and 1 to every query, so one product gives q.k - |k|^2/2
+        keys_lp = (torch.cat([keys, -0.5 * sq[:, None]], 1) if sq is not None else keys).to(torch.bfloat16)
+    k = min(candidates, len(kept_ids))
+    out = torch.empty(len(query_ids), dtype=torch.long)
+    for start in range(0, len(query_ids), chunk):
+        q = E.index_select(0, query_ids[start:start + chunk].to(E.device))
+        if method == "cosine":
+            q = torch.nn.functional.normalize(q, dim=-1)
+        if keys_lp is None:
+            scores = q @ keys.T
+            if sq is not None:
+                scores = 2 * scores - sq
+            best = scores.argmax(-1)
+        else:
+            q_lp = (torch.cat([q, q.new_ones(len(q), 1)], 1) if sq is not None else q).to(torch.bfloat16)
+            cand = (q_lp @ keys_lp.T).topk(k, dim=-1, sorted=False).indices.sort(-1).values  # ties -> lowest id
+            exact = torch.einsum("cd,ckd->ck", q, keys[cand])
+            if sq is not None:
+                exact = 2 * exact - sq[cand]
+            best = cand.gather(1, exact.argmax(-1, keepdim=True)).squeeze(1)
+        out[start:start + chunk] = best.cpu()
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the map
+# --------------------------------------------------------------------------------------------
+
+@dataclass(eq=False)
+class VocabMap:
+    """Teacher ids -> student rows. See the module docstring."""
+
+    kept_ids: torch.Tensor            # [K] teacher ids kept, in the order of the student's rows
+    teacher_to_student: torch.Tensor  # [V] student row of each teacher id
+    method: str = "unk"
+    fingerprint: str = ""
+    protected_ids: list[int] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.kept_ids = torch.as_tensor(self.kept_ids, dtype=torch.long)
+        self.teacher_to_student = torch.as_tensor(self.teacher_to_student, dtype=torch.long)
+        self._pruned_ids = None
+        self._device_cache: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # ---- sizes -----------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return int(self.teacher_to_student.numel())
+
+    @property
+    def num_kept(self) -> int:
+        return int(self.kept_ids.numel())
+
+    @property
+    def is_identity(self) -> bool:
+        return self.num_kept == self.vocab_size
+
+    @property
+    def pruned_ids(self) -> torch.Tensor:
+        """Teacher ids not kept (ascending)."""
+        if self._pruned_ids is None:
+            mask = torch.ones(self.vocab_size, dtype=torch.bool)
+            mask[self.kept_ids] = False
+            self._pruned_ids = mask.nonzero().squeeze(-1)
+        return self._pruned_ids
+
+    @property
+    def substitutes(self) -> torch.Tensor:
+        """[V] the teacher id each teacher id becomes in the student (itself when kept)."""
+        return self.kept_ids[self.teacher_to_student]
+
+    def __repr__(self) -> str:
+        return (f"VocabMap(kept {self.num_kept:,} of {self.vocab_size:,}, substitute={self.method!r}, "
+                f"protected={len(self.protected_ids)}, tokenizer {self.fingerprint})")
+
+    # ---- construction ----------------------------------------------------------------------
+    @classmethod
+    def build(cls, counts: Sequence[int] | np.ndarray | torch.Tensor, tokenizer: Any, keep: float | int,
+              protected_ids: Iterable[int] = (), multiple_of: int = 64, substitute: str = "cosine",
+              embeddings: Any = None, chunk: int = 2048, coarse: str = "auto") -> "VocabMap":
+        """Keep the protected tokens and the most frequent others, ``keep`` (rate or count, rounded up to
+        ``multiple_of``) in all; give every pruned token a substitute.
+
+        ``protected_ids`` are added to the tokenizer's special tokens (pass the verbalizer tokens here).
+        ``embeddings``: the teacher (or its ``[V, d]`` input-embedding matrix), needed unless
+        ``substitute="unk"``; ``coarse``: see :func:`nearest_kept`. The kept ids are ordered by count (ties by id): student row 0 is the most
+        frequent token. Similarity substitutes are never special tokens.
+        """
+        counts = np.asarray(counts.cpu() if isinstance(counts, torch.Tensor) else counts, dtype=np.int64)
+        V = len(counts)
+        if V != len(tokenizer):
+            raise VocabMapError(f"counts cover {V} ids but the tokenizer has {len(tokenizer)}: "
+                                f"were they counted with another tokenizer?")
+        if substitute not in SUBSTITUTE_METHODS:
+            raise VocabMapError(f"unknown substitute method {substitute!r}; use one of {list(SUBSTITUTE_METHODS)}")
+        protected = protected_token_ids(tokenizer, protected_ids)
+        bad = [i for i in protected if not 0 <= i < V]
+        if bad:
+            raise VocabMapError(f"protected ids {bad[:5]} are outside the vocabulary [0, {V})")
+        if substitute == "unk":
+            if tokenizer.unk_token_id is None:
+                raise VocabMapError("substitute='unk' but the tokenizer has no unk token; use a similarity "
+                                    "method (cosine, dot, euclidean)")
+        K = kept_size(V, keep, multiple_of)
+        if K <= len(protected):
+            raise VocabMapError(f"kept size {K} (keep={keep!r}, multiple_of={multiple_of}) is not larger than "
+                                f"the {len(protected)} protected tokens: nothing left for frequent tokens")
+        if K >= V:
+            raise VocabMapError(f"kept size {K} (keep={keep!r}, rounded up to a multiple of {multiple_of}) is not "
+                                f"smaller than the vocabulary ({V}): nothing would be pruned; use "
+                                f"VocabMap.identity(tokenizer) for a full-vocabulary student")
+        is_protected = np.zeros(V, dtype=bool)
+        is_protected[protected] = True
+        order = np.argsort(-counts, kind="stable")
+        others = order[~is_protected[order]][: K - len(protected)]
+        kept_set = np.concatenate([np.asarray(protected, dtype=np.int64), others])
+        kept = kept_set[np.lexsort((kept_set, -counts[kept_set]))]  # by count desc, then id
+        kept_ids = torch.from_numpy(kept.copy())
+
+        t2s = torch.full((V,), -1, dtype=torch.long)
+        t2s[kept_ids] = torch.arange(K)
+        pruned = (t2s < 0).nonzero().squeeze(-1)
+        if substitute == "unk":
+            t2s[pruned] = int(t2s[tokenizer.unk_token_id])
+        else:
+            if embeddings is None:
+                raise VocabMapError(f"substitute={substitute!r} needs the teacher's input embeddings "
+                                    f"(embeddings=teacher or its [V, d] matrix); or use substitute='unk'")
+            E = _embedding_matrix(embeddings)
+            if E.shape[0] < V:
+                raise VocabMapError(f"embedding matrix has {E.shape[0]} rows, fewer than the vocabulary ({V})")
+            # special tokens (<|im_start|>, <gh_stars> ...) are kept but never stand in for ordinary text
+            special = set(protected_token_ids(tokenizer))
+            candidates = kept_ids[torch.tensor([int(i) not in special for i in kept_ids], dtype=torch.bool)]
+            pos = nearest_kept(E[:V], pruned, candidates, substitute, chunk, coarse=coarse)
+            t2s[pruned] = t2s[candidates[pos]]
+        return cls(kept_ids, t2s, method=substitute, fingerprint=tokenizer_fingerprint(tokenizer),
+                   protected_ids=protected, meta={"keep": keep, "multiple_of": multiple_of})
+
+    @classmethod
+    def identity(cls, tokenizer: Any, vocab_size: int | None = None) -> "VocabMap":
+        """Keep every token in its own row (full-vocabulary runs go through the same code path)."""
+        V = vocab_size or len(tokenizer)
+        return cls(torch.arange(V), torch.arange(V), method="identity",
+                   fingerprint=tokenizer_fingerprint(tokenizer), protected_ids=protected_token_ids(tokenizer))
+
+    # ---- ids -------------------------------------------------------------------------------
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = str(device)
+        if key not in self._device_cache:
+            self._device_cache[key] = (self.kept_ids.to(device), self.teacher_to_student.to(device))
+        return self._device_cache[key]
+
+    def map_ids(self, teacher_ids: torch.Tensor) -> torch.Tensor:
+        """Teacher ids -> student ids (pruned tokens become their substitute's row)."""
+        return self._on(teacher_ids.device)[1][teacher_ids]
+
+    def unmap_ids(self, student_ids: torch.Tensor) -> torch.Tensor:
+        """Student ids -> teacher ids (decode these with the teacher's tokenizer)."""
+        return self._on(student_ids.device)[0][student_ids]
+
+    def is_kept(self, teacher_ids: torch.Tensor) -> torch.Tensor:
+        kept, t2s = self._on(teacher_ids.device)
+        return kept[t2s[teacher_ids]] == teacher_ids
+
+    # ---- distributions ---------------------------------------------------------------------
+    def restrict_logits(self, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """``[..., V] -> [..., K]``: the teacher's logits at the kept ids, in student row order."""
+        if teacher_logits.shape[-1] < self.vocab_size:
+            raise VocabMapError(f"logits have {teacher_logits.shape[-1]} entries, the map expects {self.vocab_size}")
+        return teacher_logits.index_select(-1, self._on(teacher_logits.device)[0])
+
+    def restrict_probs(self, teacher_logits: torch.Tensor, temperature: float = 1.0,
+                       pruned_mass: str = "renormalize") -> torch.Tensor:
+        """The teacher's distribution over the student's ``K`` rows.
+
+        ``renormalize`` (the paper): softmax over the kept logits, i.e. pruned mass dropped and the rest
+        rescaled. ``substitute``: full softmax, then each pruned token's probability added to its
+        substitute's row (the mass the student cannot express goes where its input would go).
+        """
+        logits = teacher_logits.float() / temperature
+        if pruned_mass == "renormalize":
+            return torch.softmax(self.restrict_logits(logits), dim=-1)
+        if pruned_mass == "substitute":
+            probs = torch.softmax(logits[..., : self.vocab_size], dim=-1)
+            out = probs.new_zeros(*probs.shape[:-1], self.num_kept)
+            return out.index_add_(-1, self._on(probs.device)[1], probs)
+        raise VocabMapError(f"unknown pruned_mass {pruned_mass!r}; use 'renormalize' or 'substitute'")
+
+    def kept_mass(self, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """Share of the teacher's probability that falls on kept tokens, per position."""
+        logits = teacher_logits.float() / temperature
+        return torch.exp(torch.logsumexp(self.restrict_logits(logits), -1) - torch.logsumexp(logits, -1))
+
+    # ---- models ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def shrink_model(self, model: nn.Module) -> nn.Module:
+        """In place: keep only the kept rows of the input embedding and of the output layer.
+
+        Tied models stay tied (one ``[K, d]`` matrix); untied output layers (and their bias, if any) are
+        sliced separately. ``config.vocab_size`` becomes ``K``; the config's special-token ids become
+        student ids. On inputs made of kept tokens the shrunk model computes the same logits as the
+        original at the kept ids.
+        """
+        old_in = model.get_input_embeddings()
+        old_out = model.get_output_embeddings()
+        if old_in.weight.shape[0] != self.vocab_size:
+            raise VocabMapError(f"the model's input embedding has {old_in.weight.shape[0]} rows but the map is "
+                                f"for a vocabulary of {self.vocab_size}")
+        tied = old_out is not None and old_out.weight is old_in.weight
+        kept = self.kept_ids.to(old_in.weight.device)
+
+        pad = getattr(old_in, "padding_idx", None)
+        new_pad = int(self.teacher_to_student[pad]) if pad is not None else None
+        new_in = nn.Embedding(self.num_kept, old_in.weight.shape[1], padding_idx=new_pad,
+                              device=old_in.weight.device, dtype=old_in.weight.dtype)
+        new_in.weight = nn.Parameter(old_in.weight.index_select(0, kept).clone(),
+                                     requires_grad=old_in.weight.requires_grad)
+        model.set_input_embeddings(new_in)
+
+        if old_out is not None:
+            has_bias = getattr(old_out, "bias", None) is not None
+            new_out = nn.Linear(old_out.weight.shape[1], self.num_kept, bias=has_bias,
+                                device=old_out.weight.device, dtype=old_out.weight.dtype)
+            new_out.weight = new_in.weight if tied else nn.Parameter(old_out.weight.index_select(0, kept).clone())
+            if has_bias:
+                new_out.bias = nn.Parameter(old_out.bias.index_select(0, kept).clone())
+            model.set_output_embeddings(new_out)
+            # BERT-style heads keep a second reference to the bias on the prediction head
+            for mod in model.modules():
+                if getattr(mod, "decoder", None) is new_out and isinstance(getattr(mod, "bias", None), nn.Parameter):
+                    mod.bias = new_out.bias
+
+        cfg = model.config
+        cfg.vocab_size = self.num_kept
+        if hasattr(cfg, "get_text_config"):
+            cfg.get_text_config().vocab_size = self.num_kept
+        for holder in (cfg, getattr(model, "generation_config", None)):
+            if holder is None:
+                continue
+            for key in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
+                val = getattr(holder, key, None)
+                if isinstance(val, int) and 0 <= val < self.vocab_size:
+                    setattr(holder, key, int(self.teacher_to_student[val]))
+                elif isinstance(val, list):
+                    setattr(holder, key, [int(self.teacher_to_student[v]) for v in val])
+        cfg.glmd_vocab_map = {"kept": self.num_kept, "vocab_size": self.vocab_size, "fingerprint": self.fingerprint}
+        return model
+
+    # ---- files -----------------------------------------------------------------------------
+    def check_tokenizer(self, tokenizer: Any) -> None:
+        fp = tokenizer_fingerprint(tokenizer)
+        if fp != self.fingerprint:
+            raise VocabMapError(f"this vocabulary map was built for the tokenizer {self.fingerprint}, but the "
+                                f"given tokenizer is {fp} ({type(tokenizer).__name__}, {len(tokenizer)} tokens): "
+                                f"rebuild the map (notebook 02) with this tokenizer")
+
+    def to_dict(self) -> dict[str, Any]:
+        pruned = self.pruned_ids
+        return {
+            "format": "glmd-vocab-map", "version": FORMAT_VERSION,
+            "vocab_size": self.vocab_size, "num_kept": self.num_kept, "method": self.method,
+            "fingerprint": self.fingerprint, "protected_ids": list(self.protected_ids), "meta": self.meta,
+            "kept_ids": self.kept_ids.tolist(),
+            "pruned_ids": pruned.tolist(),
+            "substitute_ids": self.substitutes[pruned].tolist(),  # teacher id replacing each pruned id
+        }
+
+    def save(self, directory: Path | str) -> Path:
+        """Write ``directory/vocab_map.json`` atomically; returns its path."""
+        path = Path(directory) / FILENAME
+        atomic_write_text(path, json.dumps(self.to_dict(), separators=(",", ":")) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path_or_dir: Path | str, tokenizer: Any = None) -> "VocabMap":
+        """Read a map (a file or the folder holding ``vocab_map.json``); with ``tokenizer``, check it fits."""
+        path = Path(path_or_dir)
+        if path.is_dir():
+            path = path / FILENAME
+        if not path.exists():
+            raise VocabMapError(f"vocabulary map {path} does not exist (run notebook 02, or use_vocab_map=False)")
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+            if d.get("format") != "glmd-vocab-map":
+                raise VocabMapError(f"{path} is not a GLMD vocabulary map")
+            V, kept = int(d["vocab_size"]), torch.tensor(d["kept_ids"], dtype=torch.long)
+            t2s = torch.full((V,), -1, dtype=torch.long)
+            t2s[kept] = torch.arange(len(kept))
+            pruned = torch.tensor(d["pruned_ids"], dtype=torch.long)
+            subs = torch.tensor(d["substitute_ids"], dtype=torch.long)
+            if len(pruned) + len(kept) != V or len(subs) != len(pruned):
+                raise VocabMapError(f"{path}: kept + pruned ids do not cover the vocabulary of {V}")
+            if len(pruned):
+                t2s[pruned] = t2s[subs]
+            if (t2s < 0).any():
+                raise VocabMapError(f"{path}: some substitutes are not kept ids (corrupt file?)")
+        except (KeyError, TypeError, ValueError, IndexError, json.JSONDecodeError) as e:
+            if isinstance(e, VocabMapError):
+                raise
+            raise VocabMapError(f"{path} is not a valid vocabulary map ({type(e).__name__}: {e})") from e
+        vm = cls(kept, t2s, method=d["method"], fingerprint=d["fingerprint"],
+                 protected_ids=list(d.get("protected_ids", [])), meta=d.get("meta", {}))
+        if tokenizer is not None:
+            vm.check_tokenizer(tokenizer)
+        return vm
+
+
+# --------------------------------------------------------------------------------------------
+# the alternative: ALBERT-style factorised embeddings (full vocabulary, smaller width)
+# --------------------------------------------------------------------------------------------
+
+class FactorizedEmbedding(nn.Module):
+    """``V x E`` lookup followed by an ``E -> H`` projection (ALBERT): ``V*E + E*H`` instead of ``V*H``."""
+
+    def __init__(self, vocab_size: int, embedding_size: int, hidden_size: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, embedding_size)
+        self.project = nn.Linear(embedding_size, hidden_size, bias=False)
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.embed.num_embeddings
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.project(self.embed(ids))
+
+    @classmethod
+    @torch.no_grad()
+    def from_weight(cls, weight: torch.Tensor, embedding_size: int) -> "FactorizedEmbedding":
+        """Best rank-``E`` approximation of an existing ``[V, H]`` embedding (truncated SVD)."""
+        V, H = weight.shape
+        U, S, Vh = torch.linalg.svd(weight.float(), full_matrices=False)
+        m = cls(V, embedding_size, H).to(weight.device, weight.dtype)
+        m.embed.weight.copy_((U[:, :embedding_size] * S[:embedding_size]).to(weight.dtype))
+        m.project.weight.copy_(Vh[:embedding_size].T.to(weight.dtype))
+        return m
+
+
+class FactorizedLMHead(nn.Module):
+    """The output side: ``H -> E`` then scores against the (shared) ``V x E`` table."""
+
+    def __init__(self, embedding: FactorizedEmbedding):
+        super().__init__()
+        self.embedding = embedding
+        self.down = nn.Linear(embedding.project.out_features, embedding.embed.embedding_dim, bias=False)
+        with torch.no_grad():  # the transpose of the input projection: a good start (exact when orthonormal)
+            self.down.weight.copy_(embedding.project.weight.T)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.down(hidden) @ self.embedding.embed.weight.T
+
+
+def factorize_model(model: nn.Module, embedding_size: int, init: str = "svd") -> nn.Module:
+    """In place: replace a model's input embedding and output layer by the factorised pair.
+
+    The vocabulary stays complete (``map_ids`` is the identity, logits keep ``V`` entries); only the width
+    of the embedding table shrinks. ``init="svd"`` starts from the truncated SVD of the current embedding,
+    ``"random"`` from scratch (as ALBERT).
+    """
+    old = model.get_input_embeddings()
+    V, H = old.weight.shape
+    if not 0 < embedding_size < H:
+        raise ValueError(f"embedding_size must be in (0, hidden={H}), got {embedding_size}")
+    if init == "svd":
+        emb = FactorizedEmbedding.from_weight(old.weight.detach(), embedding_size)
+    else:
+        emb = FactorizedEmbedding(V, embedding_size, H).to(old.weight.device, old.weight.dtype)
+    model.set_input_embeddings(emb)
+    if model.get_output_embeddings() is not None:
+        model.set_output_embeddings(FactorizedLMHead(emb).to(old.weight.device, old.weight.dtype))
+    model.config.glmd_factorized_embedding = embedding_size
+    return model
+
+
+def embedding_parameters(vocab_size: int, hidden: int, tied: bool = True, embedding_size: int | None = None) -> int:
+    """Parameters of the input embedding plus output layer for a vocabulary of ``vocab_size``."""
+    if embedding_size is None:
+        return vocab_size * hidden * (1 if tied else 2)
+    return vocab_size * embedding_size + 2 * embedding_size * hidden  # shared table, in and out projections
