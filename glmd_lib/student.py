@@ -1,0 +1,359 @@
+"""The student: a smaller language model over the teacher's tokenizer and the kept vocabulary.
+
+GLMD matches only the *outputs* (next-token distributions over the kept vocabulary), so the student's
+architecture is free: by default the teacher's own (fewer, narrower layers), or any Hugging Face
+architecture that reads the same token ids (e.g. a GPT-2-style student of a Llama teacher).
+
+* :func:`build_student` makes it from the teacher's config with shape overrides and the ``VocabMap``'s
+  ``K`` rows; initialised randomly (the paper) or from the teacher where shapes allow.
+* :func:`save_student` writes one folder: ``save_pretrained`` weights + config, the teacher's tokenizer
+  and ``vocab_map.json``.
+* :func:`load_student` gives back a :class:`Student` that scores and generates from raw strings: text is
+  tokenised with the teacher's tokenizer, ids are mapped into the student's rows and mapped back out.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .models import count_parameters, model_kind
+from .runs import atomic_path
+from .vocab import VocabMap, VocabMapError
+
+log = logging.getLogger(__name__)
+
+STUDENT_META = "student.json"
+SHAPE_KEYS = ("layers", "hidden", "heads", "kv_heads", "intermediate", "max_positions")
+
+
+class StudentError(ValueError):
+    """A student cannot be built, saved or loaded as asked; the message names the cause."""
+
+
+# --------------------------------------------------------------------------------------------
+# shapes
+# --------------------------------------------------------------------------------------------
+
+def normalize_shape(shape: Any) -> dict[str, Any]:
+    """A ``StudentShape`` (or any object/dict with ``student_*`` or short keys) -> dict of the short keys."""
+    if dataclasses.is_dataclass(shape):
+        shape = {f.name: getattr(shape, f.name) for f in dataclasses.fields(shape)}
+    shape = dict(shape or {})
+    out: dict[str, Any] = {}
+    for k in SHAPE_KEYS:
+        for key in (f"student_{k}", k):
+            if shape.get(key) is not None:
+                out[k] = int(shape[key])
+                break
+    unknown = set(shape) - {f"student_{k}" for k in SHAPE_KEYS} - set(SHAPE_KEYS) - {"student_arch", "arch"}
+    if unknown and not dataclasses.is_dataclass(shape):
+        # a Stage1Config has many other fields; a plain dict with stray keys is probably a typo
+        stray = [k for k in unknown if k.startswith("student_") or k in ("layer", "hidden_size", "num_layers")]
+        if stray:
+            raise StudentError(f"unknown student shape key(s) {sorted(stray)}; known: {list(SHAPE_KEYS)}")
+    for k, v in out.items():
+        if v < 1:
+            raise StudentError(f"student shape {k!r} must be >= 1, got {v}")
+    if "hidden" in out and "heads" in out and out["hidden"] % out["heads"]:
+        raise StudentError(f"student hidden size {out['hidden']} is not divisible by its {out['heads']} heads")
+    if "kv_heads" in out and out.get("heads", out["kv_heads"]) % out["kv_heads"]:
+        raise StudentError(f"student heads {out.get('heads')} are not a multiple of its {out['kv_heads']} KV heads")
+    return out
+
+
+def _round_up(n: float, multiple: int = 64) -> int:
+    return int(math.ceil(n / multiple) * multiple)
+
+
+def _special_ids(teacher_config: Any, vocab_map: VocabMap | None) -> dict[str, int | None]:
+    """bos/eos/pad ids of the teacher, translated into student rows."""
+    out = {}
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        v = getattr(teacher_config, name, None)
+        if isinstance(v, (list, tuple)):
+            v = v[0] if v else None
+        if v is not None and vocab_map is not None:
+            v = int(vocab_map.map_ids(torch.tensor([int(v)]))[0])
+        out[name] = v
+    return out
+
+
+def student_config(teacher_config: Any, shape: dict | Any, vocab_size: int, arch: str = "same",
+                   special: dict[str, int | None] | None = None):
+    """The student's ``PretrainedConfig``: the teacher's (``same``/``llama``) or a fresh ``gpt2``/``bert`` one."""
+    from transformers import BertConfig, GPT2Config, LlamaConfig
+
+    s = normalize_shape(shape)
+    special = special or {}
+    kind = model_kind(teacher_config)
+    if arch in ("same", "llama"):
+        if arch == "llama" or teacher_config.model_type == "llama":
+            base = teacher_config if teacher_config.model_type == "llama" else LlamaConfig()
+            cfg = copy.deepcopy(base)
+            if arch == "llama" and kind != "causal":
+                raise StudentError("a Llama (causal) student cannot learn a masked-LM teacher's distributions; "
+                                   "use student_arch='same' or 'bert'")
+        else:
+            cfg = copy.deepcopy(teacher_config)
+        # the teacher's attribute names (Llama/BERT/most HF configs use these)
+        names = {"layers": "num_hidden_layers", "hidden": "hidden_size", "heads": "num_attention_heads",
+                 "kv_heads": "num_key_value_heads", "intermediate": "intermediate_size",
+                 "max_positions": "max_position_embeddings"}
+        for k, attr in names.items():
+            if k in s:
+                if not hasattr(cfg, attr):
+                    raise StudentError(f"the {cfg.model_type} config has no {attr!r}: cannot set student {k}")
+                setattr(cfg, attr, s[k])
+        if cfg.model_type == "llama":
+            heads = cfg.num_attention_heads
+            if "kv_heads" not in s:  # StudentShape: None = as many KV heads as heads
+                cfg.num_key_value_heads = heads
+            if heads % cfg.num_key_value_heads:
+                raise StudentError(f"student heads {heads} are not a multiple of its {cfg.num_key_value_heads} KV heads")
+            cfg.head_dim = cfg.hidden_size // heads
+            if "intermediate" not in s and "hidden" in s:
+                cfg.intermediate_size = _round_up(cfg.hidden_size * 8 / 3)
+        elif "intermediate" not in s and "hidden" in s and hasattr(cfg, "intermediate_size"):
+            cfg.intermediate_size = 4 * cfg.hidden_size
+        cfg.vocab_size = vocab_size
+        for k, v in special.items():
+            setattr(cfg, k, v)
+    elif arch == "gpt2":
+        if kind != "causal":
+            raise StudentError("a GPT-2 (causal) student cannot learn a masked-LM teacher; use 'same' or 'bert'")
+        hidden = s.get("hidden", 256)
+        cfg = GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=s.get("layers", 4),
+                         n_head=s.get("heads", 4), n_inner=s.get("intermediate", 4 * hidden),
+                         n_positions=s.get("max_positions", 512), tie_word_embeddings=True, **special)
+    elif arch == "bert":
+        if kind != "masked":
+            raise StudentError("a BERT (masked-LM) student of a causal teacher would see the tokens it must "
+                               "predict; use student_arch='same', 'llama' or 'gpt2'")
+        hidden = s.get("hidden", 256)
+        cfg = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=s.get("layers", 4),
+                         num_attention_heads=s.get("heads", 4), intermediate_size=s.get("intermediate", 4 * hidden),
+                         max_position_embeddings=s.get("max_positions", 512),
+                         pad_token_id=special.get("pad_token_id") or 0)
+    else:
+        raise StudentError(f"unknown student_arch {arch!r}; use 'same', 'llama', 'gpt2' or 'bert'")
+    cfg.architectures = None
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# building
+# --------------------------------------------------------------------------------------------
+
+def build_student(teacher_config: Any, shape: dict | Any, vocab_map: VocabMap | None = None, arch: str = "same",
+                  init: str = "random", teacher: nn.Module | None = None, seed: int | None = None):
+    """A fresh student model (``PreTrainedModel``, eval mode off) for ``teacher_config``.
+
+    ``shape``: a :class:`~glmd_lib.configs.StudentShape`, a ``Stage1Config`` or a dict (``layers``, ``hidden``,
+    ``heads``, ``kv_heads``, ``intermediate``, ``max_positions``; ``student_`` prefixes accepted).
+    ``vocab_map``: the student gets its ``num_kept`` rows (None: the full vocabulary).
+    ``init``: ``random`` (the paper) or ``teacher``: copy evenly spaced teacher layers and the kept rows of
+    the embeddings wherever the tensor shapes match (needs ``teacher``; the rest stays random).
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    V = int(teacher_config.vocab_size)
+    if vocab_map is not None and vocab_map.vocab_size != V:
+        raise StudentError(f"the vocabulary map covers {vocab_map.vocab_size} teacher ids but the teacher has "
+                           f"{V}: it was built for another tokenizer/teacher")
+    K = vocab_map.num_kept if vocab_map is not None else V
+    cfg = student_config(teacher_config, shape, K, arch, _special_ids(teacher_config, vocab_map))
+    if seed is not None:
+        torch.manual_seed(seed)
+    masked = model_kind(teacher_config) == "masked"
+    cls = AutoModelForMaskedLM if masked else AutoModelForCausalLM
+    model = cls.from_config(cfg)
+    if getattr(model, "generation_config", None) is not None:
+        for k in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            setattr(model.generation_config, k, getattr(cfg, k, None))
+    if init == "teacher":
+        if teacher is None:
+            raise StudentError("init='teacher' needs the teacher model")
+        report = init_from_teacher(model, teacher, vocab_map)
+        log.info("initialised %d of %d student tensors from the teacher", report["copied"], report["total"])
+    elif init != "random":
+        raise StudentError(f"unknown init {init!r}; use 'random' or 'teacher'")
+    model.train()
+    return model
+
+
+@torch.no_grad()
+def init_from_teacher(student: nn.Module, teacher: nn.Module, vocab_map: VocabMap | None = None) -> dict[str, Any]:
+    """Copy teacher tensors into the student where shapes allow.
+
+    Student layer ``i`` of ``n`` takes teacher layer ``round(i * (L - 1) / (n - 1))`` (first and last kept);
+    vocabulary-sized tensors take the kept rows. Returns counts and the names copied.
+    """
+    s_state, t_state = student.state_dict(), teacher.state_dict()
+    n_s = getattr(student.config, "num_hidden_layers", None)
+    n_t = getattr(teacher.config, "num_hidden_layers", None)
+    layer_map = {}
+    if n_s and n_t:
+        layer_map = {i: (round(i * (n_t - 1) / (n_s - 1)) if n_s > 1 else n_t - 1) for i in range(n_s)}
+    kept = vocab_map.kept_ids if vocab_map is not None else None
+    V = int(teacher.config.vocab_size)
+    copied = []
+    import re
+
+    for name, tensor in s_state.items():
+        t_name = name
+        m = re.search(r"\.layers?\.(\d+)\.", name)
+        if m and layer_map:
+            t_name = name[:m.start(1)] + str(layer_map[int(m.group(1))]) + name[m.end(1):]
+        src = t_state.get(t_name)
+        if src is None:
+            continue
+        if kept is not None and src.shape and src.shape[0] == V and tensor.shape[0] == len(kept):
+            src = src.index_select(0, kept.to(src.device))
+        if src.shape == tensor.shape:
+            tensor.copy_(src.to(tensor.dtype))
+            copied.append(name)
+    student.load_state_dict(s_state)
+    if hasattr(student, "tie_weights"):
+        student.tie_weights()
+    if not copied:
+        log.warning("init='teacher': no student tensor matched a teacher tensor's shape (different widths?); "
+                    "the student stays randomly initialised")
+    return {"copied": len(copied), "total": len(s_state), "names": copied}
+
+
+# --------------------------------------------------------------------------------------------
+# saving and loading
+# --------------------------------------------------------------------------------------------
+
+def check_student_map(model: nn.Module, vocab_map: VocabMap, where: str = "student") -> None:
+    """The map's kept size must be the student's vocabulary size."""
+    n = int(model.config.vocab_size)
+    if vocab_map.num_kept != n:
+        raise VocabMapError(f"{where}: the vocabulary map keeps {vocab_map.num_kept} tokens but the student has "
+                            f"{n} vocabulary rows: this map does not belong to this student")
+
+
+def save_student(model: nn.Module, directory: Path | str, tokenizer: Any, vocab_map: VocabMap | None,
+                 extra: dict[str, Any] | None = None) -> Path:
+    """Write weights + config, the teacher's tokenizer and ``vocab_map.json`` into ``directory`` (atomically)."""
+    model = getattr(model, "module", model)
+    if vocab_map is None:
+        vocab_map = VocabMap.identity(tokenizer, int(model.config.vocab_size))
+    check_student_map(model, vocab_map)
+    directory = Path(directory)
+    with atomic_path(directory, is_dir=True) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        vocab_map.save(tmp)
+        meta = {"format": "glmd-student", "kind": model_kind(model.config), "vocab_size": vocab_map.vocab_size,
+                "num_kept": vocab_map.num_kept, "parameters": count_parameters(model), **(extra or {})}
+        (tmp / STUDENT_META).write_text(json.dumps(meta, indent=2) + "\n")
+    return directory
+
+
+def load_student(path: Path | str, device: torch.device | str | None = None) -> "Student":
+    """Load a folder written by :func:`save_student` into a ready-to-use :class:`Student`."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+
+    from .models import load_tokenizer
+
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise StudentError(f"{path} is not a saved student (no config.json); save it with save_student")
+    tokenizer = load_tokenizer(path)
+    vocab_map = VocabMap.load(path, tokenizer)
+    config = AutoConfig.from_pretrained(path)
+    cls = AutoModelForMaskedLM if model_kind(config) == "masked" else AutoModelForCausalLM
+    model = cls.from_pretrained(path, dtype=torch.float32)
+    check_student_map(model, vocab_map, where=str(path))
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return Student(model, tokenizer, vocab_map)
+
+
+class Student:
+    """A model over ``vocab_map``'s rows plus the teacher's tokenizer: works on raw strings.
+
+    Also wraps a teacher (``Student(teacher, tok, VocabMap.identity(tok))``) so both are compared with the
+    same calls.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any, vocab_map: VocabMap | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.vocab_map = vocab_map or VocabMap.identity(tokenizer, int(model.config.vocab_size))
+        check_student_map(model, self.vocab_map)
+        self.kind = model_kind(model.config)
+
+    def __repr__(self) -> str:
+        return (f"Student({type(self.model).__name__}, {count_parameters(self.model):,} parameters, "
+                f"{self.vocab_map.num_kept:,} of {self.vocab_map.vocab_size:,} tokens)")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode(self, texts: list[str] | str, add_special_tokens: bool = False) -> dict[str, torch.Tensor]:
+        """Tokenise with the teacher's tokenizer (padded right) and map ids into student rows."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
+        ids = self.vocab_map.map_ids(enc["input_ids"])
+        return {"input_ids": ids.to(self.device), "attention_mask": enc["attention_mask"].to(self.device),
+                "teacher_ids": enc["input_ids"].to(self.device)}
+
+    @torch.no_grad()
+    def score(self, texts: list[str] | str) -> list[dict[str, float]]:
+        """Per text: summed log-probability of its tokens after the first, token count and perplexity.
+
+        Tokens outside the kept vocabulary are scored as their substitute (what the student reads and writes).
+        """
+        if self.kind != "causal":
+            raise NotImplementedError("score() needs a causal LM; masked-LM students score per masked position")
+        enc = self.encode(texts)
+        logits = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, enc["input_ids"][:, 1:, None]).squeeze(-1)
+        mask = enc["attention_mask"][:, 1:].float()
+        out = []
+        for lp, m in zip(logp, mask):
+            n = int(m.sum())
+            total = float((lp * m).sum())
+            out.append({"logprob": total, "tokens": n, "ppl": math.exp(-total / n) if n else float("nan")})
+        return out
+
+    @torch.no_grad()
+    def next_token_topk(self, prompt: str, k: int = 5) -> list[tuple[str, float]]:
+        """The ``k`` most likely next tokens (decoded strings) with their probabilities."""
+        if self.kind == "causal":
+            enc = self.encode(prompt)
+            logits = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[0, -1]
+        else:
+            mask_id = self.tokenizer.mask_token_id
+            enc = self.tokenizer(prompt + " " + self.tokenizer.mask_token, return_tensors="pt")
+            ids = self.vocab_map.map_ids(enc["input_ids"]).to(self.device)
+            pos = int((enc["input_ids"][0] == mask_id).nonzero()[-1])
+            logits = self.model(input_ids=ids, attention_mask=enc["attention_mask"].to(self.device)).logits[0, pos]
+        probs = torch.softmax(logits.float(), -1)
+        p, idx = probs.topk(min(k, probs.numel()))
+        teacher_ids = self.vocab_map.unmap_ids(idx.cpu())
+        return [(self.tokenizer.decode([int(t)]), float(q)) for t, q in zip(teacher_ids, p)]
+
+    @torch.no_grad()
+    def generate(self, prompt: str, max_new_tokens: int = 20, **kwargs: Any) -> str:
+        """Continue ``prompt`` (greedy unless sampling arguments are given); returns only the new text."""
+        if self.kind != "causal":
+            raise NotImplementedError("generate() needs a causal LM")
+        enc = self.encode(prompt)
+        out = self.model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                  max_new_tokens=max_new_tokens, do_sample=kwargs.pop("do_sample", False),
+                                  pad_token_id=self.model.config.pad_token_id, **kwargs)
+        new = self.vocab_map.unmap_ids(out[0, enc["input_ids"].shape[1]:].cpu())
+        return self.tokenizer.decode(new, skip_special_tokens=True)

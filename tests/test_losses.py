@@ -1,0 +1,207 @@
+"""The distillation losses: value and gradient against independent formulas, padding, vocabulary
+restriction, top-k, chunking, the hidden-state path, its memory, and the stage-2b soft cross-entropy."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from glmd_lib.losses import (LossError, distill_kl, distill_kl_reference, distill_loss, mask_tokens,
+                             soft_cross_entropy, sparse_teacher_fn)
+
+V, K = 23, 11
+
+
+class _Map:
+    """Minimal stand-in with the VocabMap attributes the loss uses (the real map is tested in test_vocab)."""
+
+    def __init__(self, kept):
+        self.kept_ids = torch.as_tensor(kept)
+        self.vocab_size, self.num_kept = V, len(kept)
+
+    def restrict_logits(self, t):
+        return t.index_select(-1, self.kept_ids.to(t.device))
+
+
+@pytest.fixture
+def data():
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(3, 5, K, generator=g) * 2
+    t = torch.randn(3, 5, V, generator=g) * 4
+    mask = torch.ones(3, 5, dtype=torch.long)
+    mask[1, 3:] = 0
+    mask[2, 1:] = 0
+    kept = torch.randperm(V, generator=g)[:K]
+    return s, t, mask, _Map(kept)
+
+
+def _kl_div_formula(s, t_kept, mask, T):
+    """T^2 * KL via torch's kl_div, mean over mask: an independent formulation."""
+    per_pos = F.kl_div(torch.log_softmax(s / T, -1), torch.log_softmax(t_kept / T, -1), log_target=True,
+                       reduction="none").sum(-1)
+    return T * T * (per_pos * mask).sum() / mask.sum()
+
+
+@pytest.mark.parametrize("T", [1.0, 2.0, 15.0])
+@pytest.mark.parametrize("chunk", [1, 4, 1024])
+def test_value_and_gradient_match_kl_div(data, T, chunk):
+    s, t, mask, vm = data
+    s = s.clone().requires_grad_(True)
+    loss = distill_kl(s, t, mask, T, vm, chunk=chunk)
+    (g,) = torch.autograd.grad(loss, s)
+    s2 = s.detach().clone().requires_grad_(True)
+    ref = _kl_div_formula(s2, t[..., vm.kept_ids], mask, T)
+    (g2,) = torch.autograd.grad(ref, s2)
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g, g2, rtol=1e-4, atol=1e-7)
+    assert g[mask == 0].abs().max() == 0  # padding gets no gradient
+
+
+def test_padding_does_not_dilute_the_mean(data):
+    s, t, mask, vm = data
+    full = distill_kl(s, t, mask, 2.0, vm)
+    # the same real positions without any padding, and with garbage in the padded positions
+    real = mask.bool()
+    alone = distill_kl(s[real][None], t[real][None], torch.ones(1, int(real.sum())), 2.0, vm)
+    s_bad, t_bad = s.clone(), t.clone()
+    s_bad[~real], t_bad[~real] = 1e4, -1e4
+    torch.testing.assert_close(full, alone)
+    torch.testing.assert_close(distill_kl(s_bad, t_bad, mask, 2.0, vm), full)
+    # a mean over all positions (diluted) would be different: the test can tell
+    diluted = distill_kl(s, t, torch.ones_like(mask), 2.0, vm)
+    assert not torch.isclose(diluted, full)
+
+
+def test_temperature_scaling_and_zero_for_equal_distributions(data):
+    s, t, mask, vm = data
+    same = vm.restrict_logits(t)
+    assert distill_kl(same, t, mask, 15.0, vm).abs() < 1e-5
+    # T^2 keeps the loss's size comparable across T (it does not shrink like 1/T^2)
+    l1, l15 = distill_kl(s, t, mask, 1.0, vm), distill_kl(s, t, mask, 15.0, vm)
+    assert l15 > 0.01 * l1
+
+
+def test_topk_truncation(data):
+    s, t, mask, vm = data
+    t_kept = vm.restrict_logits(t)
+    k = 3
+    vals, idx = t_kept.topk(k, -1)
+    trunc = torch.full_like(t_kept, -1e9).scatter(-1, idx, vals)  # other tokens ~ probability 0
+    expect = _kl_div_formula(s, trunc, mask, 2.0)
+    got = distill_kl(s, t, mask, 2.0, vm, topk=k, chunk=2)
+    torch.testing.assert_close(got, expect, rtol=1e-5, atol=1e-6)
+    assert not torch.isclose(got, distill_kl(s, t, mask, 2.0, vm))
+    torch.testing.assert_close(distill_kl(s, t, mask, 2.0, vm, topk=K), distill_kl(s, t, mask, 2.0, vm))
+
+
+def test_hidden_path_matches_autograd_including_logged_and_added_ce(data):
+    _, t, mask, vm = data
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(3, 5, 7, generator=g, requires_grad=True)
+    head = torch.nn.Linear(7, K)
+    labels = torch.randint(K, (3, 5), generator=g)
+    labels[mask == 0] = -100
+    t_flat = t.reshape(-1, V)
+    teacher_fn = lambda sl: vm.restrict_logits(t_flat[sl])  # noqa: E731
+    for ce_weight in (0.0, 0.3):
+        loss, logs = distill_loss(h, head, teacher_fn, mask, 3.0, labels=labels, ce_weight=ce_weight, chunk=4)
+        grads = torch.autograd.grad(loss, [h, head.weight, head.bias])
+        logits = head(h)
+        kl = _kl_div_formula(logits, t[..., vm.kept_ids], mask, 3.0)
+        ce = F.cross_entropy(logits.reshape(-1, K), labels.reshape(-1))
+        ref = kl + ce_weight * ce
+        ref_grads = torch.autograd.grad(ref, [h, head.weight, head.bias])
+        torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(logs["kl"], kl.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(logs["ce"], ce.detach(), rtol=1e-5, atol=1e-6)  # logged in both cases
+        for a, b in zip(grads, ref_grads):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_hidden_path_never_keeps_full_logits_for_backward():
+    """The memory claim: nothing of size positions x vocabulary is saved for the backward pass."""
+    N, D, KK = 64, 8, 5000
+    h = torch.randn(1, N, D, requires_grad=True)
+    head = torch.nn.Linear(D, KK, bias=False)
+    t = torch.randn(N, KK)
+    saved: list[int] = []
+
+    def pack(x):
+        saved.append(x.numel())
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        loss, _ = distill_loss(h, head, lambda sl: t[sl], torch.ones(1, N), 15.0, chunk=16)
+    assert max(saved) <= max(N * D, KK * D)  # hidden-sized and weight-sized gradients only
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        naive = distill_kl_reference(head(h), t[None], None, 15.0)
+    assert max(saved) >= N * KK  # ... whereas plain autograd keeps [N, K] tensors
+    loss.backward()
+    assert h.grad is not None and head.weight.grad is not None
+
+
+def test_sparse_teacher_matches_dense_topk(data):
+    s, t, mask, vm = data
+    t_kept = vm.restrict_logits(t)
+    vals, idx = t_kept.topk(4, -1)
+    fn = sparse_teacher_fn(vals, idx, K)
+    loss, _ = distill_loss(s, None, fn, mask, 2.0)
+    torch.testing.assert_close(loss, distill_kl(s, t, mask, 2.0, vm, topk=4), rtol=1e-5, atol=1e-6)
+    # dropped entries (-1) are ignored; a position with none left does not count
+    idx2 = idx.clone()
+    idx2[..., 0] = -1
+    idx2[0, 0, :] = -1
+    loss2, _ = distill_loss(s, None, sparse_teacher_fn(vals, idx2, K), mask, 2.0)
+    assert torch.isfinite(loss2)
+    m2 = mask.clone()
+    m2[0, 0] = 0
+    loss3, _ = distill_loss(s, None, sparse_teacher_fn(vals, idx2, K), m2, 2.0)
+    torch.testing.assert_close(loss2, loss3)
+
+
+def test_bad_shapes_and_maps_are_named(data):
+    s, t, mask, vm = data
+    with pytest.raises(LossError, match="VocabMap"):
+        distill_kl(s, t, mask, 2.0)
+    wrong = _Map(vm.kept_ids[:5])
+    with pytest.raises(LossError, match="keeps|kept"):
+        distill_kl(s, t, mask, 2.0, wrong)
+    with pytest.raises(LossError, match="positions"):
+        distill_kl(s, t[:, :4], mask, 2.0, vm)
+    with pytest.raises(LossError, match="temperature"):
+        distill_kl(s, t, mask, 0.0, vm)
+
+
+def test_soft_cross_entropy():
+    s = torch.tensor([[1.0, 2.0, 0.5], [0.0, 0.0, 1.0]], requires_grad=True)
+    t = torch.tensor([[2.0, 1.0, 0.0], [1.0, 1.0, -math.inf]])
+    s2 = s.detach().clone()
+    s2[1, 2] = -math.inf  # a padded candidate slot
+    expect = -(torch.softmax(t, -1) * torch.log_softmax(s.detach(), -1)).nan_to_num().sum(-1).mean()
+    got = soft_cross_entropy(s, t)
+    torch.testing.assert_close(got, expect)
+    got.backward()
+    assert torch.isfinite(s.grad).all()
+    assert torch.isfinite(soft_cross_entropy(s2, t))
+    # T scales both distributions
+    assert not torch.isclose(soft_cross_entropy(s, t, 4.0), got)
+    with pytest.raises(LossError):
+        soft_cross_entropy(s, t[:, :2])
+
+
+def test_mask_tokens_masks_only_real_positions():
+    ids = torch.randint(5, 100, (4, 50))
+    attn = torch.ones_like(ids)
+    attn[:, 40:] = 0
+    ids[:, 0] = 1  # a special token
+    g = torch.Generator().manual_seed(0)
+    out, sel = mask_tokens(ids, attn, mask_token_id=3, vocab_size=100, probability=0.3, generator=g,
+                           special_ids=(1,))
+    assert not sel[:, 40:].any() and not sel[:, 0].any()
+    assert 0.2 < sel[:, 1:40].float().mean() < 0.4
+    assert (out[~sel] == ids[~sel]).all()
+    assert (out[sel] == 3).float().mean() > 0.6
+    out2, sel2 = mask_tokens(ids, attn, 3, 100, 0.3, generator=torch.Generator().manual_seed(0), special_ids=(1,))
+    assert torch.equal(out, out2) and torch.equal(sel, sel2)

@@ -1,0 +1,146 @@
+"""Stage 1 end to end on tiny models: artifacts and metrics, compressed vocabulary, teacher cache, other
+student architectures, a masked-LM teacher, resume, the command line, and clear errors for bad input."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from glmd_lib.configs import Stage1Config
+from glmd_lib.runs import ArtifactError, mark_complete
+from glmd_lib.stage1 import ARTIFACTS, Stage1Error, main, run_stage1
+from glmd_lib.student import load_student
+from glmd_lib.textdata import DataError
+from glmd_lib.vocab import VocabMap, VocabMapError
+
+METRICS = ["steps", "tokens_seen", "student_params", "teacher_params", "valid_kl", "valid_top1_agreement",
+           "valid_student_ppl", "valid_teacher_ppl"]
+
+
+@pytest.fixture
+def corpus(tmp_path, sample_text):
+    train, valid = tmp_path / "train.txt", tmp_path / "valid.txt"
+    train.write_text(sample_text * 3)
+    valid.write_text(sample_text)
+    return train, valid
+
+
+def _cfg(run_dir, corpus, **kw):
+    train, valid = corpus
+    base = dict(run_dir=str(run_dir), profile="smoke", corpus=str(train), valid_corpus=str(valid), steps=6,
+                batch_size=2, seq_len=16, eval_batches=2, checkpoint_every=3, student_layers=1,
+                student_hidden=32, student_heads=2, use_vocab_map=False)
+    base.update(kw)
+    return Stage1Config.resolve(**base)
+
+
+def _write_vocab_stage(run_dir, tokenizer, keep=0.25):
+    counts = torch.arange(len(tokenizer)).flip(0)
+    vm = VocabMap.build(counts, tokenizer, keep, substitute="unk")
+    vm.save(run_dir / "vocab")
+    mark_complete(run_dir / "vocab", ["vocab_map.json"])
+    return vm
+
+
+def test_stage1_with_vocab_map_writes_artifacts_and_metrics(tmp_path, corpus, smol_tokenizer):
+    vm = _write_vocab_stage(tmp_path, smol_tokenizer)
+    cfg = _cfg(tmp_path, corpus, use_vocab_map=True, steps=12, lr=3e-3)
+    metrics = run_stage1(cfg, progress=False)
+    out = tmp_path / "stage1"
+    assert all((out / a).exists() for a in ARTIFACTS) and (out / "COMPLETE.json").exists()
+    saved = json.loads((out / "metrics.json").read_text())
+    assert set(METRICS) <= set(saved) and saved["steps"] == 12 and saved["tokens_seen"] == 12 * 2 * 16
+    assert saved["num_kept"] == vm.num_kept and 0 <= saved["valid_top1_agreement"] <= 1
+    hist = pd.read_csv(out / "history.csv")
+    assert {"step", "loss", "lr", "tokens_per_s", "kl", "ce"} <= set(hist.columns)
+    assert hist["loss"].iloc[-3:].mean() < hist["loss"].iloc[:3].mean()  # it learns
+    assert (hist["loss"] == hist["kl"]).all()  # CE is logged, not added
+    student = load_student(out / "student")
+    assert student.vocab_map.num_kept == vm.num_kept
+    assert len(student.next_token_topk("The capital of France is", 5)) == 5
+
+
+def test_teacher_cache_path_trains_and_reuses(tmp_path, corpus):
+    cfg = _cfg(tmp_path, corpus, teacher_cache=True, cache_topk=8)
+    m = run_stage1(cfg, progress=False)
+    assert (tmp_path / "stage1" / "teacher_cache" / "values.npy").exists()
+    assert m["teacher_cache"] and m["steps"] == 6
+
+
+def test_gpt2_student_of_llama_teacher_and_teacher_init(tmp_path, corpus):
+    m = run_stage1(_cfg(tmp_path / "a", corpus, student_arch="gpt2"), progress=False)
+    assert load_student(tmp_path / "a" / "stage1" / "student").model.config.model_type == "gpt2"
+    assert m["valid_kl"] > 0
+    # the smoke teacher is 64 wide: a 64-wide student takes its layers
+    run_stage1(_cfg(tmp_path / "b", corpus, init="teacher", student_hidden=64, student_kv_heads=1,
+                    student_intermediate=128, steps=1), progress=False)
+
+
+def test_masked_lm_teacher(tmp_path, tiny_bert, bert_tokenizer, corpus):
+    tdir = tmp_path / "bert"
+    tiny_bert.save_pretrained(tdir)
+    bert_tokenizer.save_pretrained(tdir)
+    for on in ("masked", "all"):
+        m = run_stage1(_cfg(tmp_path / on, corpus, teacher=str(tdir), mlm_loss_on=on, mlm_probability=0.3,
+                            steps=3), progress=False)
+        assert m["steps"] == 3
+        hist = pd.read_csv(tmp_path / on / "stage1" / "history.csv")
+        assert hist["loss"].notna().all()
+
+
+def test_resume_continues_and_a_finished_run_is_not_retrained(tmp_path, corpus):
+    cfg = _cfg(tmp_path, corpus, steps=6)
+    run_stage1(cfg, progress=False)
+    again = run_stage1(cfg, progress=False)
+    assert again["resumed_from"] == 6
+    longer = _cfg(tmp_path, corpus, steps=8)  # other total steps = other schedule: refused, not mixed
+    from glmd_lib.trainer import CheckpointError
+    with pytest.raises(CheckpointError, match="steps"):
+        run_stage1(longer, progress=False)
+
+
+def test_bad_input_is_refused_before_writing(tmp_path, corpus, sample_text, bert_tokenizer):
+    with pytest.raises(Stage1Error, match="student_max_positions"):
+        run_stage1(_cfg(tmp_path, corpus, seq_len=64, student_max_positions=32), progress=False)
+    with pytest.raises(Stage1Error, match="teacher's maximum"):
+        run_stage1(_cfg(tmp_path, corpus, seq_len=1024, student_max_positions=2048), progress=False)
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("Just a few words.\n")
+    with pytest.raises(DataError, match="fewer than one batch"):
+        run_stage1(_cfg(tmp_path, (tiny, corpus[1])), progress=False)
+    with pytest.raises(ArtifactError, match="02_vocab_pruning"):
+        run_stage1(_cfg(tmp_path, corpus, use_vocab_map=True), progress=False)
+    # a map built for another tokenizer
+    VocabMap.identity(bert_tokenizer).save(tmp_path / "vocab")
+    mark_complete(tmp_path / "vocab", ["vocab_map.json"])
+    with pytest.raises(VocabMapError, match="tokenizer"):
+        run_stage1(_cfg(tmp_path, corpus, use_vocab_map=True), progress=False)
+    assert not (tmp_path / "stage1" / "student").exists() and not (tmp_path / "stage1" / "checkpoints").exists()
+
+
+def test_corrupted_checkpoint_on_resume(tmp_path, corpus):
+    from glmd_lib.trainer import CheckpointError, list_checkpoints
+
+    cfg = _cfg(tmp_path, corpus, steps=3)
+    run_stage1(cfg, progress=False)
+    _, path = list_checkpoints(tmp_path / "stage1" / "checkpoints")[-1]
+    path.write_bytes(b"not a checkpoint")
+    student_before = (tmp_path / "stage1" / "student" / "model.safetensors").read_bytes()
+    with pytest.raises(CheckpointError, match="corrupted"):
+        run_stage1(cfg, progress=False)
+    assert path.read_bytes() == b"not a checkpoint"
+    assert (tmp_path / "stage1" / "student" / "model.safetensors").read_bytes() == student_before
+
+
+def test_command_line(tmp_path, corpus, capsys):
+    train, valid = corpus
+    rc = main(["--run-dir", str(tmp_path), "--profile", "smoke", "--no-progress", "-p", f"corpus={train}",
+               "-p", f"valid_corpus={valid}", "-p", "steps=2", "-p", "batch_size=2", "-p", "seq_len=16",
+               "-p", "use_vocab_map=false", "-p", "student_layers=1", "-p", "temperature=2"])
+    assert rc == 0
+    assert "valid_kl" in capsys.readouterr().out
+    assert json.loads((tmp_path / "stage1" / "config.json").read_text())["config"]["temperature"] == 2.0
+    assert main(["--run-dir", str(tmp_path), "--profile", "smoke", "-p", "stepz=3"]) == 2
+    assert main(["--run-dir", str(tmp_path), "--profile", "smoke", "-p", "steps=many"]) == 2

@@ -1,0 +1,131 @@
+"""The student: shapes from the teacher's config, other architectures, teacher initialisation,
+save/load with the VocabMap and tokenizer, raw-string scoring and generation, map mismatches."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from glmd_lib.configs import StudentShape
+from glmd_lib.student import (Student, StudentError, build_student, init_from_teacher, load_student,
+                              save_student)
+from glmd_lib.vocab import VocabMap, VocabMapError
+
+
+@pytest.fixture
+def vocab_map(smol_tokenizer):
+    g = torch.Generator().manual_seed(0)
+    counts = torch.randint(0, 1000, (len(smol_tokenizer),), generator=g)
+    # make common English pieces frequent, so prompts stay mostly inside the kept vocabulary
+    common = smol_tokenizer("The capital of France is Paris. Once upon a time the cat sat on the mat.",
+                            add_special_tokens=False)["input_ids"]
+    counts[common] += 10_000
+    return VocabMap.build(counts, smol_tokenizer, 0.25, substitute="unk")
+
+
+def test_shape_overrides_and_kept_vocabulary(tiny_llama, vocab_map):
+    shape = StudentShape(student_layers=3, student_hidden=48, student_heads=4, student_kv_heads=2,
+                         student_max_positions=64)
+    st = build_student(tiny_llama.config, shape, vocab_map)
+    c = st.config
+    assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads) == (3, 48, 4, 2)
+    assert c.max_position_embeddings == 64 and c.head_dim == 12
+    assert c.intermediate_size == 128  # 8/3 x 48 = 128, rounded up to a multiple of 64
+    assert c.vocab_size == vocab_map.num_kept
+    assert st.get_input_embeddings().weight.shape == (vocab_map.num_kept, 48)
+    # special ids are translated into student rows
+    assert vocab_map.unmap_ids(torch.tensor([c.eos_token_id])).item() == tiny_llama.config.eos_token_id
+    out = st(input_ids=torch.randint(vocab_map.num_kept, (2, 9))).logits
+    assert out.shape == (2, 9, vocab_map.num_kept)
+    # full vocabulary and defaults (kv heads = heads)
+    full = build_student(tiny_llama.config, {"layers": 1, "hidden": 32, "heads": 4})
+    assert full.config.vocab_size == tiny_llama.config.vocab_size and full.config.num_key_value_heads == 4
+
+
+def test_other_architectures(tiny_llama, vocab_map, tiny_bert):
+    gpt = build_student(tiny_llama.config, {"layers": 2, "hidden": 32, "heads": 2}, vocab_map, arch="gpt2")
+    assert type(gpt).__name__ == "GPT2LMHeadModel" and gpt.config.vocab_size == vocab_map.num_kept
+    assert gpt(input_ids=torch.randint(vocab_map.num_kept, (1, 5))).logits.shape[-1] == vocab_map.num_kept
+    with pytest.raises(StudentError, match="masked-LM|see the tokens"):
+        build_student(tiny_llama.config, {"layers": 1}, arch="bert")
+    with pytest.raises(StudentError, match="unknown student_arch"):
+        build_student(tiny_llama.config, {"layers": 1}, arch="rnn")
+    bert = build_student(tiny_bert.config, {"layers": 1, "hidden": 32, "heads": 2})
+    assert type(bert).__name__ == "BertForMaskedLM"
+    with pytest.raises(StudentError, match="divisible"):
+        build_student(tiny_llama.config, {"hidden": 30, "heads": 4})
+
+
+def test_init_from_teacher_copies_layer_subset_and_kept_rows(make_tiny_llama, vocab_map):
+    teacher = make_tiny_llama(num_hidden_layers=4)
+    st = build_student(teacher.config, {"layers": 2, "hidden": 32, "heads": 2, "kv_heads": 1,
+                                        "intermediate": 64}, vocab_map, init="teacher", teacher=teacher)
+    t_sd, s_sd = teacher.state_dict(), st.state_dict()
+    # student layer 0 <- teacher layer 0, student layer 1 <- teacher layer 3 (first and last)
+    assert torch.equal(s_sd["model.layers.0.self_attn.q_proj.weight"], t_sd["model.layers.0.self_attn.q_proj.weight"])
+    assert torch.equal(s_sd["model.layers.1.mlp.up_proj.weight"], t_sd["model.layers.3.mlp.up_proj.weight"])
+    assert torch.equal(s_sd["model.embed_tokens.weight"], t_sd["model.embed_tokens.weight"][vocab_map.kept_ids])
+    random = build_student(teacher.config, {"layers": 2, "hidden": 32, "heads": 2, "kv_heads": 1,
+                                            "intermediate": 64}, vocab_map, init="random", seed=0)
+    assert not torch.equal(random.state_dict()["model.layers.0.self_attn.q_proj.weight"],
+                           t_sd["model.layers.0.self_attn.q_proj.weight"])
+    # different widths: nothing copied, and it says so
+    narrow = build_student(teacher.config, {"layers": 2, "hidden": 16, "heads": 2}, vocab_map)
+    assert init_from_teacher(narrow, teacher, vocab_map)["copied"] == 0
+    with pytest.raises(StudentError, match="needs the teacher"):
+        build_student(teacher.config, {"layers": 1}, init="teacher")
+
+
+def test_save_load_roundtrip_scores_and_generates(tmp_path, tiny_llama, vocab_map, smol_tokenizer):
+    st = build_student(tiny_llama.config, {"layers": 2, "hidden": 32, "heads": 2}, vocab_map, seed=0).eval()
+    path = save_student(st, tmp_path / "student", smol_tokenizer, vocab_map)
+    assert {"config.json", "model.safetensors", "tokenizer.json", "vocab_map.json", "student.json"} <= \
+        {p.name for p in path.iterdir()}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
+    loaded = load_student(path)
+    ids = torch.randint(vocab_map.num_kept, (2, 7))
+    torch.testing.assert_close(loaded.model(input_ids=ids).logits, st(input_ids=ids).logits)
+    assert loaded.vocab_map.num_kept == vocab_map.num_kept
+
+    scores = loaded.score(["The capital of France is Paris.", "Once upon a time"])
+    assert len(scores) == 2 and all(s["logprob"] < 0 and s["tokens"] > 0 for s in scores)
+    # the score is the model's log-probability of the mapped ids
+    enc = loaded.encode("The capital of France is Paris.")
+    with torch.no_grad():
+        logp = torch.log_softmax(loaded.model(input_ids=enc["input_ids"]).logits[0, :-1], -1)
+    expect = logp.gather(-1, enc["input_ids"][0, 1:, None]).sum()
+    assert scores[0]["logprob"] == pytest.approx(float(expect), rel=1e-5)
+
+    top = loaded.next_token_topk("The capital of France is", k=5)
+    assert len(top) == 5 and all(isinstance(w, str) for w, _ in top)
+    assert [p for _, p in top] == sorted([p for _, p in top], reverse=True)
+    text = loaded.generate("Once upon a time", max_new_tokens=6)
+    assert isinstance(text, str)
+    # generation maps ids back out: the text re-encodes to kept teacher tokens only
+    out_ids = smol_tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert bool(vocab_map.is_kept(torch.tensor(out_ids, dtype=torch.long)).all()) if out_ids else True
+
+
+def test_mismatched_map_is_refused(tmp_path, tiny_llama, vocab_map, smol_tokenizer):
+    st = build_student(tiny_llama.config, {"layers": 1, "hidden": 32, "heads": 2}, vocab_map)
+    other = VocabMap.identity(smol_tokenizer)
+    with pytest.raises(VocabMapError, match="does not belong"):
+        save_student(st, tmp_path / "bad", smol_tokenizer, other)
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(VocabMapError, match="does not belong"):
+        Student(st, smol_tokenizer, other)
+    path = save_student(st, tmp_path / "ok", smol_tokenizer, vocab_map)
+    other.save(tmp_path / "other")
+    shutil.copy(tmp_path / "other" / "vocab_map.json", path / "vocab_map.json")
+    with pytest.raises(VocabMapError, match="does not belong"):
+        load_student(path)
+    with pytest.raises(StudentError, match="another tokenizer"):
+        build_student(tiny_llama.config, {"layers": 1}, VocabMap.identity(smol_tokenizer, 100))
+
+
+def test_student_wraps_a_teacher_with_identity_map(tiny_llama, smol_tokenizer):
+    teacher = Student(tiny_llama, smol_tokenizer)
+    top = teacher.next_token_topk("Hello", 3)
+    assert len(top) == 3 and sum(p for _, p in top) <= 1.0
