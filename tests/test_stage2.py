@@ -1,0 +1,298 @@
+"""Stage 2 (notebook 05): no gold label reaches the student, artifacts, the two losses, clear errors.
+
+Everything runs on tiny fixtures: a 2-layer random Llama per task as the "task teacher", a 1-layer student
+over a 512-token VocabMap as the "stage-1 student", and tiny CB/COPA files in the official jsonl format.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from glmd_lib import stage2
+from glmd_lib.configs import Stage2Config
+from glmd_lib.losses import distill_kl_reference, soft_cross_entropy
+from glmd_lib.runs import is_complete, mark_complete
+from glmd_lib.scoring import task_scores
+from glmd_lib.stage1 import Distiller, TeacherRunner
+from glmd_lib.student import Student, build_student, load_student, save_student
+from glmd_lib.superglue.data import read_file, task_path, write_toy_dataset
+from glmd_lib.superglue.patterns import build_cloze, verbalizer_token_ids
+from glmd_lib.vocab import VocabMap
+
+TASKS = ["CB", "COPA"]
+
+
+# --------------------------------------------------------------------------------------------
+# fixtures: a run directory with stage-1 student and task teachers, and data variants
+# --------------------------------------------------------------------------------------------
+
+def _tiny_teacher(tok, seed, vocab_size=None):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size or len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _vocab_map(tok, teacher):
+    counts = np.random.default_rng(0).integers(0, 1000, size=len(tok))
+    return VocabMap.build(counts, tok, keep=512, protected_ids=verbalizer_token_ids(tok), substitute="unk")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, smol_tokenizer):
+    tok = smol_tokenizer
+    run = tmp_path_factory.mktemp("run")
+    teachers = {t: _tiny_teacher(tok, seed=10 + i) for i, t in enumerate(TASKS)}
+    for t, model in teachers.items():
+        d = run / "teachers" / t / "model"
+        model.save_pretrained(d, safe_serialization=True)
+        tok.save_pretrained(d)
+        (run / "teachers" / t / "metrics.json").write_text(json.dumps({"pattern_id": 0}))
+    (run / "teachers" / "config.json").write_text(json.dumps({"config": {"max_seq_len": 64}}))
+    mark_complete(run / "teachers")
+    vm = _vocab_map(tok, teachers["CB"])
+    student = build_student(teachers["CB"].config, dict(layers=1, hidden=32, heads=2, max_positions=128), vm, seed=0)
+    save_student(student, run / "stage1" / "student", tok, vm)
+    mark_complete(run / "stage1", ["student"])
+    return run
+
+
+def _write_data(root: Path, labels: str) -> Path:
+    """Tiny CB/COPA files; ``labels``: real, shuffled (train and dev) or removed (train)."""
+    write_toy_dataset(root, n=10, tasks=tuple(TASKS))
+    rng = random.Random(1)
+    for t in TASKS:
+        for split in ("train", "val"):
+            path = task_path(t, split, root)
+            recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            if labels == "shuffled":
+                golds = [r["label"] for r in recs]
+                perm = golds[:]
+                while perm == golds:
+                    rng.shuffle(perm)
+                for r, y in zip(recs, perm):
+                    r["label"] = y
+            elif labels == "removed" and split == "train":
+                for r in recs:
+                    del r["label"]
+            path.write_text("\n".join(json.dumps(r) for r in recs))
+    return root
+
+
+def _cfg(run_dir, data_dir, **kw):
+    params = dict(run_dir=str(run_dir), superglue_dir=str(data_dir), tasks=TASKS, steps_2a=2, steps_2b=3,
+                  batch_size=4, eval_every=1, select_by_dev=False, add_unlabeled=True, max_train_examples=100,
+                  max_eval_examples=100, device="cpu", resume=False, lr=1e-2, warmup_steps=0)
+    params.update(kw)
+    return Stage2Config.resolve("smoke", **params)
+
+
+def _weights(run_dir, tasks=TASKS) -> dict[str, dict[str, torch.Tensor]]:
+    return {t: dict(load_student(Path(run_dir) / "stage2" / t / "student").model.state_dict()) for t in tasks}
+
+
+def _same(a, b) -> bool:
+    return all(a[t].keys() == b[t].keys() and all(torch.equal(a[t][k], b[t][k]) for k in a[t]) for t in a)
+
+
+def _run(run_dir, data_dir, **kw):
+    kw = {"eval_every": 0, "max_eval_examples": 4, **kw}  # weights do not depend on dev evaluations here
+    cfg = _cfg(run_dir, data_dir, **kw)
+    stage2.run_stage2(cfg, progress=False, log_fn=None)
+    return _weights(run_dir, cfg.tasks)
+
+
+# --------------------------------------------------------------------------------------------
+# no gold labels in any student loss
+# --------------------------------------------------------------------------------------------
+
+def test_labels_shuffled_or_removed_give_bitwise_the_same_student(run_dir, tmp_path):
+    real = _run(run_dir, _write_data(tmp_path / "real", "real"))
+    start = load_student(run_dir / "stage1" / "student").model.state_dict()
+    assert not all(torch.equal(real["CB"][k], start[k]) for k in start), "training changed nothing"
+    shuffled = _run(run_dir, _write_data(tmp_path / "shuffled", "shuffled"))
+    removed = _run(run_dir, _write_data(tmp_path / "removed", "removed"))
+    assert _same(real, shuffled), "shuffling the train/dev labels changed the student's weights"
+    assert _same(real, removed), "removing the train labels changed the student's weights"
+
+
+def test_a_label_aware_loss_would_be_caught(run_dir, tmp_path, monkeypatch):
+    """The comparison above can fail: let the labels through and add a gold cross-entropy to pass 2b."""
+    monkeypatch.setattr(stage2, "read_inputs",
+                        lambda task, split, data_dir=None: read_file(task, task_path(task, split, data_dir), True))
+    original = stage2.make_2b_loss
+
+    def leaky_2b(student, clozes, teacher_scores, vocab_map):
+        inner = original(student, clozes, teacher_scores, vocab_map)
+
+        def loss_fn(batch):
+            loss, logs = inner(batch)
+            gold = [i for i in batch["index"].tolist() if clozes[i].label is not None]
+            s = task_scores(student, [clozes[i] for i in gold], vocab_map=vocab_map)
+            return loss + F.cross_entropy(s, torch.tensor([clozes[i].label for i in gold])), logs
+        return loss_fn
+
+    monkeypatch.setattr(stage2, "make_2b_loss", leaky_2b)
+    real = _run(run_dir, _write_data(tmp_path / "real", "real"), tasks=["CB"])
+    shuffled = _run(run_dir, _write_data(tmp_path / "shuffled", "shuffled"), tasks=["CB"])
+    assert not _same(real, shuffled)
+
+
+def test_read_inputs_drops_labels_and_accepts_files_without_them(tmp_path):
+    real = _write_data(tmp_path / "real", "real")
+    removed = _write_data(tmp_path / "removed", "removed")
+    a, b = stage2.read_inputs("CB", "train", real), stage2.read_inputs("CB", "train", removed)
+    assert [ex.label for ex in a] == [None] * 10
+    assert [(ex.idx, ex.fields) for ex in a] == [(ex.idx, ex.fields) for ex in b]
+
+
+# --------------------------------------------------------------------------------------------
+# artifacts, selection, resume
+# --------------------------------------------------------------------------------------------
+
+def test_artifacts_metrics_history_and_resume(run_dir, tmp_path):
+    data = _write_data(tmp_path / "data", "real")
+    cfg = _cfg(run_dir, data, select_by_dev=True, add_unlabeled=False, resume=True, max_eval_examples=6)
+    results = stage2.run_stage2(cfg, progress=False, log_fn=None)
+    out = run_dir / "stage2"
+    assert is_complete(out) and (out / "summary.json").exists() and (out / "config.json").exists()
+    for t in TASKS:
+        d = out / t
+        assert is_complete(d) and not (d / ".work").exists()
+        student = load_student(d / "student")
+        assert student.vocab_map.num_kept == 512
+        m = json.loads((d / "metrics.json").read_text())
+        for k in ("dev_score_2a", "dev_score_2b", "teacher_dev_score", "student_params", "teacher_params",
+                  "dev_score_stage1", "majority_dev_score"):
+            assert m[k] is not None, k
+        assert m["student_params"] < m["teacher_params"]
+        assert m["train_inputs"] == 10 and m["unlabeled_inputs"] == 0 and m["dev_examples"] == 6
+        assert m["teacher_dev_source"] == "measured in stage 2"  # the fixture's teachers have no dev score
+        h = pd.read_csv(d / "history.csv")
+        assert list(h.groupby("pass").size().items()) == [("2a", 2), ("2b", 3)]
+        assert {"loss", "kl", "teacher_agreement", "dev_score"} <= set(h.columns)
+        # select_by_dev: the kept checkpoint of each pass is its best dev evaluation (first one on ties)
+        for p in ("2a", "2b"):
+            evals = h[h["pass"] == p].dropna(subset=["dev_score"])
+            assert m[f"dev_score_{p}"] == evals["dev_score"].max()
+            assert m[f"step_{p}"] == int(evals.loc[evals["dev_score"].idxmax(), "step"])
+        # the saved student scores what metrics.json says
+        from glmd_lib.finetune import evaluate_clozes
+        from glmd_lib.superglue.data import read_split, subsample
+
+        dev = subsample(read_split(t, "val", data), 6, seed=0)
+        cl = build_cloze(t, dev, student.tokenizer, max_len=64)
+        assert evaluate_clozes(student.model, t, cl, dev, vocab_map=student.vocab_map)["score"] == m["dev_score_2b"]
+    # resume: the same settings skip every task (nothing is retrained, the files stay as they are)
+    before = {t: (out / t / "metrics.json").stat().st_mtime_ns for t in TASKS}
+    messages = []
+    again = stage2.run_stage2(cfg, progress=False, log_fn=messages.append)
+    assert again == results and len(messages) == 2 and all("skipped" in s for s in messages)
+    assert before == {t: (out / t / "metrics.json").stat().st_mtime_ns for t in TASKS}
+    # other settings: redone
+    messages.clear()
+    stage2.run_stage2(_cfg(run_dir, data, select_by_dev=True, add_unlabeled=False, resume=True, max_eval_examples=6,
+                           steps_2b=2),
+                      progress=False, log_fn=messages.append)
+    assert not any("skipped" in s for s in messages)
+
+
+def test_missing_stage1_names_the_notebook(tmp_path):
+    cfg = _cfg(tmp_path, _write_data(tmp_path / "d", "real"))
+    with pytest.raises(Exception, match="03_stage1"):
+        stage2.run_stage2(cfg, progress=False, log_fn=None)
+
+
+# --------------------------------------------------------------------------------------------
+# the losses
+# --------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def models(smol_tokenizer):
+    tok = smol_tokenizer
+    teacher = _tiny_teacher(tok, seed=3)
+    vm = _vocab_map(tok, teacher)
+    student = build_student(teacher.config, dict(layers=1, hidden=32, heads=2, max_positions=128), vm, seed=1)
+    return tok, teacher, student, vm
+
+
+def test_2a_loss_is_the_vocab_kl_over_every_position_of_every_sequence(models, tmp_path):
+    tok, teacher, student, vm = models
+    data = _write_data(tmp_path, "real")
+    ex = stage2.read_inputs("COPA", "train", data)[:3]
+    clozes = build_cloze("COPA", ex, tok, max_len=64)
+    batch = stage2.collate_2a(clozes)(torch.tensor([0, 2]))
+    assert batch["input_ids"].shape[0] == 4  # both candidate-filled sequences of both examples
+    assert batch["attention_mask"].sum(1).tolist() == [len(s) for i in (0, 2) for s in clozes[i].sequences]
+    loss_fn = stage2.make_2a_loss(TeacherRunner(teacher, vm, bf16=False), vm)
+    loss, logs = loss_fn(batch, Distiller(student, 15.0, None, 7, 0.0))
+    ids, attn = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        t_logits = teacher(input_ids=ids, attention_mask=attn).logits
+    s_logits = student(input_ids=vm.map_ids(ids), attention_mask=attn).logits
+    ref = distill_kl_reference(s_logits, t_logits, attn, 15.0, vocab_map=vm)
+    torch.testing.assert_close(loss, ref, rtol=1e-4, atol=1e-5)
+    # not only the answer positions: the mean over the candidates' last tokens alone is another number
+    last = torch.zeros_like(attn)
+    last[torch.arange(len(attn)), attn.sum(1) - 1] = 1
+    assert not torch.allclose(ref, distill_kl_reference(s_logits, t_logits, last, 15.0, vocab_map=vm))
+    # and padding does not count: a longer pad (eos id, attention 0) leaves the loss unchanged
+    ids2 = torch.cat([ids, torch.full((len(ids), 5), 2)], 1)
+    attn2 = torch.cat([attn, torch.zeros((len(ids), 5), dtype=attn.dtype)], 1)
+    loss2, _ = loss_fn({"input_ids": ids2, "attention_mask": attn2, "index": batch["index"]},
+                       Distiller(student, 15.0, None, 7, 0.0))
+    torch.testing.assert_close(loss2, loss, rtol=1e-4, atol=1e-5)
+
+
+def test_2b_loss_is_soft_ce_between_task_scores(models, tmp_path):
+    tok, teacher, student, vm = models
+    data = _write_data(tmp_path, "real")
+    for task in TASKS:
+        clozes = build_cloze(task, stage2.read_inputs(task, "train", data)[:4], tok, max_len=64)
+        scores = stage2.TeacherScores(teacher, clozes)
+        loss, logs = stage2.make_2b_loss(student, clozes, scores, vm)({"index": torch.tensor([3, 1])})
+        with torch.no_grad():
+            t = task_scores(teacher, [clozes[3], clozes[1]])
+        s = task_scores(student, [clozes[3], clozes[1]], vocab_map=vm)
+        torch.testing.assert_close(loss, soft_cross_entropy(s, t, 1.0))
+        assert set(scores.cache) == {1, 3}
+        loss.backward()
+        assert student.get_input_embeddings().weight.grad is not None
+        student.zero_grad()
+
+
+# --------------------------------------------------------------------------------------------
+# vocabulary mismatch
+# --------------------------------------------------------------------------------------------
+
+def test_vocab_map_of_another_teacher_is_refused_clearly(models):
+    tok, teacher, student, vm = models
+    other = _tiny_teacher(tok, seed=4, vocab_size=len(tok) + 64)
+    with pytest.raises(stage2.Stage2Error, match=r"covers 49152 teacher ids but the task teacher has 49216"):
+        stage2.check_vocabularies(Student(student, tok, vm), other, tok, where="CB")
+    stage2.check_vocabularies(Student(student, tok, vm), teacher, tok, where="CB")  # the right pair passes
+
+
+def test_student_whose_map_does_not_fit_it_is_refused(models, tmp_path, run_dir):
+    tok, teacher, student, vm = models
+    run = tmp_path / "run"
+    shutil.copytree(run_dir / "teachers", run / "teachers")
+    save_student(student, run / "stage1" / "student", tok, vm)
+    # a map for a different kept size replaces the right one
+    counts = np.random.default_rng(0).integers(0, 1000, size=len(tok))
+    VocabMap.build(counts, tok, keep=1024, protected_ids=verbalizer_token_ids(tok), substitute="unk").save(
+        run / "stage1" / "student")
+    mark_complete(run / "stage1")
+    with pytest.raises(ValueError, match="keeps 1024 tokens but the student has 512"):
+        stage2.run_stage2(_cfg(run, _write_data(tmp_path / "d", "real")), progress=False, log_fn=None)
