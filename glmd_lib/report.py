@@ -69,6 +69,13 @@ def results_table(run_dir: Path | str) -> pd.DataFrame:
         return pd.DataFrame()
     best = scores[scores.group.isin(GROUPS)].groupby(["task", "group"])["score"].max().unstack("group")
     table = best.reindex(columns=[g for g in GROUPS if g in best.columns])
+    # main tasks first, then an average over them (as the leaderboard), then the diagnostics
+    main = [t for t in table.index if not t.startswith("AX-")]
+    diag = [t for t in table.index if t.startswith("AX-")]
+    if main:
+        avg = table.loc[main].mean(numeric_only=True, skipna=False).rename("average (main tasks)")
+        table = pd.concat([table.loc[main], avg.to_frame().T, table.loc[diag]])
+    table.index.name = "task"
     if {"GLMD student", "task teacher"} <= set(table.columns):
         table["retention"] = table["GLMD student"] / table["task teacher"]
     return table
@@ -98,6 +105,15 @@ def stage_summaries(run_dir: Path | str) -> dict[str, Any]:
     return out
 
 
+def _kv_table(d: dict[str, Any], keys: list[str]) -> pd.DataFrame:
+    """A one-column table of selected keys; values keep their own types (ints stay ints)."""
+    return pd.DataFrame({"value": pd.Series([d[k] for k in keys], index=pd.Index(keys, name=""), dtype=object)})
+
+
+STAGE2_COLUMNS = ["dev_score_stage1", "dev_score_2a", "dev_score_2b", "teacher_dev_score", "majority_dev_score",
+                  "train_inputs", "steps_2a", "steps_2b", "select_by_dev"]
+
+
 def _md_table(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
     """A GitHub markdown table (pandas' to_markdown needs the optional tabulate package)."""
     if df.empty:
@@ -124,7 +140,8 @@ def plot_scores(table: pd.DataFrame, path: Path) -> Path | None:
     table[cols].plot.bar(ax=ax, rot=0, width=0.8)
     ax.set_ylabel("dev score")
     ax.set_xlabel("")
-    ax.set_ylim(0, 1)
+    ax.set_ylim(min(0.0, float(table[cols].min().min())), 1)
+    ax.axhline(0, color="black", linewidth=0.5)
     ax.legend(fontsize=8, ncols=len(cols), loc="upper center", bbox_to_anchor=(0.5, 1.15))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -166,18 +183,19 @@ def render(run_dir: Path | str, title: str, out_dir: Path) -> str:
     if v:
         keys = ["vocab_size", "kept", "protected", "corpus_coverage", "superglue_coverage", "substitute_method"]
         keys += [k for k in v if "param" in k]
-        lines += ["## Vocabulary compression", "",
-                  _md_table(pd.DataFrame({"value": [v.get(k) for k in keys]}, index=pd.Index(keys, name="")))]
+        lines += ["## Vocabulary compression", "", _md_table(_kv_table(v, [k for k in keys if k in v]))]
     st1 = s.get("stage1") or {}
     if st1:
         keys = [k for k in ("steps", "tokens_seen", "student_params", "teacher_params", "valid_kl",
                             "valid_top1_agreement", "valid_student_ppl", "valid_teacher_ppl") if k in st1]
-        lines += ["## Stage 1 (unlabeled text)", "",
-                  _md_table(pd.DataFrame({"value": [st1[k] for k in keys]}, index=pd.Index(keys, name="")))]
+        lines += ["## Stage 1 (unlabeled text)", "", _md_table(_kv_table(st1, keys))]
     if s.get("stage2"):
-        st2 = pd.DataFrame({t: {k: v for k, v in (m or {}).items() if isinstance(v, (int, float))}
-                            for t, m in s["stage2"].items()}).T
-        lines += ["## Stage 2 per task", "", _md_table(st2.rename_axis("task"))]
+        st2 = pd.DataFrame({t: {k: (m or {}).get(k) for k in STAGE2_COLUMNS} for t, m in s["stage2"].items()},
+                           dtype=object).T
+        lines += ["## Stage 2 per task", "",
+                  "Dev score of the student after stage 1 alone, after pass 2a (vocabulary KL on the task inputs) "
+                  "and after pass 2b (soft task scores), next to its task teacher and the majority class.", "",
+                  _md_table(st2.rename_axis("task"))]
     figures = collect_figures(run_dir, out_dir)
     if figures:
         lines += ["## Figures", ""] + [f"![{f.stem}](figures/{f.name})" for f in figures] + [""]
