@@ -11,8 +11,10 @@ Prints:
 3. steps/s training from the teacher cache against running the teacher;
 4. achieved FLOP/s of the step, (2 x teacher params + 6 x student params) per token, against this
    machine's measured 2048^3 fp32 matmul rate;
-5. what the cache's top-k approximation costs: teacher mass (at T) inside the top-k, and the loss and
-   gradient of the truncated teacher against the exact one.
+5. what the cache's approximation costs, at T = 1 and T = 15 on ``--batches`` batches: teacher mass
+   inside the top-k, how well the tail-moment estimate matches the exact tail mass, and the loss and
+   gradient of the old -inf truncation and of the tail-filled teacher (format 2) against the exact one.
+   ``--only cache-approx`` runs just this item.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from glmd_lib.device import set_threads  # noqa: E402
-from glmd_lib.losses import distill_kl_reference, distill_loss, sparse_teacher_fn  # noqa: E402
+from glmd_lib.losses import distill_kl_reference, distill_loss, sparse_teacher_fn, tail_fill  # noqa: E402
 from glmd_lib.models import count_parameters, load_teacher  # noqa: E402
 from glmd_lib.stage1 import Distiller, TeacherRunner  # noqa: E402
 from glmd_lib.student import build_student  # noqa: E402
@@ -118,6 +120,63 @@ def measure_memory(args, mode):
     return json.loads(out.strip().splitlines()[-1])["extra_mb"]
 
 
+def cache_approx(args, teacher, student, vm, cache, cblocks, B, K):
+    """[5] the cache's approximation against the exact teacher, for this (untrained) student.
+
+    Over the first ``args.batches`` batches of ``cblocks``: losses are means over the batches, the
+    gradient cosine is over all of them at once (the gradient w.r.t. the student's logits).
+    """
+    n_b = len(cblocks) // B
+    cos = torch.nn.functional.cosine_similarity
+    batches = []
+    for b in range(n_b):
+        idx = torch.arange(b * B, (b + 1) * B)
+        ids = cblocks[idx]
+        attn = torch.ones_like(ids)
+        with torch.no_grad():
+            t_logits = teacher(input_ids=ids, attention_mask=attn).logits
+            t_kept = (vm.restrict_logits(t_logits) if vm is not None else t_logits).float()
+            s_logits = student(input_ids=vm.map_ids(ids) if vm is not None else ids, attention_mask=attn).logits
+        del t_logits
+        batches.append((idx, attn, t_kept, s_logits.float()))
+    print(f"[5] teacher cache (top-{cache.topk} + tail moments) vs the exact teacher: {n_b} batches of "
+          f"{B} x {cblocks.shape[1]}, untrained student")
+    for Tm in (1.0, 15.0):
+        mass, tail_err, losses, grads = [], [], {"exact": [], "trunc": [], "fill": []}, \
+            {"exact": [], "trunc": [], "fill": []}
+        for idx, attn, t_kept, s_logits in batches:
+            values, t_ids, tail = cache.lookup(idx)
+            sid = student_space(t_ids, vm)
+            p = torch.softmax(t_kept / Tm, -1)
+            mass.append(p.topk(cache.topk, -1).values.sum(-1).mean())
+            # exact tail mass (kept tokens outside the cached top-k) vs the log-normal moment estimate
+            z = t_kept / Tm
+            in_top = torch.zeros_like(z, dtype=torch.bool).scatter_(-1, sid.clamp(min=0), sid >= 0)
+            lse_exact = torch.logsumexp(z.masked_fill(in_top, -float("inf")), -1)
+            n_tail = (~in_top).sum(-1).float()
+            lse_est = n_tail.log() + tail_fill(tail, Tm) / Tm
+            tail_err.append((lse_est - lse_exact).abs().mean())
+            fns = {"exact": lambda sl, t=t_kept: t.reshape(-1, K)[sl],
+                   "trunc": sparse_teacher_fn(values, sid, K),
+                   "fill": sparse_teacher_fn(values, sid, K, tail=tail, temperature=Tm)}
+            for name, fn in fns.items():
+                s = s_logits.clone().requires_grad_(True)
+                loss, _ = distill_loss(s, None, fn, attn.bool(), Tm, chunk=args.chunk)
+                (g,) = torch.autograd.grad(loss, s)
+                losses[name].append(loss.item())
+                grads[name].append(g.flatten())
+        ex = sum(losses["exact"]) / n_b
+        g_ex = torch.cat(grads["exact"])
+        print(f"    T={Tm:g}: teacher mass inside its top-{cache.topk} (kept vocabulary) {torch.stack(mass).mean():.3f}; "
+              f"tail log-mass estimate off by {torch.stack(tail_err).mean():.3f} (mean |log est - log exact|)")
+        print(f"    T={Tm:g}: loss exact {ex:.4f}")
+        for name, label in (("trunc", f"top-{cache.topk} truncated (-inf, format 1)"),
+                            ("fill", f"top-{cache.topk} + tail fill (format 2)")):
+            v = sum(losses[name]) / n_b
+            print(f"         {label:<36} {v:10.4f} ({100 * (v / ex - 1):+9.1f}%)  gradient cosine "
+                  f"{cos(torch.cat(grads[name]), g_ex, dim=0).item():.4f}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--teacher", default="smollm2-135m")
@@ -129,6 +188,8 @@ def main():
     ap.add_argument("--cache-topk", type=int, default=64)
     ap.add_argument("--chunk", type=int, default=256, help="positions per loss chunk (Stage1Config.loss_chunk)")
     ap.add_argument("--memory-only", action="store_true", help="only section [2]")
+    ap.add_argument("--only", choices=["cache-approx"], default=None,
+                    help="cache-approx: only section [5] (build a cache of --batches batches, compare at T=1, 15)")
     ap.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_worker:
@@ -150,6 +211,16 @@ def main():
     Pt, Ps = count_parameters(teacher), count_parameters(student)
     print(f"teacher {args.teacher}: {Pt:,} params; student 4x256: {Ps:,} params, {K:,} vocabulary rows; "
           f"batch {B} x {L} = {tokens} tokens; T = {T}")
+    if args.only == "cache-approx":
+        with tempfile.TemporaryDirectory() as d:
+            cblocks = torch.cat(batches)
+            t0 = time.perf_counter()
+            cache, _ = ensure_teacher_cache(Path(d) / "cache", teacher, cblocks, args.cache_topk,
+                                            cache_key(args.teacher, teacher, cblocks, args.cache_topk),
+                                            batch_size=B, progress=False)
+            print(f"    cache of {len(cblocks)} blocks built in {time.perf_counter() - t0:.1f} s")
+            cache_approx(args, teacher, student, vm, cache, cblocks, B, K)
+        return
     runner = TeacherRunner(teacher, vm, bf16=False)
     distiller = Distiller(student, T, None, args.chunk, 0.0)
     state = {"i": 0}
@@ -202,8 +273,8 @@ def main():
             idx = torch.arange(state["i"] * B, (state["i"] + 1) * B)
             ids = cblocks[idx]
             attn = torch.ones_like(ids)
-            values, t_ids = cache.lookup(idx)
-            fn = sparse_teacher_fn(values, student_space(t_ids, vm), K)
+            values, t_ids, tail = cache.lookup(idx)
+            fn = sparse_teacher_fn(values, student_space(t_ids, vm), K, tail=tail, temperature=T)
             loss, _ = distiller(vm.map_ids(ids) if vm is not None else ids, attn, fn, attn.bool(), None)
             loss.backward()
             student.zero_grad(set_to_none=False)
@@ -211,34 +282,14 @@ def main():
         t_c = timeit(cached_step, args.repeats)
         print(f"[3] steps/s: live teacher {1 / t_d:.3f}, teacher cache (top-{args.cache_topk}) {1 / t_c:.3f} "
               f"-> {t_d / t_c:.2f}x  (cache of {len(cblocks)} blocks built in {t_build:.1f} s, "
-              f"{cache.values.nbytes + cache.ids.nbytes:,} bytes)")
+              f"{cache.values.nbytes + cache.ids.nbytes + cache.tail.nbytes:,} bytes)")
 
         flops = (2 * Pt + 6 * Ps) * tokens
         rate = matmul_rate()
         print(f"[4] step FLOP/s {flops / t_d / 1e9:.1f} GFLOP/s ((2 x {Pt:,} + 6 x {Ps:,}) x {tokens} per step); "
               f"2048^3 fp32 matmul {rate / 1e9:.1f} GFLOP/s -> {100 * flops / t_d / rate:.0f}% of the matmul rate")
 
-        # [5] the top-k approximation, on the first batch, for this (untrained) student
-        ids = cblocks[:B]
-        attn = torch.ones_like(ids)
-        with torch.no_grad():
-            t_logits = teacher(input_ids=ids, attention_mask=attn).logits
-        t_kept = vm.restrict_logits(t_logits) if vm is not None else t_logits
-        s_in = vm.map_ids(ids) if vm is not None else ids
-        for Tm in (1.0, T):
-            p = torch.softmax(t_kept.float() / Tm, -1)
-            mass = p.topk(args.cache_topk, -1).values.sum(-1).mean()
-            print(f"[5] T={Tm:g}: teacher mass inside its top-{args.cache_topk} (kept vocabulary): {mass:.3f}")
-        s_logits = student(input_ids=s_in, attention_mask=attn).logits.detach().requires_grad_(True)
-        exact, _ = distill_loss(s_logits, None, lambda sl: t_kept.reshape(-1, K)[sl].float(), attn.bool(), T)
-        (g_exact,) = torch.autograd.grad(exact, s_logits)
-        values, t_ids = cache.lookup(torch.arange(B))
-        approx, _ = distill_loss(s_logits, None, sparse_teacher_fn(values, student_space(t_ids, vm), K), attn.bool(), T)
-        (g_approx,) = torch.autograd.grad(approx, s_logits)
-        cos = torch.nn.functional.cosine_similarity(g_exact.flatten(), g_approx.flatten(), dim=0)
-        print(f"    T={T:g} loss exact {exact.item():.4f} vs top-{args.cache_topk} cache {approx.item():.4f} "
-              f"({100 * (approx.item() / exact.item() - 1):+.1f}%); gradient cosine {cos.item():.3f}")
-
+        cache_approx(args, teacher, student, vm, cache, cblocks, B, K)
 
 if __name__ == "__main__":
     main()

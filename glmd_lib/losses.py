@@ -241,18 +241,45 @@ def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, atten
     return loss
 
 
-def sparse_teacher_fn(values: torch.Tensor, ids: torch.Tensor, num_classes: int) -> TeacherFn:
-    """A ``teacher_fn`` from top-k teacher logits: ``values``/``ids`` [..., k] in student id space (-1: dropped).
+def tail_fill(tail: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The logit given to every token outside the cached top-k: ``mu + sigma^2 / (2T)`` from ``tail`` [..., 2].
 
-    Every other token gets ``-inf`` (probability 0): the top-k approximation of the teacher cache.
+    If the ``n`` tail logits were Gaussian with mean ``mu`` and std ``sigma``, ``sum_tail exp(z/T)`` would be
+    ``n * exp(mu/T + sigma^2/(2T^2))`` (log-normal moments): this fill gives the tail that total mass at
+    temperature ``T``, spread evenly. The mass estimate becomes exact as ``T -> oo``, but the spread within the
+    tail is lost, and at high T that spread is most of the gradient (see :mod:`glmd_lib.teacher_cache`).
+    """
+    mu, sigma = tail[..., 0].float(), tail[..., 1].float()
+    return mu + sigma * sigma / (2.0 * float(temperature))
+
+
+def sparse_teacher_fn(values: torch.Tensor, ids: torch.Tensor, num_classes: int, tail: torch.Tensor | None = None,
+                      temperature: float | None = None) -> TeacherFn:
+    """A ``teacher_fn`` from cached top-k teacher logits: ``values``/``ids`` [..., k] in student id space (-1: dropped).
+
+    With ``tail`` [..., 2] (mean, std of the teacher's logits outside its top-k, see
+    :mod:`glmd_lib.teacher_cache`) every other kept token gets the fill logit :func:`tail_fill` at
+    ``temperature`` (the loss's T; it must be given): a dense teacher whose tail carries the right mass.
+    Without ``tail`` every other token gets ``-inf`` (probability 0): plain top-k truncation, a poor
+    stand-in at high T. Pruned tokens (id -1) are dropped either way.
     """
     v = values.reshape(-1, values.shape[-1])
     i = ids.reshape(-1, ids.shape[-1])
+    if tail is not None:
+        if temperature is None or temperature <= 0:
+            raise LossError(f"sparse_teacher_fn with tail moments needs the loss temperature (> 0), got {temperature}")
+        if tail.shape[:-1] != values.shape[:-1] or tail.shape[-1] != 2:
+            raise LossError(f"tail moments {tuple(tail.shape)} do not fit the top-k values {tuple(values.shape)}: "
+                            f"expected {(*values.shape[:-1], 2)}")
+        fill = tail_fill(tail.reshape(-1, 2), temperature)
 
     def fn(sl: slice) -> torch.Tensor:
         vv, ii = v[sl].float(), i[sl].long()
         keep = ii >= 0
-        dense = torch.full((vv.shape[0], num_classes + 1), -math.inf, device=vv.device)
+        if tail is None:
+            dense = torch.full((vv.shape[0], num_classes + 1), -math.inf, device=vv.device)
+        else:
+            dense = fill[sl].to(vv.device)[:, None].expand(-1, num_classes + 1).contiguous()
         # dropped entries are scattered into a spare last column, then cut off
         dense.scatter_(-1, torch.where(keep, ii, torch.full_like(ii, num_classes)), torch.where(keep, vv, -math.inf))
         return dense[:, :num_classes]

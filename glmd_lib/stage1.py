@@ -176,8 +176,9 @@ def make_loss_fn(cfg: Stage1Config, runner: TeacherRunner | None, vocab_map: Voc
             labels = torch.full_like(ids, -100)
             labels[:, :-1] = torch.where(attn[:, 1:].bool(), nxt, torch.full_like(nxt, -100))
         if cache is not None:
-            values, t_ids = cache.lookup(batch["index"])
-            teacher_fn = sparse_teacher_fn(values.to(ids.device), student_space(t_ids, vocab_map).to(ids.device), K)
+            values, t_ids, tail = cache.lookup(batch["index"])
+            teacher_fn = sparse_teacher_fn(values.to(ids.device), student_space(t_ids, vocab_map).to(ids.device), K,
+                                           tail=tail.to(ids.device), temperature=cfg.temperature)
         else:
             teacher_fn = runner.chunks(ids_in, attn)
         loss, logs = model(to_student(ids_in), attn, teacher_fn, loss_mask, labels)

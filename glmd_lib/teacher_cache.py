@@ -1,19 +1,30 @@
-"""Teacher cache: the teacher's top-k logits over a corpus, computed once and memory-mapped.
+"""Teacher cache: the teacher's top-k logits (plus two tail moments) over a corpus, computed once, memory-mapped.
 
 Beyond the paper. Stage 1 spends most of its time in the frozen teacher's forward pass, and that pass is
-the same for every student. The cache stores, for every position of every training block, the teacher's
-``k`` largest logits (fp16) and their token ids (int32, *teacher* ids over the full vocabulary), as two
-``.npy`` files opened with ``mmap_mode="r"``: sweeps over student shapes, temperatures and vocabulary
-sizes then reuse one teacher pass.
+the same for every student. The cache stores, for every position of every training block,
 
-The approximation: the teacher's distribution at temperature ``T`` is renormalised over its top-k tokens
-(restricted to the kept vocabulary; pruned ones are dropped) and every other token gets probability 0.
-At ``T = 15`` the distribution is flat, so the mass outside the top-k is large; the benchmark
-(``benchmarks/bench_stage1.py``) measures the mass covered and how far the truncated loss is from the
-exact one. ``docs/benchmarks.md`` records what it costs.
+* ``values.npy`` [N, L, k] fp16: the teacher's ``k`` largest logits,
+* ``ids.npy``    [N, L, k] int32: their token ids (*teacher* ids over the full vocabulary),
+* ``tail.npy``   [N, L, 2] fp32: mean and standard deviation of the *other* ``V - k`` logits,
 
-A cache is keyed by the teacher (name and a checksum of its weights), the blocks (a hash of the ids) and
-``k``; a stale or foreign cache is rebuilt rather than silently used.
+opened with ``mmap_mode="r"``: sweeps over student shapes, temperatures and vocabulary sizes then reuse
+one teacher pass. The cache does not depend on the temperature.
+
+Why the tail moments. At the paper's ``T = 15`` the tempered teacher is nearly flat: the top 64 of
+SmolLM2's 49k tokens hold about 0.5% of its mass, so dropping the rest (probability 0) gives a different,
+far too sharp target (``docs/benchmarks.md``, Stage 1). With the tail's mean ``mu`` and standard deviation
+``sigma``, :func:`glmd_lib.losses.sparse_teacher_fn` gives every kept token outside the top-k one fill
+logit ``mu + sigma^2 / (2T)``: if the tail logits were Gaussian, ``sum_tail exp(z/T) = n exp(mu/T +
+sigma^2/(2T^2))`` exactly (the log-normal moment estimate), so the tail gets the right total mass, spread
+evenly. That fixes the loss's magnitude, but NOT its gradient at high T: as ``T`` grows, ``T^2 KL`` tends
+to half the variance of ``z_teacher - z_student`` over the vocabulary, so the signal is every tail token's
+own logit, which two moments cannot carry. Measured on SmolLM2 at T = 15 (``benchmarks/bench_stage1.py``
+item [5], ``docs/benchmarks.md``): gradient cosine 0.27 to the exact one (0.25 for plain truncation). So
+the cache is still not a stand-in for the live teacher at the paper's T = 15. Caching the teacher's final
+hidden states (exact at every T) is the measured way out; it is not implemented yet.
+
+A cache is keyed by the format, the teacher (name and a checksum of its weights), the blocks (a hash of
+the ids) and ``k``; a stale, older-format or foreign cache is rebuilt rather than silently used.
 """
 from __future__ import annotations
 
@@ -28,7 +39,8 @@ import torch
 
 from .runs import atomic_path
 
-FORMAT = "glmd-teacher-cache-1"
+# 2: adds tail.npy (mean, std of the logits outside the top-k). Format-1 caches are rebuilt, not read.
+FORMAT = "glmd-teacher-cache-2"
 
 
 class TeacherCacheError(RuntimeError):
@@ -55,7 +67,11 @@ def cache_key(teacher_name: str, teacher: torch.nn.Module, blocks: torch.Tensor,
 
 
 class TeacherCache:
-    """Read side: ``cache.lookup(block_indices) -> (values [b, L, k] fp16, ids [b, L, k] int64 teacher ids)``."""
+    """Read side: ``cache.lookup(block_indices) -> (values, ids, tail)``.
+
+    ``values`` [b, L, k] fp16, ``ids`` [b, L, k] int64 teacher ids, ``tail`` [b, L, 2] fp32 (mean, std of
+    the logits outside the top-k); pass all three to :func:`glmd_lib.losses.sparse_teacher_fn`.
+    """
 
     def __init__(self, directory: Path | str):
         self.directory = Path(directory)
@@ -63,14 +79,22 @@ class TeacherCache:
         if not meta_path.exists():
             raise TeacherCacheError(f"{self.directory} is not a teacher cache (no meta.json)")
         self.meta = json.loads(meta_path.read_text())
+        found = self.meta.get("key", {}).get("format")
+        if found != FORMAT:
+            raise TeacherCacheError(f"teacher cache {self.directory} has format {found!r}, this code reads {FORMAT!r} "
+                                    f"(format 1 lacks the tail moments needed at high temperature); "
+                                    f"delete it to rebuild")
         try:
             self.values = np.load(self.directory / "values.npy", mmap_mode="r")
             self.ids = np.load(self.directory / "ids.npy", mmap_mode="r")
+            self.tail = np.load(self.directory / "tail.npy", mmap_mode="r")
         except (OSError, ValueError) as e:
             raise TeacherCacheError(f"teacher cache {self.directory} is unreadable ({e}); delete it to rebuild") from e
         expect = (*self.meta["key"]["shape"], self.meta["key"]["topk"])
-        if self.values.shape != expect or self.ids.shape != expect:
-            raise TeacherCacheError(f"teacher cache {self.directory} holds {self.values.shape}, expected {expect}; "
+        expect_tail = (*self.meta["key"]["shape"], 2)
+        if self.values.shape != expect or self.ids.shape != expect or self.tail.shape != expect_tail:
+            raise TeacherCacheError(f"teacher cache {self.directory} holds {self.values.shape} / {self.ids.shape} / "
+                                    f"{self.tail.shape}, expected {expect} / {expect} / {expect_tail}; "
                                     f"delete it to rebuild")
 
     @property
@@ -84,17 +108,34 @@ class TeacherCache:
     def __len__(self) -> int:
         return self.values.shape[0]
 
-    def lookup(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def lookup(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         idx = np.asarray(index.cpu().numpy(), dtype=np.int64)
-        return torch.from_numpy(np.ascontiguousarray(self.values[idx])), \
-            torch.from_numpy(np.ascontiguousarray(self.ids[idx]).astype(np.int64))
+        return (torch.from_numpy(np.ascontiguousarray(self.values[idx])),
+                torch.from_numpy(np.ascontiguousarray(self.ids[idx]).astype(np.int64)),
+                torch.from_numpy(np.ascontiguousarray(self.tail[idx])))
+
+
+def tail_moments(logits: torch.Tensor, topk_idx: torch.Tensor) -> torch.Tensor:
+    """Mean and (population) standard deviation of ``logits`` [..., V] outside ``topk_idx`` [..., k] -> [..., 2].
+
+    Computed centred (not as E[z^2] - E[z]^2) so fp32 keeps the digits; no tail (k = V) gives (0, 0).
+    """
+    z = logits.float()
+    inside = torch.zeros_like(z, dtype=torch.bool).scatter_(-1, topk_idx, True)
+    n = (z.shape[-1] - topk_idx.shape[-1])
+    if n == 0:
+        return z.new_zeros((*z.shape[:-1], 2))
+    z = z.masked_fill(inside, 0.0)
+    mu = z.sum(-1, keepdim=True) / n
+    var = (z - mu).masked_fill(inside, 0.0).pow(2).sum(-1, keepdim=True) / n
+    return torch.cat([mu, var.sqrt()], -1)
 
 
 @torch.no_grad()
 def build_teacher_cache(teacher: torch.nn.Module, blocks: torch.Tensor, directory: Path | str, topk: int,
                         key: dict[str, Any], batch_size: int = 8, autocast: Any = None,
                         progress: bool = True) -> TeacherCache:
-    """Run the teacher over ``blocks`` [N, L] once and write the top-k cache into ``directory`` (atomically)."""
+    """Run the teacher over ``blocks`` [N, L] once and write the cache into ``directory`` (atomically)."""
     from tqdm.auto import tqdm
 
     n, L = blocks.shape
@@ -103,16 +144,20 @@ def build_teacher_cache(teacher: torch.nn.Module, blocks: torch.Tensor, director
     with atomic_path(directory, is_dir=True) as tmp:
         values = np.lib.format.open_memmap(tmp / "values.npy", mode="w+", dtype=np.float16, shape=(n, L, topk))
         ids = np.lib.format.open_memmap(tmp / "ids.npy", mode="w+", dtype=np.int32, shape=(n, L, topk))
+        tail = np.lib.format.open_memmap(tmp / "tail.npy", mode="w+", dtype=np.float32, shape=(n, L, 2))
         for start in tqdm(range(0, n, batch_size), desc="teacher cache", disable=not progress):
             b = blocks[start: start + batch_size].to(device)
             with (autocast or contextlib.nullcontext()):
                 logits = teacher(input_ids=b, attention_mask=torch.ones_like(b)).logits
-            v, i = logits.float().topk(topk, dim=-1)
+            logits = logits.float()
+            v, i = logits.topk(topk, dim=-1)
             values[start: start + len(b)] = v.cpu().numpy().astype(np.float16)
             ids[start: start + len(b)] = i.cpu().numpy().astype(np.int32)
-        values.flush(), ids.flush()
-        del values, ids
-        (tmp / "meta.json").write_text(json.dumps({"key": key, "bytes_per_position": topk * 6}, indent=2) + "\n")
+            tail[start: start + len(b)] = tail_moments(logits, i).cpu().numpy()
+            del logits
+        values.flush(), ids.flush(), tail.flush()
+        del values, ids, tail
+        (tmp / "meta.json").write_text(json.dumps({"key": key, "bytes_per_position": topk * 6 + 8}, indent=2) + "\n")
     return TeacherCache(directory)
 
 
