@@ -6,7 +6,8 @@
 2. cut the corpus into token blocks (training: the train shards; metrics: ``valid.txt``);
 3. build the student (teacher's config with the shape overrides, kept vocabulary, random or teacher init);
 4. train with the chunked ``T^2 KL`` loss (:mod:`glmd_lib.losses`) on the resumable trainer
-   (:mod:`glmd_lib.trainer`), running the teacher on the fly or reading its top-k logits from the cache;
+   (:mod:`glmd_lib.trainer`), running the teacher on the fly or reading its cached final hidden states
+   (exact) or top-k logits (approximate) from the cache (:mod:`glmd_lib.teacher_cache`);
 5. evaluate on held-out text, save ``student/``, ``history.csv``, ``metrics.json``, mark the stage complete.
 
 Under ``accelerate launch`` every process runs this function; only the main process evaluates and writes.
@@ -154,8 +155,14 @@ class TeacherRunner:
 def make_loss_fn(cfg: Stage1Config, runner: TeacherRunner | None, vocab_map: VocabMap | None, kind: str,
                  tokenizer: Any, cache: Any = None, num_student_tokens: int | None = None):
     """``loss_fn(batch, model)`` for the trainer: teacher (or cache) + student, chunked KL."""
-    from .teacher_cache import student_space
+    from .teacher_cache import hidden_teacher_fn, student_space
 
+    if cache is not None and cache.mode != cfg.cache_mode:
+        raise Stage1Error(f"the teacher cache in {cache.directory} holds mode {cache.mode!r}, the config asks for "
+                          f"cache_mode={cfg.cache_mode!r}; it is never used in the other mode")
+    if cache is not None and cache.mode == "hidden" and (runner is None or runner.head_w is None):
+        raise Stage1Error("a hidden-state teacher cache needs the TeacherRunner with the kept rows of the teacher's "
+                          "output layer (runner.head_w)")
     K = num_student_tokens
     special = tuple(int(i) for i in (tokenizer.all_special_ids or []))
 
@@ -175,7 +182,12 @@ def make_loss_fn(cfg: Stage1Config, runner: TeacherRunner | None, vocab_map: Voc
             nxt = to_student(ids[:, 1:])
             labels = torch.full_like(ids, -100)
             labels[:, :-1] = torch.where(attn[:, 1:].bool(), nxt, torch.full_like(nxt, -100))
-        if cache is not None:
+        if cache is not None and cache.mode == "hidden":
+            # exact: the teacher's cached final hidden states times the kept rows of its output layer
+            # (the runner's head_w/head_b, the same rows the live path uses; the body is never run)
+            teacher_fn = hidden_teacher_fn(cache.lookup_hidden(batch["index"]).to(ids.device),
+                                           runner.head_w, runner.head_b)
+        elif cache is not None:
             values, t_ids, tail = cache.lookup(batch["index"])
             teacher_fn = sparse_teacher_fn(values.to(ids.device), student_space(t_ids, vocab_map).to(ids.device), K,
                                            tail=tail.to(ids.device), temperature=cfg.temperature)
@@ -300,16 +312,25 @@ def run_stage1(cfg: Stage1Config, progress: bool = True, on_log: Any = None) -> 
 
     cache = None
     if cfg.teacher_cache:
-        from .teacher_cache import cache_key, ensure_teacher_cache
+        from .teacher_cache import cache_key, ensure_teacher_cache, hidden_mode_problem
 
         if kind == "masked":
             raise Stage1Error("teacher_cache works with causal-LM teachers only (masked LMs draw new masks each step)")
-        key = cache_key(cfg.teacher, teacher, blocks, cfg.cache_topk)
+        if cfg.cache_mode == "hidden":
+            problem = hidden_mode_problem(teacher)
+            if problem:
+                raise Stage1Error(f"cache_mode='hidden': {problem}; use cache_mode='topk' (approximate at high T) "
+                                  f"or teacher_cache=False")
+        topk = cfg.cache_topk if cfg.cache_mode == "topk" else None
+        key = cache_key(cfg.teacher, teacher, blocks, topk, mode=cfg.cache_mode, bf16=bf16)
         ac = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else None
-        cache, _ = ensure_teacher_cache(out_dir / "teacher_cache", teacher, blocks, cfg.cache_topk, key,
+        cache, _ = ensure_teacher_cache(out_dir / "teacher_cache", teacher, blocks, topk, key,
                                         batch_size=cfg.batch_size, autocast=ac, progress=progress)
 
-    runner = None if cache is not None else TeacherRunner(teacher, vocab_map, bf16)
+    # The live path and the hidden-state cache both need the runner: the cache for the kept rows of the
+    # teacher's output layer (head_w/head_b). The whole teacher stays in memory either way (the body is
+    # not run from the cache, but evaluate() and the parameter count below still use it).
+    runner = None if cache is not None and cache.mode == "topk" else TeacherRunner(teacher, vocab_map, bf16)
     distiller = Distiller(student, cfg.temperature, cfg.teacher_topk, cfg.loss_chunk, cfg.ce_weight)
     loss_fn = make_loss_fn(cfg, runner, vocab_map, kind, tokenizer, cache, K)
     batches = IndexBatches(len(blocks), cfg.batch_size,

@@ -1,14 +1,28 @@
-"""Teacher cache: the teacher's top-k logits (plus two tail moments) over a corpus, computed once, memory-mapped.
+"""Teacher cache: what stage 1 needs from the frozen teacher over a corpus, computed once, memory-mapped.
 
 Beyond the paper. Stage 1 spends most of its time in the frozen teacher's forward pass, and that pass is
-the same for every student. The cache stores, for every position of every training block,
+the same for every student. Sweeps over student shapes, temperatures and vocabulary sizes can reuse one
+teacher pass. Two modes (``Stage1Config.cache_mode``); neither depends on the temperature.
+
+``mode = "hidden"`` (the default, exact). For every position of every training block,
+
+* ``hidden.npy`` [N, L, D] fp16: the teacher's final hidden state (after its final norm, i.e. the input
+  of its output layer; ``D`` = 576 values = 1,152 bytes per position for SmolLM2).
+
+At train time each chunk's teacher logits are ``hidden.float() @ W_kept.T (+ b_kept)``, with ``W_kept`` the
+rows of the teacher's output layer at the ``VocabMap``'s kept ids (all rows without a map), the same rows
+:class:`glmd_lib.stage1.TeacherRunner` uses on the live path. This is the live teacher's logits up to fp16
+rounding of the hidden state, so the loss is exact at every ``T`` (``docs/benchmarks.md``, Stage 1: loss
++0.0%, gradient cosine 1.0 at T = 15 on SmolLM2), while the transformer body (the expensive part) is
+skipped. The teacher's head has to stay in memory. Only teachers whose logits are exactly that linear
+layer applied to ``base_model``'s last hidden state qualify (:func:`hidden_mode_problem`); a logit
+soft-cap (Gemma-2's ``final_logit_softcapping``) or scale (``logit_scale``) is refused, not approximated.
+
+``mode = "topk"`` (the older, approximate mode). For every position,
 
 * ``values.npy`` [N, L, k] fp16: the teacher's ``k`` largest logits,
 * ``ids.npy``    [N, L, k] int32: their token ids (*teacher* ids over the full vocabulary),
-* ``tail.npy``   [N, L, 2] fp32: mean and standard deviation of the *other* ``V - k`` logits,
-
-opened with ``mmap_mode="r"``: sweeps over student shapes, temperatures and vocabulary sizes then reuse
-one teacher pass. The cache does not depend on the temperature.
+* ``tail.npy``   [N, L, 2] fp32: mean and standard deviation of the *other* ``V - k`` logits.
 
 Why the tail moments. At the paper's ``T = 15`` the tempered teacher is nearly flat: the top 64 of
 SmolLM2's 49k tokens hold about 0.5% of its mass, so dropping the rest (probability 0) gives a different,
@@ -20,11 +34,12 @@ evenly. That fixes the loss's magnitude, but NOT its gradient at high T: as ``T`
 to half the variance of ``z_teacher - z_student`` over the vocabulary, so the signal is every tail token's
 own logit, which two moments cannot carry. Measured on SmolLM2 at T = 15 (``benchmarks/bench_stage1.py``
 item [5], ``docs/benchmarks.md``): gradient cosine 0.27 to the exact one (0.25 for plain truncation). So
-the cache is still not a stand-in for the live teacher at the paper's T = 15. Caching the teacher's final
-hidden states (exact at every T) is the measured way out; it is not implemented yet.
+the top-k cache is not a stand-in for the live teacher at the paper's T = 15; use the hidden mode.
 
-A cache is keyed by the format, the teacher (name and a checksum of its weights), the blocks (a hash of
-the ids) and ``k``; a stale, older-format or foreign cache is rebuilt rather than silently used.
+A cache is keyed by the format, the mode, the teacher (name, a checksum of its weights and whether its
+forward ran under bf16), the blocks (a hash of the ids) and ``k`` (top-k mode) or the hidden size (hidden
+mode); a stale, older-format, other-mode or foreign cache is rebuilt by :func:`ensure_teacher_cache` rather
+than silently used, and :class:`TeacherCache` refuses to read one in the wrong mode.
 """
 from __future__ import annotations
 
@@ -32,19 +47,24 @@ import contextlib
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .runs import atomic_path
 
-# 2: adds tail.npy (mean, std of the logits outside the top-k). Format-1 caches are rebuilt, not read.
-FORMAT = "glmd-teacher-cache-2"
+# 2: adds tail.npy (mean, std of the logits outside the top-k).
+# 3: adds the key field ``mode`` ("hidden": final hidden states, "topk": format 2's contents) and the
+#    teacher's precision. Caches of an older format are refused by TeacherCache and rebuilt by ensure_...
+FORMAT = "glmd-teacher-cache-3"
+MODES = ("hidden", "topk")
+_FILES = {"hidden": ("hidden",), "topk": ("values", "ids", "tail")}
 
 
 class TeacherCacheError(RuntimeError):
-    """A cache is missing, incomplete or does not fit the blocks/teacher it is used with."""
+    """A cache is missing, incomplete or does not fit the blocks/teacher/mode it is used with."""
 
 
 def blocks_hash(blocks: torch.Tensor) -> str:
@@ -61,16 +81,67 @@ def teacher_checksum(teacher: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def cache_key(teacher_name: str, teacher: torch.nn.Module, blocks: torch.Tensor, topk: int) -> dict[str, Any]:
-    return {"format": FORMAT, "teacher": str(teacher_name), "teacher_checksum": teacher_checksum(teacher),
-            "blocks": blocks_hash(blocks), "shape": list(blocks.shape), "topk": int(topk)}
+def hidden_mode_problem(teacher: torch.nn.Module) -> str | None:
+    """Why ``teacher``'s logits cannot be rebuilt from its cached final hidden states, or None if they can.
+
+    They can when ``logits == head(base_model(x).last_hidden_state)`` for a plain ``nn.Linear`` head: the
+    numerical check of :func:`glmd_lib.stage1.linear_head` (the test that also decides the live
+    ``TeacherRunner``'s kept-rows path). A soft-cap or scale is refused by name as well, because with a
+    tiny random model ``cap * tanh(z / cap)`` is within that check's tolerance of ``z``.
+    """
+    from .models import model_kind
+    from .stage1 import linear_head  # lazy: keeps this module light (stage1 pulls in the trainer)
+
+    cfg = teacher.config
+    if model_kind(cfg) != "causal":
+        return "only causal-LM teachers can be cached (masked LMs draw new masks every step)"
+    for name in ("final_logit_softcapping", "logit_softcapping"):
+        if getattr(cfg, name, None):
+            return (f"the teacher's logits are soft-capped ({name} = {getattr(cfg, name)}), not a plain linear "
+                    f"layer of the hidden state")
+    scale = getattr(cfg, "logit_scale", None)
+    if scale is not None and float(scale) != 1.0:
+        return f"the teacher's logits are scaled (logit_scale = {scale}), not a plain linear layer of the hidden state"
+    if linear_head(teacher) is None:
+        return (f"the teacher ({type(teacher).__name__}) does not compute its logits as a plain linear output layer "
+                f"applied to base_model's last hidden state")
+    return None
+
+
+def cache_key(teacher_name: str, teacher: torch.nn.Module, blocks: torch.Tensor, topk: int | None = None,
+              mode: str | None = None, bf16: bool = False) -> dict[str, Any]:
+    """The identity of a cache. ``mode`` defaults to "topk" when ``topk`` is given, else "hidden".
+
+    ``bf16``: the teacher's forward runs under bf16 autocast while the cache is built (its contents differ).
+    """
+    mode = mode or ("topk" if topk is not None else "hidden")
+    if mode not in MODES:
+        raise TeacherCacheError(f"cache mode must be one of {MODES}, got {mode!r}")
+    key: dict[str, Any] = {"format": FORMAT, "mode": mode, "teacher": str(teacher_name),
+                           "teacher_checksum": teacher_checksum(teacher), "teacher_bf16": bool(bf16),
+                           "blocks": blocks_hash(blocks), "shape": list(blocks.shape)}
+    if mode == "topk":
+        if topk is None or int(topk) < 1:
+            raise TeacherCacheError(f"a top-k teacher cache needs topk >= 1, got {topk!r}")
+        key["topk"] = int(topk)
+    else:
+        if topk is not None:
+            raise TeacherCacheError("a hidden-state teacher cache takes no topk (it stores the exact hidden states)")
+        head = teacher.get_output_embeddings() if hasattr(teacher, "get_output_embeddings") else None
+        key["hidden_size"] = int(head.weight.shape[1] if head is not None else teacher.config.hidden_size)
+    return key
 
 
 class TeacherCache:
-    """Read side: ``cache.lookup(block_indices) -> (values, ids, tail)``.
+    """Read side. ``cache.mode`` is "hidden" or "topk".
 
-    ``values`` [b, L, k] fp16, ``ids`` [b, L, k] int64 teacher ids, ``tail`` [b, L, 2] fp32 (mean, std of
-    the logits outside the top-k); pass all three to :func:`glmd_lib.losses.sparse_teacher_fn`.
+    * hidden: ``cache.lookup_hidden(block_indices)`` -> [b, L, D] fp16; pass it with the kept rows of the
+      teacher's output layer to :func:`hidden_teacher_fn`.
+    * topk: ``cache.lookup(block_indices) -> (values, ids, tail)``, ``values`` [b, L, k] fp16, ``ids`` [b, L, k]
+      int64 teacher ids, ``tail`` [b, L, 2] fp32 (mean, std of the logits outside the top-k); pass all three
+      to :func:`glmd_lib.losses.sparse_teacher_fn`.
+
+    Reading a cache in the other mode's way raises :class:`TeacherCacheError`.
     """
 
     def __init__(self, directory: Path | str):
@@ -79,40 +150,81 @@ class TeacherCache:
         if not meta_path.exists():
             raise TeacherCacheError(f"{self.directory} is not a teacher cache (no meta.json)")
         self.meta = json.loads(meta_path.read_text())
-        found = self.meta.get("key", {}).get("format")
+        key = self.meta.get("key", {})
+        found = key.get("format")
         if found != FORMAT:
             raise TeacherCacheError(f"teacher cache {self.directory} has format {found!r}, this code reads {FORMAT!r} "
-                                    f"(format 1 lacks the tail moments needed at high temperature); "
+                                    f"(format 1 lacks the tail moments needed at high temperature, format 2 the "
+                                    f"cache mode); delete it to rebuild")
+        self.mode = key.get("mode")
+        if self.mode not in MODES:
+            raise TeacherCacheError(f"teacher cache {self.directory} has mode {self.mode!r}, expected one of {MODES}; "
                                     f"delete it to rebuild")
+        self.hidden = self.values = self.ids = self.tail = None
         try:
-            self.values = np.load(self.directory / "values.npy", mmap_mode="r")
-            self.ids = np.load(self.directory / "ids.npy", mmap_mode="r")
-            self.tail = np.load(self.directory / "tail.npy", mmap_mode="r")
+            for name in _FILES[self.mode]:
+                setattr(self, name, np.load(self.directory / f"{name}.npy", mmap_mode="r"))
         except (OSError, ValueError) as e:
             raise TeacherCacheError(f"teacher cache {self.directory} is unreadable ({e}); delete it to rebuild") from e
-        expect = (*self.meta["key"]["shape"], self.meta["key"]["topk"])
-        expect_tail = (*self.meta["key"]["shape"], 2)
-        if self.values.shape != expect or self.ids.shape != expect or self.tail.shape != expect_tail:
-            raise TeacherCacheError(f"teacher cache {self.directory} holds {self.values.shape} / {self.ids.shape} / "
-                                    f"{self.tail.shape}, expected {expect} / {expect} / {expect_tail}; "
-                                    f"delete it to rebuild")
+        shape = tuple(key["shape"])
+        if self.mode == "hidden":
+            found_shapes, expected = [self.hidden.shape], [(*shape, key["hidden_size"])]
+        else:
+            found_shapes = [self.values.shape, self.ids.shape, self.tail.shape]
+            expected = [(*shape, key["topk"])] * 2 + [(*shape, 2)]
+        if found_shapes != expected:
+            raise TeacherCacheError(f"teacher cache {self.directory} holds {' / '.join(map(str, found_shapes))}, "
+                                    f"expected {' / '.join(map(str, expected))}; delete it to rebuild")
 
     @property
     def key(self) -> dict[str, Any]:
         return self.meta["key"]
 
     @property
-    def topk(self) -> int:
-        return int(self.key["topk"])
+    def topk(self) -> int | None:
+        return int(self.key["topk"]) if self.mode == "topk" else None
 
     def __len__(self) -> int:
-        return self.values.shape[0]
+        return int(self.key["shape"][0])
+
+    def _require(self, mode: str, what: str) -> None:
+        if self.mode != mode:
+            raise TeacherCacheError(f"teacher cache {self.directory} is a {self.mode!r} cache, {what} reads "
+                                    f"{mode!r} caches; rebuild it with cache mode {mode!r}")
 
     def lookup(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self._require("topk", "lookup()")
         idx = np.asarray(index.cpu().numpy(), dtype=np.int64)
         return (torch.from_numpy(np.ascontiguousarray(self.values[idx])),
                 torch.from_numpy(np.ascontiguousarray(self.ids[idx]).astype(np.int64)),
                 torch.from_numpy(np.ascontiguousarray(self.tail[idx])))
+
+    def lookup_hidden(self, index: torch.Tensor) -> torch.Tensor:
+        self._require("hidden", "lookup_hidden()")
+        idx = np.asarray(index.cpu().numpy(), dtype=np.int64)
+        return torch.from_numpy(np.ascontiguousarray(self.hidden[idx]))
+
+
+def hidden_teacher_fn(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+                      ) -> Callable[[slice], torch.Tensor]:
+    """A ``teacher_fn`` (:mod:`glmd_lib.losses`) from cached hidden states [..., D] and the head's kept rows.
+
+    ``weight`` [K, D] (and ``bias`` [K]) are the teacher's output-layer rows at the kept ids, e.g.
+    ``TeacherRunner(teacher, vocab_map, ...).head_w``/``.head_b``. Each chunk's logits are made in fp32
+    from the fp16 hidden states: the live teacher's logits up to fp16 rounding of the hidden state.
+    """
+    h = hidden.reshape(-1, hidden.shape[-1])
+    if h.shape[-1] != weight.shape[-1]:
+        raise TeacherCacheError(f"cached hidden states have {h.shape[-1]} values per position, the teacher's output "
+                                f"layer takes {weight.shape[-1]}: the cache belongs to another teacher")
+    w = weight.detach().float()
+    b = None if bias is None else bias.detach().float()
+
+    def fn(sl: slice) -> torch.Tensor:
+        with torch.no_grad():
+            return F.linear(h[sl].to(w.device, torch.float32), w, b)
+
+    return fn
 
 
 def tail_moments(logits: torch.Tensor, topk_idx: torch.Tensor) -> torch.Tensor:
@@ -132,46 +244,85 @@ def tail_moments(logits: torch.Tensor, topk_idx: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def build_teacher_cache(teacher: torch.nn.Module, blocks: torch.Tensor, directory: Path | str, topk: int,
+def build_teacher_cache(teacher: torch.nn.Module, blocks: torch.Tensor, directory: Path | str, topk: int | None,
                         key: dict[str, Any], batch_size: int = 8, autocast: Any = None,
                         progress: bool = True) -> TeacherCache:
-    """Run the teacher over ``blocks`` [N, L] once and write the cache into ``directory`` (atomically)."""
+    """Run the teacher over ``blocks`` [N, L] once and write the cache into ``directory`` (atomically).
+
+    The mode comes from ``key`` (see :func:`cache_key`); ``topk`` must match it (None in hidden mode).
+    """
     from tqdm.auto import tqdm
 
+    mode = key.get("mode")
+    if mode not in MODES:
+        raise TeacherCacheError(f"cache key has mode {mode!r}, expected one of {MODES}")
+    if mode == "topk" and topk != key.get("topk"):
+        raise TeacherCacheError(f"topk = {topk!r} does not match the cache key's topk = {key.get('topk')!r}")
+    if mode == "hidden":
+        problem = hidden_mode_problem(teacher)
+        if problem:
+            raise TeacherCacheError(f"hidden-state teacher cache: {problem}; use the top-k cache mode or no cache")
     n, L = blocks.shape
     device = next(teacher.parameters()).device
     teacher.eval()
     with atomic_path(directory, is_dir=True) as tmp:
-        values = np.lib.format.open_memmap(tmp / "values.npy", mode="w+", dtype=np.float16, shape=(n, L, topk))
-        ids = np.lib.format.open_memmap(tmp / "ids.npy", mode="w+", dtype=np.int32, shape=(n, L, topk))
-        tail = np.lib.format.open_memmap(tmp / "tail.npy", mode="w+", dtype=np.float32, shape=(n, L, 2))
-        for start in tqdm(range(0, n, batch_size), desc="teacher cache", disable=not progress):
+        if mode == "hidden":
+            D = int(key["hidden_size"])
+            hidden = np.lib.format.open_memmap(tmp / "hidden.npy", mode="w+", dtype=np.float16, shape=(n, L, D))
+            outs, per_pos = [hidden], D * 2
+        else:
+            values = np.lib.format.open_memmap(tmp / "values.npy", mode="w+", dtype=np.float16, shape=(n, L, topk))
+            ids = np.lib.format.open_memmap(tmp / "ids.npy", mode="w+", dtype=np.int32, shape=(n, L, topk))
+            tail = np.lib.format.open_memmap(tmp / "tail.npy", mode="w+", dtype=np.float32, shape=(n, L, 2))
+            outs, per_pos = [values, ids, tail], topk * 6 + 8
+        for start in tqdm(range(0, n, batch_size), desc=f"teacher cache ({mode})", disable=not progress):
             b = blocks[start: start + batch_size].to(device)
+            end = start + len(b)
             with (autocast or contextlib.nullcontext()):
-                logits = teacher(input_ids=b, attention_mask=torch.ones_like(b)).logits
+                if mode == "hidden":
+                    # only the body: the output layer is applied at train time (kept rows only)
+                    h = teacher.base_model(input_ids=b, attention_mask=torch.ones_like(b)).last_hidden_state
+                else:
+                    logits = teacher(input_ids=b, attention_mask=torch.ones_like(b)).logits
+            if mode == "hidden":
+                h16 = h.to(torch.float16)
+                if not bool(torch.isfinite(h16).all()):
+                    raise TeacherCacheError(f"the teacher's final hidden states of blocks {start}..{end - 1} "
+                                            f"exceed the fp16 range; use the top-k cache mode or no cache")
+                hidden[start: end] = h16.cpu().numpy()
+                del h, h16
+                continue
             logits = logits.float()
             v, i = logits.topk(topk, dim=-1)
-            values[start: start + len(b)] = v.cpu().numpy().astype(np.float16)
-            ids[start: start + len(b)] = i.cpu().numpy().astype(np.int32)
-            tail[start: start + len(b)] = tail_moments(logits, i).cpu().numpy()
+            values[start: end] = v.cpu().numpy().astype(np.float16)
+            ids[start: end] = i.cpu().numpy().astype(np.int32)
+            tail[start: end] = tail_moments(logits, i).cpu().numpy()
             del logits
-        values.flush(), ids.flush(), tail.flush()
-        del values, ids, tail
-        (tmp / "meta.json").write_text(json.dumps({"key": key, "bytes_per_position": topk * 6 + 8}, indent=2) + "\n")
+        for arr in outs:
+            arr.flush()
+        del outs
+        if mode == "hidden":
+            del hidden
+        else:
+            del values, ids, tail
+        (tmp / "meta.json").write_text(json.dumps({"key": key, "bytes_per_position": per_pos}, indent=2) + "\n")
     return TeacherCache(directory)
 
 
-def ensure_teacher_cache(directory: Path | str, teacher: torch.nn.Module, blocks: torch.Tensor, topk: int,
+def ensure_teacher_cache(directory: Path | str, teacher: torch.nn.Module, blocks: torch.Tensor, topk: int | None,
                          key: dict[str, Any], **kwargs: Any) -> tuple[TeacherCache, bool]:
-    """Open the cache in ``directory`` if it matches ``key``, else (re)build it. Returns ``(cache, built)``."""
+    """Open the cache in ``directory`` if it matches ``key`` (mode included), else (re)build it.
+
+    Returns ``(cache, built)``.
+    """
     directory = Path(directory)
     if (directory / "meta.json").exists():
         try:
             cache = TeacherCache(directory)
             if cache.key == key:
                 return cache, False
-        except (TeacherCacheError, json.JSONDecodeError, KeyError):
-            pass  # stale or damaged: rebuilt below (atomically, so a reader never sees half a cache)
+        except (TeacherCacheError, json.JSONDecodeError, KeyError, TypeError):
+            pass  # stale, other-mode or damaged: rebuilt below (atomically, so a reader never sees half a cache)
     return build_teacher_cache(teacher, blocks, directory, topk, key, **kwargs), True
 
 

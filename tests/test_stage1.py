@@ -63,7 +63,7 @@ def test_stage1_with_vocab_map_writes_artifacts_and_metrics(tmp_path, corpus, sm
 
 
 def test_teacher_cache_path_trains_and_reuses(tmp_path, corpus):
-    cfg = _cfg(tmp_path, corpus, teacher_cache=True, cache_topk=8)
+    cfg = _cfg(tmp_path, corpus, teacher_cache=True, cache_mode="topk", cache_topk=8)
     m = run_stage1(cfg, progress=False)
     assert (tmp_path / "stage1" / "teacher_cache" / "values.npy").exists()
     assert m["teacher_cache"] and m["steps"] == 6

@@ -1,5 +1,8 @@
-"""The teacher cache: exact top-k contents and tail moments, reuse and rebuild (format, damage), the plain
-top-k path equals the top-k loss, and the tail fill tracks the exact loss at the paper's T = 15."""
+"""The teacher cache. Hidden mode (the default): the cached final hidden states give the live teacher's loss
+and gradients up to fp16 rounding at T = 1 and T = 15 (full and pruned vocabulary) and train the same
+student; teachers with soft-capped/scaled logits are refused. Top-k mode: exact top-k contents and tail
+moments, reuse and rebuild (format, damage, mode), the plain top-k path equals the top-k loss, and the tail
+fill tracks the exact loss at the paper's T = 15. A cache is never used in the other mode."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,8 +12,8 @@ import torch
 import json
 
 from glmd_lib.losses import LossError, distill_kl, distill_loss, sparse_teacher_fn
-from glmd_lib.teacher_cache import (FORMAT, TeacherCache, TeacherCacheError, cache_key, ensure_teacher_cache,
-                                    student_space)
+from glmd_lib.teacher_cache import (FORMAT, TeacherCache, TeacherCacheError, build_teacher_cache, cache_key,
+                                    ensure_teacher_cache, hidden_mode_problem, hidden_teacher_fn, student_space)
 from glmd_lib.vocab import VocabMap
 
 
@@ -97,6 +100,15 @@ def test_old_format_cache_is_refused_and_rebuilt(tmp_path, tiny_llama, blocks):
         TeacherCache(tmp_path / "c")
     cache, built = ensure_teacher_cache(tmp_path / "c", tiny_llama, blocks, 4, key, progress=False)
     assert built and cache.key["format"] == FORMAT and cache.tail.shape == (6, 16, 2)
+    # format 2 (the same files, no cache mode in the key) is refused and rebuilt as well
+    meta = json.loads(meta_path.read_text())
+    meta["key"]["format"] = "glmd-teacher-cache-2"
+    del meta["key"]["mode"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(TeacherCacheError, match="format 'glmd-teacher-cache-2'.*delete it to rebuild"):
+        TeacherCache(tmp_path / "c")
+    cache, built = ensure_teacher_cache(tmp_path / "c", tiny_llama, blocks, 4, key, progress=False)
+    assert built and cache.mode == "topk"
     # a format-2 cache that lost its tail file is refused too (not read as a top-k-only cache)
     (tmp_path / "c" / "tail.npy").unlink()
     with pytest.raises(TeacherCacheError, match="unreadable"):
@@ -171,3 +183,178 @@ def test_tail_fill_value_and_bad_arguments():
         sparse_teacher_fn(values, ids, 4, tail=tail)
     with pytest.raises(LossError, match="tail moments"):
         sparse_teacher_fn(values, ids, 4, tail=torch.zeros(1, 3), temperature=1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# hidden mode (exact)
+# --------------------------------------------------------------------------------------------
+
+def _quarter_map(tokenizer):
+    return VocabMap.build(torch.arange(len(tokenizer)).flip(0), tokenizer, 0.25, substitute="unk")
+
+
+@pytest.fixture
+def wide_llama(make_tiny_llama):
+    """A tiny teacher with SmolLM2-like logit scale (std ~2.8; the default init gives ~0.1, nearly flat)."""
+    return make_tiny_llama(seed=0, initializer_range=0.5)
+
+
+def test_hidden_cache_holds_the_final_hidden_states(tmp_path, wide_llama, blocks):
+    key = cache_key("tiny", wide_llama, blocks)  # no topk: hidden mode
+    assert key["mode"] == "hidden" and key["hidden_size"] == 32 and "topk" not in key
+    cache, built = ensure_teacher_cache(tmp_path / "c", wide_llama, blocks, None, key, batch_size=4, progress=False)
+    assert built and cache.mode == "hidden" and cache.topk is None and len(cache) == 6
+    assert isinstance(cache.hidden, np.memmap) and cache.hidden.dtype == np.float16
+    assert cache.meta["bytes_per_position"] == 64 and not (tmp_path / "c" / "values.npy").exists()
+    idx = torch.tensor([1, 4])
+    with torch.no_grad():
+        h = wide_llama.base_model(input_ids=blocks[idx]).last_hidden_state
+    got = cache.lookup_hidden(idx)
+    assert got.dtype == torch.float16 and got.shape == (2, 16, 32)
+    torch.testing.assert_close(got, h.half(), rtol=0, atol=0)  # exactly the fp16-rounded hidden state
+    assert not ensure_teacher_cache(tmp_path / "c", wide_llama, blocks, None, key, progress=False)[1]  # reused
+
+
+def test_hidden_teacher_fn_is_the_live_kept_rows_path(wide_llama, blocks, smol_tokenizer):
+    """Given the unrounded hidden states it is bit-for-bit the live TeacherRunner (fp32, kept rows)."""
+    from glmd_lib.stage1 import TeacherRunner
+
+    ids = blocks[:2]
+    runner = TeacherRunner(wide_llama, _quarter_map(smol_tokenizer), bf16=False)
+    with torch.no_grad():
+        h = wide_llama.base_model(input_ids=ids).last_hidden_state
+    live = runner.chunks(ids, torch.ones_like(ids))
+    fn = hidden_teacher_fn(h, runner.head_w, runner.head_b)
+    for sl in (slice(0, 7), slice(7, 32)):
+        assert torch.equal(fn(sl), live(sl))
+    with pytest.raises(TeacherCacheError, match="another teacher"):
+        hidden_teacher_fn(h[..., :16], runner.head_w)
+
+
+@pytest.mark.parametrize("pruned", [False, True])
+@pytest.mark.parametrize("T", [1.0, 15.0])
+def test_hidden_cache_loss_and_gradient_equal_the_live_teacher(tmp_path, wide_llama, blocks, smol_tokenizer,
+                                                                 pruned, T):
+    """Measured (these fixtures, random student logits at the teacher's scale): loss off by <= 2.2e-5
+    (relative), gradient off by <= 3.8e-4 (relative L2 norm), cosine 1.0000; only fp16 rounding of the hidden
+    state separates them (max logit difference ~4e-3 at logit std ~2.8)."""
+    from glmd_lib.stage1 import TeacherRunner
+
+    cache, _ = ensure_teacher_cache(tmp_path / "c", wide_llama, blocks, None, cache_key("t", wide_llama, blocks),
+                                    progress=False)
+    runner = TeacherRunner(wide_llama, _quarter_map(smol_tokenizer) if pruned else None, bf16=False)
+    idx = torch.tensor([0, 5])
+    ids = blocks[idx]
+    live_fn = runner.chunks(ids, torch.ones_like(ids))
+    cached_fn = hidden_teacher_fn(cache.lookup_hidden(idx), runner.head_w, runner.head_b)
+    K = runner.head_w.shape[0]
+    assert K == (_quarter_map(smol_tokenizer).num_kept if pruned else len(smol_tokenizer))
+    s0 = 2.8 * torch.randn(2, 16, K, generator=torch.Generator().manual_seed(0))
+    live, g_live = _loss_and_grad(s0, live_fn, T)
+    cached, g_cached = _loss_and_grad(s0, cached_fn, T)
+    assert abs(cached.item() / live.item() - 1) < 2e-4
+    assert (g_cached - g_live).norm() / g_live.norm() < 2e-3
+    assert torch.nn.functional.cosine_similarity(g_cached, g_live, dim=0) > 0.999
+
+
+def test_training_from_the_hidden_cache_matches_the_live_teacher(tmp_path, sample_text):
+    """A few stage-1 steps at T = 15: the hidden cache ends close to the live run; the top-k cache does not.
+
+    Measured (4 steps, lr 3e-3): relative L2 distance of all student weights to the live run 3.6e-5 from the
+    hidden cache, 0.18 from a top-8 cache (the tiny teacher's default init: nearly flat logits)."""
+    from safetensors.torch import load_file
+
+    from glmd_lib.configs import Stage1Config
+    from glmd_lib.stage1 import run_stage1
+
+    (tmp_path / "train.txt").write_text(sample_text * 3)
+    (tmp_path / "valid.txt").write_text(sample_text)
+
+    def weights(name, **kw):
+        cfg = Stage1Config.resolve(run_dir=str(tmp_path / name), profile="smoke", corpus=str(tmp_path / "train.txt"),
+                                   valid_corpus=str(tmp_path / "valid.txt"), steps=4, batch_size=2, seq_len=16,
+                                   eval_batches=1, checkpoint_every=4, student_layers=1, student_hidden=32,
+                                   student_heads=2, use_vocab_map=False, temperature=15.0, lr=3e-3, **kw)
+        run_stage1(cfg, progress=False)
+        sd = load_file(tmp_path / name / "stage1" / "student" / "model.safetensors")
+        return torch.cat([sd[k].flatten().float() for k in sorted(sd)])
+
+    live = weights("live")
+    hidden = weights("hidden", teacher_cache=True)  # cache_mode defaults to "hidden"
+    assert (tmp_path / "hidden" / "stage1" / "teacher_cache" / "hidden.npy").exists()
+    topk = weights("topk", teacher_cache=True, cache_mode="topk", cache_topk=8)
+    assert (tmp_path / "topk" / "stage1" / "teacher_cache" / "values.npy").exists()
+    d_hidden, d_topk = (hidden - live).norm() / live.norm(), (topk - live).norm() / live.norm()
+    assert d_hidden < 1e-3, d_hidden
+    assert d_topk > 10 * d_hidden  # contrast: the test can tell a wrong teacher signal apart
+
+
+def test_a_cache_is_never_used_in_the_other_mode(tmp_path, tiny_llama, blocks, smol_tokenizer):
+    from glmd_lib.configs import Stage1Config
+    from glmd_lib.stage1 import Stage1Error, TeacherRunner, make_loss_fn
+
+    hidden_key, topk_key = cache_key("t", tiny_llama, blocks), cache_key("t", tiny_llama, blocks, 4)
+    assert hidden_key != topk_key
+    cache, _ = ensure_teacher_cache(tmp_path / "c", tiny_llama, blocks, None, hidden_key, progress=False)
+    with pytest.raises(TeacherCacheError, match="'hidden' cache.*lookup"):
+        cache.lookup(torch.tensor([0]))
+    # the stage refuses a cache of the other mode rather than reading it
+    cfg = Stage1Config.resolve(run_dir=str(tmp_path / "run"), profile="smoke", teacher_cache=True, cache_mode="topk")
+    runner = TeacherRunner(tiny_llama, None, bf16=False)
+    with pytest.raises(Stage1Error, match="mode 'hidden'.*cache_mode='topk'"):
+        make_loss_fn(cfg, runner, None, "causal", smol_tokenizer, cache, len(smol_tokenizer))
+    # asked for the other mode, the directory is rebuilt (atomically), then the old reader is refused
+    cache, built = ensure_teacher_cache(tmp_path / "c", tiny_llama, blocks, 4, topk_key, progress=False)
+    assert built and cache.mode == "topk" and not (tmp_path / "c" / "hidden.npy").exists()
+    with pytest.raises(TeacherCacheError, match="'topk' cache.*lookup_hidden"):
+        cache.lookup_hidden(torch.tensor([0]))
+    cache, built = ensure_teacher_cache(tmp_path / "c", tiny_llama, blocks, None, hidden_key, progress=False)
+    assert built and cache.mode == "hidden"
+    # a teacher run under bf16 writes other contents: another key, so a rebuild
+    assert cache_key("t", tiny_llama, blocks, bf16=True) != hidden_key
+    with pytest.raises(TeacherCacheError, match="no topk"):
+        cache_key("t", tiny_llama, blocks, 4, mode="hidden")
+
+
+def test_soft_capped_or_scaled_teachers_are_refused_in_hidden_mode(tmp_path, make_tiny_llama, blocks):
+    from transformers import LlamaForCausalLM
+
+    assert hidden_mode_problem(make_tiny_llama()) is None
+    capped = make_tiny_llama(final_logit_softcapping=30.0)  # Gemma-2 style; Llama ignores it, the check does not
+    assert "soft-capped" in hidden_mode_problem(capped)
+    assert "logit_scale" in hidden_mode_problem(make_tiny_llama(logit_scale=0.0625))
+
+    class Scaled(LlamaForCausalLM):  # logits = 2 * head(h): not recoverable from h and the head alone
+        def forward(self, *args, **kwargs):
+            out = super().forward(*args, **kwargs)
+            out.logits = 2 * out.logits
+            return out
+
+    scaled = Scaled(make_tiny_llama().config).eval()
+    assert "plain linear output layer" in hidden_mode_problem(scaled)
+    for teacher in (capped, scaled):
+        with pytest.raises(TeacherCacheError, match="use the top-k cache mode"):
+            build_teacher_cache(teacher, blocks, tmp_path / "c", None, cache_key("x", teacher, blocks),
+                                progress=False)
+        assert not (tmp_path / "c").exists()
+    # the top-k mode still works for them (it stores the model's actual logits)
+    cache, _ = ensure_teacher_cache(tmp_path / "c", scaled, blocks, 4, cache_key("x", scaled, blocks, 4),
+                                    progress=False)
+    assert cache.mode == "topk"
+
+
+def test_stage1_refuses_hidden_mode_for_a_soft_capped_teacher(tmp_path, make_tiny_llama, smol_tokenizer,
+                                                              sample_text):
+    from glmd_lib.configs import Stage1Config
+    from glmd_lib.stage1 import Stage1Error, run_stage1
+
+    tdir = tmp_path / "capped"
+    make_tiny_llama(final_logit_softcapping=30.0).save_pretrained(tdir)
+    smol_tokenizer.save_pretrained(tdir)
+    (tmp_path / "train.txt").write_text(sample_text * 3)
+    cfg = Stage1Config.resolve(run_dir=str(tmp_path / "run"), profile="smoke", teacher=str(tdir),
+                               corpus=str(tmp_path / "train.txt"), valid_corpus=str(tmp_path / "train.txt"),
+                               steps=2, batch_size=2, seq_len=16, use_vocab_map=False, teacher_cache=True)
+    with pytest.raises(Stage1Error, match="cache_mode='hidden'.*soft-capped.*cache_mode='topk'"):
+        run_stage1(cfg, progress=False)
+    assert not (tmp_path / "run" / "stage1" / "teacher_cache").exists()
