@@ -89,6 +89,8 @@ class VocabConfig(StudentShape, StageConfig):
     pruned_mass: Literal["renormalize", "substitute"] = param(
         "renormalize", "pruned probability mass: drop and renormalise (paper) or add to the substitute")
     mass_check_lines: int = param(64, "held-out lines used to measure the teacher's probability mass on kept tokens")
+    heldout: str | None = param(None, "held-out text for that check: a text file or folder (default: the shared "
+                                      "corpus's valid.txt, else the SuperGLUE validation texts)")
 
     def validate(self) -> None:
         super().validate()
@@ -106,7 +108,8 @@ class Stage1Config(StudentShape, StageConfig):
         "smoke": {"teacher": SMOKE_TEACHER, "student_layers": 2, "student_hidden": 64, "student_heads": 2,
                   "steps": 6, "batch_size": 4, "seq_len": 32, "max_lines": 2000, "eval_batches": 2,
                   "checkpoint_every": 3, "warmup_steps": 1},
-        "demo": {"teacher": DEMO_TEACHER, "steps": 150, "batch_size": 8, "seq_len": 128, "eval_batches": 8},
+        "demo": {"teacher": DEMO_TEACHER, "steps": 150, "batch_size": 8, "seq_len": 128, "eval_batches": 8,
+                 "teacher_bf16": True},
         "full": {"teacher": DEMO_TEACHER, "steps": 100_000, "batch_size": 64, "seq_len": 512, "lr": 1e-4,
                  "warmup_steps": 2000, "eval_batches": 200, "checkpoint_every": 2000},
     }
@@ -129,13 +132,20 @@ class Stage1Config(StudentShape, StageConfig):
     weight_decay: float = param(0.01, "AdamW weight decay")
     warmup_steps: int = param(10, "linear warm-up steps before cosine decay")
     max_grad_norm: float = param(1.0, "gradient clipping norm")
-    loss_chunk: int = param(1024, "positions per chunk when computing the loss (bounds peak memory)")
+    loss_chunk: int = param(256, "positions per chunk when computing the loss (bounds peak memory)")
     checkpoint_every: int = param(50, "write a checkpoint every N steps")
     keep_checkpoints: int = param(2, "keep the last K checkpoints")
     resume: bool = param(True, "continue from the last checkpoint in <run_dir>/stage1 if there is one")
-    teacher_cache: bool = param(False, "train from precomputed teacher top-k logits instead of running the teacher")
-    cache_topk: int = param(64, "top-k logits per position stored in the teacher cache")
+    teacher_cache: bool = param(False, "train from a precomputed teacher cache instead of running the teacher's "
+                                       "transformer body each step (what is cached: cache_mode)")
+    cache_mode: Literal["hidden", "topk"] = param(
+        "hidden", "teacher cache contents: 'hidden' = the teacher's final hidden states (fp16), its output layer's "
+                  "kept rows applied at train time: exact at every T; 'topk' = top-k logits + tail mean/std: "
+                  "close at T=1, NOT faithful at T=15 (gradient cosine 0.27, docs/benchmarks.md, Stage 1)")
+    cache_topk: int = param(64, "cache_mode='topk' only: top-k logits per position stored in the teacher cache")
     eval_batches: int = param(8, "held-out batches for KL / agreement / perplexity")
+    teacher_bf16: bool | None = param(None, "run the frozen teacher's forward under bf16 autocast (None: on CUDA "
+                                            "only; True also on CPU, ~3x faster there; fp32 keeps runs bitwise exact)")
 
     def validate(self) -> None:
         super().validate()
@@ -155,8 +165,9 @@ class TeacherConfig(StageConfig):
     notebook = "04_teacher_finetune"
     profiles = {
         "smoke": {"teacher": SMOKE_TEACHER, "max_train_examples": 16, "max_eval_examples": 16, "epochs": 1,
-                  "batch_size": 4, "max_seq_len": 96},
-        "demo": {"teacher": DEMO_TEACHER, "max_train_examples": 250, "max_eval_examples": 120, "epochs": 1},
+                  "batch_size": 4, "max_seq_len": 96, "train_layers": 1},
+        "demo": {"teacher": DEMO_TEACHER, "max_train_examples": 600, "max_eval_examples": 120, "epochs": 1,
+                 "lr": 2e-4, "train_layers": 8, "evals_per_epoch": 3, "max_seq_len": 160, "bf16": True},
         "full": {"teacher": DEMO_TEACHER, "tasks": ALL_TASKS, "epochs": 10, "train_layers": 0, "lr": 1e-5},
     }
     teacher: str = param(DEMO_TEACHER, "pre-trained model fine-tuned into one task teacher per task")
@@ -170,6 +181,18 @@ class TeacherConfig(StageConfig):
     max_train_examples: int | None = param(None, "cap on train examples per task (None: all)")
     max_eval_examples: int | None = param(None, "cap on dev examples per task (None: all)")
     max_seq_len: int = param(256, "inputs longer than this are truncated from the passage side")
+    evals_per_epoch: int = param(1, "dev evaluations per epoch; the best one is kept")
+    bf16: bool = param(False, "bf16 autocast on CPU too (about 3x faster there; CUDA always uses bf16)")
+
+    def validate(self) -> None:
+        super().validate()
+        for k in ("epochs", "batch_size", "max_seq_len", "evals_per_epoch"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"parameter {k!r} must be >= 1")
+        if self.lr <= 0:
+            raise ConfigError("parameter 'lr' must be > 0")
+        if self.train_layers < 0:
+            raise ConfigError("parameter 'train_layers' must be >= 0 (0: all layers)")
 
 
 @dataclass
@@ -177,23 +200,55 @@ class Stage2Config(StageConfig):
     stage = "stage2"
     notebook = "05_stage2_distillation"
     profiles = {
-        "smoke": {"steps_2a": 3, "steps_2b": 3, "batch_size": 4, "max_train_examples": 16,
-                  "max_eval_examples": 16, "max_seq_len": 96},
-        "demo": {"steps_2a": 40, "steps_2b": 40, "max_train_examples": 250, "max_eval_examples": 120},
-        "full": {"tasks": ALL_TASKS, "steps_2a": 5000, "steps_2b": 5000, "batch_size": 32, "lr": 1e-4},
+        "smoke": {"steps_2a": 2, "steps_2b": 2, "batch_size": 4, "max_train_examples": 8,
+                  "max_eval_examples": 16, "eval_every": 0, "warmup_steps": 0},
+        "demo": {"steps_2a": 30, "steps_2b": 30, "batch_size": 8, "lr": 5e-4, "max_train_examples": 200,
+                 "max_eval_examples": 120, "eval_every": 10, "teacher_bf16": True},
+        "full": {"tasks": ALL_TASKS, "steps_2a": 5000, "steps_2b": 5000, "batch_size": 32, "lr": 1e-4,
+                 "warmup_steps": 200, "eval_every": 500},
     }
     tasks: list[str] = param(CORE_TASKS, "tasks to distil (each needs a task teacher from notebook 04)")
     superglue_dir: str | None = param(None, "SuperGLUE folder (default: $GLMD_DATA, ../shared/data/superglue)")
+    pattern_id: int | None = param(None, "cloze pattern (None: the one the task teacher was fine-tuned with)")
     temperature: float = param(15.0, "temperature of the vocabulary KL in pass 2a (pass 2b uses T=1)")
     steps_2a: int = param(40, "optimizer steps of pass 2a (vocabulary KL on cloze inputs)")
     steps_2b: int = param(40, "optimizer steps of pass 2b (soft cross-entropy on task scores)")
-    batch_size: int = param(8, "examples per step")
-    lr: float = param(2e-4, "learning rate (AdamW)")
-    select_by_dev: bool = param(True, "keep the best dev checkpoint (uses dev labels, as the paper); False: last")
+    batch_size: int = param(8, "examples per step (COPA/ReCoRD: all candidate sequences of each)")
+    lr: float = param(2e-4, "peak learning rate (AdamW) of both passes")
+    warmup_steps: int = param(2, "linear warm-up steps of each pass before cosine decay")
+    loss_chunk: int = param(1024, "positions per chunk of the pass-2a loss (bounds peak memory)")
+    eval_every: int = param(10, "dev evaluation every N steps of each pass (0: only after each pass)")
+    select_by_dev: bool = param(True, "keep the best dev checkpoint of each pass (uses dev labels, as the paper); "
+                                      "False: the last one, so no label of any split touches the weights")
     add_unlabeled: bool = param(False, "also distil on the test split's (unlabeled) inputs")
-    max_train_examples: int | None = param(None, "cap on train examples per task (None: all)")
+    max_train_examples: int | None = param(None, "cap on train inputs per task (None: all)")
+    max_unlabeled_examples: int | None = param(None, "cap on added test-split inputs per task (None: all)")
     max_eval_examples: int | None = param(None, "cap on dev examples per task (None: all)")
-    max_seq_len: int = param(256, "inputs longer than this are truncated from the passage side")
+    max_seq_len: int | None = param(None, "inputs longer than this are truncated from the passage side "
+                                          "(None: as for the task teacher)")
+    teacher_bf16: bool | None = param(None, "run the frozen teacher under bf16 autocast (None: on CUDA only; "
+                                            "True also on CPU, faster there; fp32 keeps runs bitwise exact)")
+    resume: bool = param(True, "skip tasks already finished in <run_dir>/stage2 with the same settings")
+
+    def validate(self) -> None:
+        super().validate()
+        for k in ("steps_2a", "steps_2b", "batch_size", "loss_chunk"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"parameter {k!r} must be >= 1")
+        for k in ("warmup_steps", "eval_every"):
+            if getattr(self, k) < 0:
+                raise ConfigError(f"parameter {k!r} must be >= 0")
+        for k in ("max_seq_len", "max_train_examples", "max_unlabeled_examples", "max_eval_examples",
+                  "pattern_id"):
+            v = getattr(self, k)
+            if v is not None and v < (0 if k == "pattern_id" else 1):
+                raise ConfigError(f"parameter {k!r} must be >= {0 if k == 'pattern_id' else 1} (or None)")
+        if self.temperature <= 0:
+            raise ConfigError("parameter 'temperature' must be > 0")
+        if self.lr <= 0:
+            raise ConfigError("parameter 'lr' must be > 0")
+        if not self.tasks:
+            raise ConfigError("parameter 'tasks' must name at least one task")
 
 
 @dataclass
@@ -201,8 +256,9 @@ class EvalConfig(StageConfig):
     stage = "eval"
     notebook = "06_superglue_eval"
     profiles = {
-        "smoke": {"teacher": SMOKE_TEACHER, "max_eval_examples": 16, "tasks": CORE_TASKS},
-        "demo": {"teacher": DEMO_TEACHER, "max_eval_examples": 120},
+        "smoke": {"teacher": SMOKE_TEACHER, "max_eval_examples": 16, "tasks": CORE_TASKS + ["AX-b", "AX-g"],
+                  "max_seq_len": 96},
+        "demo": {"teacher": DEMO_TEACHER, "max_eval_examples": 120, "max_seq_len": 160, "bf16": True},
         "full": {"teacher": DEMO_TEACHER},
     }
     teacher: str = param(DEMO_TEACHER, "the pre-trained teacher, evaluated zero-shot")
@@ -214,6 +270,10 @@ class EvalConfig(StageConfig):
     max_eval_examples: int | None = param(None, "cap on dev examples per task for model scores (None: all)")
     batch_size: int = param(16, "examples per forward pass (batched by length)")
     write_test_predictions: bool = param(False, "also write test-split predictions in the leaderboard format")
+    pattern_id: int = param(0, "which cloze pattern of each task")
+    max_seq_len: int = param(256, "inputs longer than this are truncated from the passage side")
+    bf16: bool = param(False, "bf16 autocast on CPU too (about 3x faster there; CUDA always uses bf16)")
+    show_errors: int = param(3, "examples each model gets wrong, shown per task")
 
 
 @dataclass

@@ -74,7 +74,9 @@ def bert_tokenizer(tmp_path_factory):
     wp = BertWordPieceTokenizer(lowercase=True)
     wp.train([str(d / "train.txt")], vocab_size=400, min_frequency=1)
     wp.save_model(str(d))
-    return BertTokenizerFast(vocab_file=str(d / "vocab.txt"), do_lower_case=True)
+    tok = BertTokenizerFast.from_pretrained(d, do_lower_case=True)
+    assert len(tok) > 100, "the WordPiece tokenizer lost its vocabulary"
+    return tok
 
 
 @pytest.fixture

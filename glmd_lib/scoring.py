@@ -1,0 +1,216 @@
+"""Scores of a language model on SuperGLUE clozes (see ``glmd_lib.superglue.patterns``).
+
+``task_scores`` is differentiable (stage 2 back-propagates through it into the student); ``predict``
+wraps it for inference: clozes sorted by length, batched, argmax, mapped back to label values.
+
+Scores are log-probabilities under the model's full softmax: the verbalizer token's log-probability
+at the answer position for single-token tasks, the sum over the candidate's tokens for candidate
+tasks. A softmax over a row therefore gives the model's distribution over the choices (the full-vocab
+normaliser cancels), which is what fine-tuning and distillation use.
+
+A student with a compressed vocabulary (``glmd_lib.vocab.VocabMap``) reads teacher ids mapped to its own
+ids (``vocab_map.map_ids``); verbalizer tokens are always kept, so their scores are exact; a pruned
+candidate token is read at its substitute.
+
+Padding is on the right and masks come from the attention mask only: SmolLM2's pad id equals its eos id.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+
+from .superglue.patterns import Cloze, build_cloze
+
+# architectures whose base model's last hidden state goes straight into the output layer: for them
+# the (large) vocabulary projection is computed only at the positions that are read
+_HIDDEN_PATH = ("llama", "gpt2", "mistral", "qwen2")
+PAD_MULTIPLE = 32  # batches are padded to a multiple of this many positions
+
+
+def autocast(device: torch.device | str | None, bf16: bool = False):
+    """bf16 autocast on CUDA (always, as ``glmd_lib.device.autocast``) and on CPU when ``bf16`` is asked
+    for: this CPU runs bf16 matrix work natively, about 3x faster than fp32 for the 135M teacher."""
+    import contextlib
+
+    from .device import autocast as cuda_autocast
+
+    device = torch.device(device or "cpu")
+    if device.type == "cuda":
+        return cuda_autocast(device)
+    if bf16 and device.type == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def collate_sequences(seqs: Sequence[Sequence[int]], pad_id: int,
+                      pad_to_multiple_of: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad ``seqs`` into ``(input_ids, attention_mask)`` (LongTensors of shape [N, L]), with L the
+    longest length rounded up to ``pad_to_multiple_of`` (few distinct shapes: CPU bf16 kernels are
+    prepared once per shape, which otherwise costs more than the padding)."""
+    if not seqs:
+        raise ValueError("collate_sequences needs at least one sequence")
+    n, L = len(seqs), max(len(s) for s in seqs)
+    L = -(-L // pad_to_multiple_of) * pad_to_multiple_of
+    ids = torch.full((n, L), int(pad_id), dtype=torch.long)
+    mask = torch.zeros((n, L), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return ids, mask
+
+
+def _map_ids(vocab_map: Any, ids: torch.Tensor) -> torch.Tensor:
+    """Teacher ids -> student ids through a VocabMap (``map_ids``, else its ``teacher_to_student`` table)."""
+    if vocab_map is None:
+        return ids
+    if hasattr(vocab_map, "map_ids"):
+        out = vocab_map.map_ids(ids)
+    else:
+        out = torch.as_tensor(vocab_map.teacher_to_student)[ids.cpu()]
+    return torch.as_tensor(out, dtype=torch.long).to(ids.device)
+
+
+def _model_kind(model) -> str:
+    from .models import model_kind
+
+    return model_kind(model.config)
+
+
+def _device_of(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def _read_log_probs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Log-softmax over the vocabulary at positions ``(rows[k], cols[k])``: [K, V]."""
+    mtype = getattr(model.config, "model_type", "")
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    base = getattr(model, "base_model", None)
+    if mtype in _HIDDEN_PATH and head is not None and base is not None and base is not model:
+        hidden = base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        logits = head(hidden[rows, cols])
+    else:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[rows, cols]
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def task_scores(model, clozes: Sequence[Cloze], vocab_map: Any = None,
+                device: torch.device | str | None = None) -> torch.Tensor:
+    """Scores ``[B, max_choices]`` of ``clozes`` (one forward pass over all their sequences).
+
+    Differentiable: no ``torch.no_grad`` here. Clozes with fewer choices than the widest one (ReCoRD)
+    are padded with ``-inf``. All clozes must be of one kind (causal or masked).
+    """
+    if not clozes:
+        raise ValueError("task_scores needs at least one cloze")
+    device = torch.device(device) if device is not None else _device_of(model)
+    kinds = {c.kind for c in clozes}
+    if len(kinds) != 1:
+        raise ValueError(f"clozes of mixed kinds {sorted(kinds)}")
+    kind = kinds.pop()
+    seqs = [s for c in clozes for s in c.sequences]
+    input_ids, attention_mask = collate_sequences(seqs, pad_id=0, pad_to_multiple_of=PAD_MULTIPLE)
+    input_ids = _map_ids(vocab_map, input_ids).to(device)
+    attention_mask = attention_mask.to(device)
+
+    # which (row, position) to read and which token's log-prob to take there, and where it goes
+    rows, cols, targets, owner = [], [], [], []  # owner: (cloze, choice)
+    row = 0
+    for ci, c in enumerate(clozes):
+        if c.single_token:
+            rows.append(row)
+            cols.append(c.answer_positions[0])
+            owner.append((ci, -1))
+            targets.append(-1)
+            row += 1
+            continue
+        for j, ((start, end), cand) in enumerate(zip(c.candidate_spans, c.candidate_ids)):
+            for k, t in enumerate(cand):
+                pos = start + k
+                read_at = pos - 1 if kind == "causal" else pos
+                if read_at < 0:
+                    raise ValueError(f"{c.task} {c.idx}: a causal candidate cannot start at position 0")
+                rows.append(row + j)
+                cols.append(read_at)
+                targets.append(t)
+                owner.append((ci, j))
+        row += len(c.sequences)
+
+    lp = _read_log_probs(model, input_ids, attention_mask,
+                         torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device))
+    width = max(c.n_choices for c in clozes)
+    out = torch.full((len(clozes), width), float("-inf"), device=lp.device, dtype=lp.dtype)
+
+    single = [k for k, (ci, j) in enumerate(owner) if j == -1]
+    if single:
+        k_idx = torch.as_tensor(single, device=lp.device)
+        ci_list = [owner[k][0] for k in single]
+        n_ch = [clozes[ci].n_choices for ci in ci_list]
+        choice = torch.as_tensor([clozes[ci].choice_token_ids + [0] * (width - n) for ci, n in zip(ci_list, n_ch)],
+                                 device=lp.device)
+        vals = lp[k_idx].gather(1, _map_ids(vocab_map, choice))  # [S, width]
+        valid = torch.arange(width, device=lp.device)[None, :] < torch.as_tensor(n_ch, device=lp.device)[:, None]
+        out[torch.as_tensor(ci_list, device=lp.device)] = torch.where(valid, vals, torch.full_like(vals, -math.inf))
+    multi = [k for k, (ci, j) in enumerate(owner) if j >= 0]
+    if multi:
+        k_idx = torch.as_tensor(multi, device=lp.device)
+        tgt = _map_ids(vocab_map, torch.as_tensor([targets[k] for k in multi], device=lp.device))
+        tok_lp = lp[k_idx, tgt]
+        slot = torch.as_tensor([owner[k][0] * width + owner[k][1] for k in multi], device=lp.device)
+        sums = torch.zeros(len(clozes) * width, device=lp.device, dtype=lp.dtype).index_add(0, slot, tok_lp)
+        filled = torch.zeros(len(clozes) * width, dtype=torch.bool, device=lp.device)
+        filled[slot] = True
+        out = torch.where(filled.view(len(clozes), width), sums.view(len(clozes), width), out)
+    return out
+
+
+def batches_by_length(clozes: Sequence[Cloze], batch_size: int) -> list[list[int]]:
+    """Indices of ``clozes`` grouped into batches of similar length, at most ``batch_size`` sequences
+    each (a cloze with more sequences than that gets a batch of its own)."""
+    order = sorted(range(len(clozes)), key=lambda i: clozes[i].max_len)
+    out, cur, n = [], [], 0
+    for i in order:
+        k = len(clozes[i].sequences)
+        if cur and n + k > batch_size:
+            out.append(cur)
+            cur, n = [], 0
+        cur.append(i)
+        n += k
+    if cur:
+        out.append(cur)
+    return out
+
+
+@torch.no_grad()
+def score_clozes(model, clozes: Sequence[Cloze], vocab_map: Any = None, batch_size: int = 16,
+                 device: torch.device | str | None = None, bf16: bool = False) -> list[torch.Tensor]:
+    """Inference scores of every cloze (a 1-D float32 CPU tensor of its choices each), in input order."""
+    was_training = model.training
+    model.eval()
+    out: list[torch.Tensor | None] = [None] * len(clozes)
+    dev = torch.device(device) if device is not None else _device_of(model)
+    try:
+        for idx in batches_by_length(clozes, batch_size):
+            with autocast(dev, bf16):
+                s = task_scores(model, [clozes[i] for i in idx], vocab_map=vocab_map, device=dev).float().cpu()
+            for row, i in enumerate(idx):
+                out[i] = s[row, :clozes[i].n_choices]
+    finally:
+        model.train(was_training)
+    return out  # type: ignore[return-value]
+
+
+def predict(model, task: str, examples, tokenizer, vocab_map: Any = None, batch_size: int = 16,
+            kind: str | None = None, pattern_id: int = 0, max_len: int = 256,
+            device: torch.device | str | None = None, bf16: bool = False) -> tuple[list[Any], list[torch.Tensor]]:
+    """Predicted label values (COPA: choice index; ReCoRD: entity string) and per-example scores."""
+    kind = kind or _model_kind(model)
+    clozes = build_cloze(task, list(examples), tokenizer, kind=kind, pattern_id=pattern_id, max_len=max_len)
+    scores = score_clozes(model, clozes, vocab_map=vocab_map, batch_size=batch_size, device=device, bf16=bf16)
+    preds = [c.choices[int(torch.argmax(s))] if len(s) else None for c, s in zip(clozes, scores)]
+    return preds, scores

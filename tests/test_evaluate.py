@@ -1,0 +1,122 @@
+"""Evaluation: model discovery, rows and summary, majority baselines, students with a VocabMap,
+submission format."""
+from __future__ import annotations
+
+import json
+import math
+import types
+
+import pandas as pd
+import pytest
+import torch
+
+from glmd_lib.evaluate import (ModelSpec, confusion, discover_models, evaluate_models, majority_rows,
+                               submission_lines, summarize, write_results, write_submission)
+from glmd_lib.superglue.data import read_split, write_toy_dataset
+
+
+@pytest.fixture
+def toy(tmp_path):
+    return write_toy_dataset(tmp_path / "sg", n=6)
+
+
+@pytest.fixture
+def teacher_dir(tmp_path, tiny_llama, smol_tokenizer):
+    d = tmp_path / "tiny_teacher"
+    tiny_llama.save_pretrained(d)
+    smol_tokenizer.save_pretrained(d)
+    return d
+
+
+def test_discover_models_skips_missing_with_a_note(tmp_path, teacher_dir):
+    import shutil
+
+    shutil.copytree(teacher_dir, tmp_path / "run" / "teachers" / "RTE" / "model")
+    specs, notes = discover_models(tmp_path / "run", str(teacher_dir), ["CB", "RTE", "AX-b"],
+                                   ["zero_shot", "teachers", "students"])
+    assert [s.name for s in specs] == ["zero_shot", "teacher"]
+    assert specs[1].path_for("AX-b") == specs[1].path_for("RTE") and specs[1].path_for("CB") is None
+    assert any("no teacher for CB" in n for n in notes) and any("no student for CB, RTE" in n for n in notes)
+
+
+def test_evaluate_rows_summary_and_files(tmp_path, toy, teacher_dir):
+    tasks = ["CB", "COPA", "RTE", "AX-b", "AX-g", "MultiRC", "ReCoRD"]
+    df, details = evaluate_models([ModelSpec("zero_shot", {"*": str(teacher_dir)})], tasks, toy,
+                                  max_examples=4, log_fn=None)
+    assert list(df.columns)[:5] == ["model", "task", "metric", "value", "params"]
+    assert set(df.task) == set(tasks) and (df.params > 0).all()
+    cb = df[(df.task == "CB")].set_index("metric").value
+    assert cb["score"] == pytest.approx((cb["accuracy"] + cb["f1"]) / 2)
+    assert len(details[("zero_shot", "AX-g")]["predictions"]) == 4
+    maj, _ = majority_rows(tasks, toy)
+    allrows = pd.concat([df, maj])
+    csv, summ = write_results(allrows, tmp_path / "eval")
+    back = pd.read_csv(csv)
+    assert len(back) == len(allrows)
+    s = json.loads(summ.read_text())
+    main = [t for t in tasks if not t.startswith("AX")]
+    assert s["zero_shot"]["average"] == pytest.approx(sum(s["zero_shot"]["tasks"][t] for t in main) / len(main))
+    assert set(s) == {"zero_shot", "majority"}
+
+
+def test_majority_uses_train_labels_on_the_full_dev_split(toy):
+    df, details = majority_rows(["CB", "BoolQ", "AX-b"], toy)
+    # toy CB train labels cycle entailment, contradiction, neutral: tie -> first seen
+    assert details[("majority", "CB")]["predictions"][0] == "entailment"
+    assert details[("majority", "AX-b")]["source"] == "RTE train"
+    n = df[(df.task == "CB") & (df.metric == "accuracy")].n_examples.iloc[0]
+    assert n == len(read_split("CB", "val", toy))
+    acc = df[(df.task == "CB") & (df.metric == "accuracy")].value.iloc[0]
+    assert acc == pytest.approx(2 / 6)
+
+
+def test_student_folder_with_vocab_map(tmp_path, toy, teacher_dir, monkeypatch):
+    """A student folder holding vocab_map.json is loaded through glmd_lib.student.load_student."""
+    import shutil
+
+    from test_scoring import StandInVocabMap
+
+    from glmd_lib.models import load_teacher
+
+    folder = tmp_path / "run" / "stage2" / "CB" / "student"
+    shutil.copytree(teacher_dir, folder)
+    (folder / "vocab_map.json").write_text("{}")
+    model, tok = load_teacher(folder)
+    vm = StandInVocabMap(range(len(tok)), len(tok))
+    calls = []
+
+    def load_student(path):
+        calls.append(path)
+        return types.SimpleNamespace(model=model, tokenizer=tok, vocab_map=vm)
+
+    monkeypatch.setitem(__import__("sys").modules, "glmd_lib.student",
+                        types.SimpleNamespace(load_student=load_student))
+    specs, _ = discover_models(tmp_path / "run", str(teacher_dir), ["CB"], ["students"])
+    df, _ = evaluate_models(specs, ["CB"], toy, log_fn=None)
+    assert calls and set(df.model) == {"student"}
+    ref, _ = evaluate_models([ModelSpec("t", {"*": str(teacher_dir)})], ["CB"], toy, log_fn=None)
+    assert df.value.tolist() == pytest.approx(ref.value.tolist())  # identity map: same scores
+
+
+def test_submission_format(toy, tmp_path):
+    boolq = read_split("BoolQ", "test", toy)
+    lines = submission_lines("BoolQ", boolq, [True, False] * 3)
+    assert lines[0] == {"idx": 0, "label": "true"} and lines[1]["label"] == "false"
+    mrc = read_split("MultiRC", "test", toy)
+    lines = submission_lines("MultiRC", mrc, [1, 0] * 6)
+    assert lines[0] == {"idx": 0, "passage": {"questions": [{"idx": 0, "answers": [
+        {"idx": 0, "label": 1}, {"idx": 1, "label": 0}]}]}}
+    path = write_submission("AX-b", read_split("AX-b", "test", toy), ["entailment"] * 6, tmp_path / "sub")
+    assert path.name == "AX-b.jsonl" and json.loads(path.read_text().splitlines()[0]) == {"idx": 0,
+                                                                                          "label": "entailment"}
+
+
+def test_confusion_and_summary_of_nan():
+    from glmd_lib.superglue.data import Example
+
+    exs = [Example("RTE", i, l, {}) for i, l in enumerate(["entailment", "not_entailment", "entailment"])]
+    m = confusion("RTE", exs, ["entailment", "entailment", "not_entailment"])
+    assert m.loc["entailment", "entailment"] == 1 and m.loc["not_entailment", "entailment"] == 1
+    assert m.values.sum() == 3
+    s = summarize(pd.DataFrame([dict(model="m", task="AX-b", metric="score", value=0.1, params=1, n_examples=1)]))
+    assert math.isnan(s["m"]["average"])

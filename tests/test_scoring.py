@@ -1,0 +1,136 @@
+"""Scores from clozes: equal to a by-hand forward pass, padding-invariant, differentiable, VocabMap-aware."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from glmd_lib.scoring import batches_by_length, collate_sequences, predict, task_scores
+from glmd_lib.superglue.data import read_split, write_toy_dataset
+from glmd_lib.superglue.patterns import build_cloze
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return write_toy_dataset(tmp_path_factory.mktemp("sg"), n=4)
+
+
+def _by_hand(model, cloze, kind="causal"):
+    out = []
+    with torch.no_grad():
+        for j, seq in enumerate(cloze.sequences):
+            lp = torch.log_softmax(model(torch.tensor([seq])).logits[0], -1)
+            if cloze.single_token:
+                return lp[cloze.answer_positions[0], cloze.choice_token_ids]
+            a, b = cloze.candidate_spans[j]
+            shift = 1 if kind == "causal" else 0
+            out.append(sum(lp[t - shift, cloze.candidate_ids[j][t - a]] for t in range(a, b)))
+    return torch.stack(out)
+
+
+def test_collate_right_pads_with_mask():
+    ids, mask = collate_sequences([[5, 6, 7], [8]], pad_id=2)
+    assert ids.tolist() == [[5, 6, 7], [8, 2, 2]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+@pytest.mark.parametrize("task", ["CB", "COPA", "ReCoRD", "MultiRC"])
+def test_causal_scores_match_by_hand_and_ignore_padding(toy, smol_tokenizer, tiny_llama, task):
+    exs = read_split(task, "val", toy)
+    cl = build_cloze(task, exs, smol_tokenizer)
+    s = task_scores(tiny_llama, cl)
+    assert s.shape == (len(cl), max(c.n_choices for c in cl))
+    for i, c in enumerate(cl):
+        torch.testing.assert_close(s[i, :c.n_choices], _by_hand(tiny_llama, c), atol=1e-4, rtol=1e-4)
+    # padding: scored beside a much longer cloze (of another task), the scores do not change
+    long = build_cloze("BoolQ", [read_split("BoolQ", "val", toy)[0]], smol_tokenizer)
+    long[0].sequences[0] = long[0].sequences[0][:1] * 40 + long[0].sequences[0]
+    long[0].answer_positions = [len(long[0].sequences[0]) - 1]
+    assert long[0].max_len > 2 * max(len(q) for q in cl[0].sequences)
+    mixed = task_scores(tiny_llama, cl[:1] + long)
+    n = cl[0].n_choices
+    torch.testing.assert_close(mixed[0, :n], s[0, :n], atol=1e-4, rtol=1e-4)
+
+
+def test_ragged_choices_are_padded_with_minus_inf(smol_tokenizer, tiny_llama, toy):
+    exs = read_split("ReCoRD", "val", toy)
+    exs[0].candidates = ["Paris", "Rome", "France"]
+    exs[0].label = ["France"]
+    cl = build_cloze("ReCoRD", exs[:2], smol_tokenizer)
+    s = task_scores(tiny_llama, cl)
+    assert s.shape == (2, 3) and torch.isinf(s[1, 2]) and torch.isfinite(s[0]).all()
+    assert cl[0].label == 2
+
+
+def test_scores_are_differentiable(smol_tokenizer, tiny_llama, toy):
+    cl = build_cloze("COPA", read_split("COPA", "train", toy), smol_tokenizer)
+    tiny_llama.train()
+    s = task_scores(tiny_llama, cl)
+    loss = torch.nn.functional.cross_entropy(s, torch.tensor([c.label for c in cl]))
+    loss.backward()
+    assert tiny_llama.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+
+
+def test_masked_scores_match_by_hand(tmp_path, toy):
+    from transformers import BertConfig, BertForMaskedLM
+    from test_patterns import make_word_bert_tokenizer
+
+    tok = make_word_bert_tokenizer(tmp_path)
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                       num_hidden_layers=2, num_attention_heads=2)).eval()
+    for task in ("RTE", "COPA"):
+        cl = build_cloze(task, read_split(task, "val", toy), tok, kind="masked")
+        s = task_scores(model, cl)
+        for i, c in enumerate(cl):
+            torch.testing.assert_close(s[i, :c.n_choices], _by_hand(model, c, "masked"), atol=1e-4, rtol=1e-4)
+    preds, _ = predict(model, "RTE", read_split("RTE", "val", toy), tok)
+    assert set(preds) <= {"entailment", "not_entailment"}
+
+
+class StandInVocabMap:
+    """The part of glmd_lib.vocab.VocabMap that scoring uses: teacher id -> student id."""
+
+    def __init__(self, kept, vocab_size, unk=0):
+        self.kept_ids = torch.as_tensor(sorted(kept))
+        self.teacher_to_student = torch.full((vocab_size,), unk, dtype=torch.long)
+        self.teacher_to_student[self.kept_ids] = torch.arange(len(self.kept_ids))
+
+    def map_ids(self, ids):
+        return self.teacher_to_student[torch.as_tensor(ids).cpu()]
+
+
+def test_student_with_vocab_map_reads_mapped_ids(smol_tokenizer, toy):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    exs = read_split("CB", "val", toy)
+    cl = build_cloze("CB", exs, smol_tokenizer)
+    used = sorted({t for c in cl for s in c.sequences for t in s} | {t for c in cl for t in c.choice_token_ids})
+    vm = StandInVocabMap([0] + used, len(smol_tokenizer))
+    torch.manual_seed(3)
+    student = LlamaForCausalLM(LlamaConfig(vocab_size=len(vm.kept_ids), hidden_size=32, intermediate_size=64,
+                                           num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)).eval()
+    s = task_scores(student, cl, vocab_map=vm)
+    for i, c in enumerate(cl):
+        seq = vm.map_ids(torch.tensor([c.sequences[0]]))
+        with torch.no_grad():
+            lp = torch.log_softmax(student(seq).logits[0, c.answer_positions[0]], -1)
+        torch.testing.assert_close(s[i], lp[vm.map_ids(torch.tensor(c.choice_token_ids))], atol=1e-4, rtol=1e-4)
+
+
+def test_predict_returns_label_values_in_order(smol_tokenizer, tiny_llama, toy):
+    exs = read_split("CB", "val", toy) + []
+    preds, scores = predict(tiny_llama, "CB", exs, smol_tokenizer, batch_size=3)
+    assert len(preds) == len(exs) and all(p in ("entailment", "contradiction", "neutral") for p in preds)
+    cl = build_cloze("CB", exs, smol_tokenizer)
+    for p, s, c in zip(preds, scores, cl):
+        assert p == c.choices[int(s.argmax())]
+    torch.testing.assert_close(torch.stack(scores), task_scores(tiny_llama, cl).detach(), atol=1e-4, rtol=1e-4)
+    preds, _ = predict(tiny_llama, "COPA", read_split("COPA", "val", toy), smol_tokenizer)
+    assert set(preds) <= {0, 1}
+
+
+def test_batches_by_length_respect_the_sequence_budget(smol_tokenizer, toy):
+    cl = build_cloze("COPA", read_split("COPA", "val", toy), smol_tokenizer)
+    batches = batches_by_length(cl, batch_size=4)
+    assert sorted(i for b in batches for i in b) == list(range(len(cl)))
+    assert all(sum(len(cl[i].sequences) for i in b) <= 4 for b in batches)
+    assert len(batches) == 2
