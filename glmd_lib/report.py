@@ -72,12 +72,20 @@ def results_table(run_dir: Path | str) -> pd.DataFrame:
     # main tasks first, then an average over them (as the leaderboard), then the diagnostics
     main = [t for t in table.index if not t.startswith("AX-")]
     diag = [t for t in table.index if t.startswith("AX-")]
+    rows = [table.loc[main]]
     if main:
-        avg = table.loc[main].mean(numeric_only=True, skipna=False).rename("average (main tasks)")
-        table = pd.concat([table.loc[main], avg.to_frame().T, table.loc[diag]])
+        # averages only over tasks that every model column has, so the models are compared like for like
+        common = [t for t in main if table.loc[t].notna().all()]
+        if common and len(common) < len(main):
+            rows.append(table.loc[common].mean().rename(f"average ({', '.join(common)})").to_frame().T)
+        if table.loc[main].notna().all().any():
+            rows.append(table.loc[main].mean(skipna=False).rename("average (all main tasks)").to_frame().T)
+    table = pd.concat(rows + [table.loc[diag]])
     table.index.name = "task"
     if {"GLMD student", "task teacher"} <= set(table.columns):
         table["retention"] = table["GLMD student"] / table["task teacher"]
+        # a ratio of Matthews correlations or parities means nothing: no retention for the diagnostics
+        table.loc[[t for t in table.index if t.startswith("AX-")], "retention"] = float("nan")
     return table
 
 

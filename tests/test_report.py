@@ -10,12 +10,14 @@ from glmd_lib.report import model_group, results_table, sizes_table, write_repor
 @pytest.fixture
 def run_dir(tmp_path):
     rows = []
-    for model, params, scores in [("majority", None, {"CB": 0.5, "RTE": 0.53}),
+    for model, params, scores in [("majority", None, {"CB": 0.5, "RTE": 0.53, "BoolQ": 0.62, "AX-b": 0.0}),
                                   ("teacher (zero-shot)", 1000, {"CB": 0.4, "RTE": 0.55}),
                                   ("task teacher", 1000, {"CB": 0.8, "RTE": 0.7}),
                                   ("GLMD student", 250, {"CB": 0.6, "RTE": 0.63})]:
         for task, s in scores.items():
             rows.append({"model": model, "task": task, "metric": "accuracy", "value": s, "params": params})
+            if task == "AX-b":
+                rows[-1]["metric"] = "mcc"
             if task == "CB":  # a two-metric task: the score is their mean
                 rows.append({"model": model, "task": task, "metric": "f1", "value": s / 2, "params": params})
     (tmp_path / "eval").mkdir()
@@ -35,6 +37,11 @@ def test_results_table_and_retention(run_dir):
     assert t.loc["RTE", "retention"] == pytest.approx(0.63 / 0.7)
     assert t.loc["CB", "task teacher"] == pytest.approx((0.8 + 0.4) / 2)  # CB: mean of accuracy and macro-F1
     assert t.loc["CB", "retention"] == pytest.approx(0.45 / 0.6)
+    # averages compare like with like: over the tasks every model has, and over all only where complete
+    assert t.loc["average (CB, RTE)", "GLMD student"] == pytest.approx((0.45 + 0.63) / 2)
+    assert t.loc["average (all main tasks)", "majority"] == pytest.approx((0.375 + 0.53 + 0.62) / 3)
+    assert pd.isna(t.loc["average (all main tasks)", "task teacher"])
+    assert pd.isna(t.loc["AX-b", "retention"]) and list(t.index)[-1] == "AX-b"
     sizes = sizes_table(run_dir)
     assert sizes.loc["GLMD student", "share of teacher"] == pytest.approx(0.25)
 
