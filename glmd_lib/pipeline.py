@@ -3,9 +3,10 @@
 * Parameters (``-p key=value``, ``-f params.yaml``) go to every notebook that declares them; a key that
   no notebook declares, or a value of the wrong type, fails before anything runs.
 * Each executed notebook is saved as ``<run_dir>/notebooks/<name>.ipynb``.
-* Resume: after a notebook succeeds, ``<run_dir>/pipeline/<name>.json`` records the parameters it ran
-  with. On a rerun a notebook is skipped when that record matches and its stage directory is marked
-  complete; once one notebook runs again, every later one runs again too (its inputs changed).
+* Resume: after a notebook succeeds, ``<run_dir>/pipeline/<name>.json`` records a fingerprint of what it
+  ran with (parameters, resolved config, the notebook's cells). On a rerun a notebook is skipped when the
+  fingerprint matches and its stage directory is marked complete; once one notebook runs again, every
+  later one runs again too (its inputs changed).
 * The first failure stops the pipeline with the notebook, the cell and the error.
 """
 from __future__ import annotations
@@ -120,8 +121,15 @@ def validate(steps: list[NotebookStep], profile: str, run_dir: str, params: dict
     return per_notebook
 
 
-def _fingerprint(nb_params: dict) -> str:
-    return hashlib.sha256(json.dumps(nb_params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def _fingerprint(step: NotebookStep, nb_params: dict) -> str:
+    """What a notebook's result depends on: its parameters, the resolved config (so a changed profile
+    default counts) and the notebook's own cells."""
+    resolved = None
+    if step.config is not None:
+        resolved = step.config.resolve(**nb_params).to_dict()
+    cells = [c.get("source") for c in json.loads(step.path.read_text(encoding="utf-8"))["cells"]]
+    blob = json.dumps({"params": nb_params, "config": resolved, "cells": cells}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def run(profile: str, run_dir: str | Path, only: list[str] | None = None, params: dict[str, Any] | None = None,
@@ -140,7 +148,8 @@ def run(profile: str, run_dir: str | Path, only: list[str] | None = None, params
         record = run_dir / "pipeline" / f"{s.name}.json"
         out_nb = run_dir / "notebooks" / s.path.name
         stage_ok = s.config is None or is_complete(run_dir / s.config.stage)
-        same = record.exists() and json.loads(record.read_text()).get("fingerprint") == _fingerprint(nb_params)
+        fingerprint = _fingerprint(s, nb_params)
+        same = record.exists() and json.loads(record.read_text()).get("fingerprint") == fingerprint
         if not force and not rerun_rest and same and stage_ok and out_nb.exists():
             log(f"[{s.name}] complete, skipping (delete {record} or use --force to rerun)")
             results.append({"notebook": s.name, "status": "skipped"})
@@ -156,7 +165,7 @@ def run(profile: str, run_dir: str | Path, only: list[str] | None = None, params
                 f"notebook {s.name} failed in cell {e.cell_index} (execution count {e.exec_count}): "
                 f"{e.ename}: {e.evalue}\nThe executed notebook with the traceback: {out_nb}") from None
         elapsed = time.perf_counter() - start
-        atomic_write_json(record, {"notebook": s.name, "fingerprint": _fingerprint(nb_params),
+        atomic_write_json(record, {"notebook": s.name, "fingerprint": fingerprint,
                                    "parameters": nb_params, "seconds": round(elapsed, 1)})
         log(f"[{s.name}] done in {elapsed:.1f} s")
         results.append({"notebook": s.name, "status": "ran", "seconds": elapsed})

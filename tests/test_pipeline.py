@@ -62,6 +62,23 @@ def test_runs_in_order_routes_params_and_resumes(nbdir, tmp_path):
     # a parameter of 02 changed: 01 is skipped, 02 and everything after it run again
     res = run("smoke", rd, params={"alpha": 5, "beta": "y"}, notebook_dir=nbdir, log=lambda *_: None)
     assert [r["status"] for r in res] == ["skipped", "ran", "ran"]
+    # an edited notebook counts as changed too
+    nb = nbformat.read(nbdir / "03_gamma.ipynb", as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("x = 1"))
+    nbformat.write(nb, nbdir / "03_gamma.ipynb")
+    res = run("smoke", rd, params={"alpha": 5, "beta": "y"}, notebook_dir=nbdir, log=lambda *_: None)
+    assert [r["status"] for r in res] == ["skipped", "skipped", "ran"]
+
+
+def test_changed_profile_default_reruns_the_notebook(monkeypatch, tmp_path):
+    from glmd_lib.configs import OverviewConfig
+    from glmd_lib.pipeline import NotebookStep, _fingerprint
+
+    step = NotebookStep(discover()[0].path, OverviewConfig)
+    params = {"run_dir": str(tmp_path), "profile": "smoke"}
+    before = _fingerprint(step, params)
+    monkeypatch.setitem(OverviewConfig.profiles, "smoke", {**OverviewConfig.profiles["smoke"], "top_k": 3})
+    assert _fingerprint(step, params) != before
 
 
 def test_only_is_repeatable(nbdir, tmp_path):
