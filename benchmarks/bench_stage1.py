@@ -37,7 +37,7 @@ from glmd_lib.losses import distill_kl_reference, distill_loss, sparse_teacher_f
 from glmd_lib.models import count_parameters, load_teacher  # noqa: E402
 from glmd_lib.stage1 import Distiller, TeacherRunner  # noqa: E402
 from glmd_lib.student import build_student  # noqa: E402
-from glmd_lib.teacher_cache import cache_key, ensure_teacher_cache, student_space  # noqa: E402
+from glmd_lib.teacher_cache import cache_key, ensure_teacher_cache, hidden_teacher_fn, student_space  # noqa: E402
 from glmd_lib.textdata import default_corpus, token_blocks  # noqa: E402
 from glmd_lib.vocab import VocabMap  # noqa: E402
 
@@ -283,6 +283,26 @@ def main():
         print(f"[3] steps/s: live teacher {1 / t_d:.3f}, teacher cache (top-{args.cache_topk}) {1 / t_c:.3f} "
               f"-> {t_d / t_c:.2f}x  (cache of {len(cblocks)} blocks built in {t_build:.1f} s, "
               f"{cache.values.nbytes + cache.ids.nbytes + cache.tail.nbytes:,} bytes)")
+
+        # the exact cache: the teacher's final hidden states, kept rows of its output layer applied per chunk
+        t0 = time.perf_counter()
+        hcache, _ = ensure_teacher_cache(Path(d) / "hidden", teacher, cblocks, None,
+                                         cache_key(args.teacher, teacher, cblocks), batch_size=B, progress=False)
+        t_hbuild = time.perf_counter() - t0
+
+        def hidden_step():
+            state["i"] = (state["i"] + 1) % len(batches)
+            idx = torch.arange(state["i"] * B, (state["i"] + 1) * B)
+            ids = cblocks[idx]
+            attn = torch.ones_like(ids)
+            fn = hidden_teacher_fn(hcache.lookup_hidden(idx), runner.head_w, runner.head_b)
+            loss, _ = distiller(vm.map_ids(ids) if vm is not None else ids, attn, fn, attn.bool(), None)
+            loss.backward()
+            student.zero_grad(set_to_none=False)
+
+        t_h = timeit(hidden_step, args.repeats)
+        print(f"    teacher cache (hidden states, exact) {1 / t_h:.3f} steps/s -> {t_d / t_h:.2f}x  "
+              f"(built in {t_hbuild:.1f} s, {hcache.hidden.nbytes:,} bytes)")
 
         flops = (2 * Pt + 6 * Ps) * tokens
         rate = matmul_rate()
