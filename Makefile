@@ -32,8 +32,8 @@ unit: $(STAMP)
 
 notebooks-test: $(STAMP)
 	rm -rf $(SMOKE_DIR)
-	$(BIN)/glmd run --profile smoke --run-dir $(SMOKE_DIR)
-	$(BIN)/pytest -q -p no:cacheprovider --nbval-lax $(SMOKE_DIR)/notebooks
+	$(BIN)/glmd run --profile smoke --run-dir $(SMOKE_DIR) --cell-timeout 600
+	$(BIN)/pytest -q -p no:cacheprovider --nbval-lax --nbval-cell-timeout=600 $(SMOKE_DIR)/notebooks
 
 test: unit notebooks-test
 

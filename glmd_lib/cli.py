@@ -22,7 +22,8 @@ def _run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         params = parse_params(args.param, args.param_file)
-        results = run(profile, run_dir, only=args.only, params=params, force=args.force)
+        results = run(profile, run_dir, only=args.only, params=params, force=args.force,
+                      cell_timeout=args.cell_timeout)
     except (ConfigError, PipelineError) as e:
         print(f"glmd run: error: {e}", file=sys.stderr)
         return 2
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="a parameter; repeatable")
     p_run.add_argument("-f", "--param-file", action="append", metavar="YAML", help="parameters from a YAML file")
     p_run.add_argument("--force", action="store_true", help="rerun notebooks even when complete")
+    p_run.add_argument("--cell-timeout", type=int, default=None, metavar="S",
+                       help="fail a cell that runs longer than S seconds (default: no limit)")
     p_run.set_defaults(func=_run)
 
     p_par = sub.add_parser("params", help="list the notebooks' parameters")

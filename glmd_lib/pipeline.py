@@ -133,7 +133,9 @@ def _fingerprint(step: NotebookStep, nb_params: dict) -> str:
 
 
 def run(profile: str, run_dir: str | Path, only: list[str] | None = None, params: dict[str, Any] | None = None,
-        force: bool = False, notebook_dir: Path = NOTEBOOK_DIR, log=print) -> list[dict]:
+        force: bool = False, notebook_dir: Path = NOTEBOOK_DIR, log=print,
+        cell_timeout: int | None = None) -> list[dict]:
+    """Execute the selected notebooks in order; ``cell_timeout`` (seconds) bounds every cell (CI)."""
     import papermill
 
     run_dir = Path(run_dir).expanduser().resolve()
@@ -159,11 +161,15 @@ def run(profile: str, run_dir: str | Path, only: list[str] | None = None, params
         start = time.perf_counter()
         try:
             papermill.execute_notebook(str(s.path), str(out_nb), parameters=nb_params, cwd=str(s.path.parent),
-                                       kernel_name="python3", progress_bar=False, log_output=False)
+                                       kernel_name="python3", progress_bar=False, log_output=False,
+                                       execution_timeout=cell_timeout)
         except papermill.PapermillExecutionError as e:
             raise PipelineError(
                 f"notebook {s.name} failed in cell {e.cell_index} (execution count {e.exec_count}): "
                 f"{e.ename}: {e.evalue}\nThe executed notebook with the traceback: {out_nb}") from None
+        except Exception as e:  # kernel died, cell timeout, unreadable notebook ...
+            raise PipelineError(f"notebook {s.name} could not be executed: {type(e).__name__}: {e}\n"
+                                f"The partly executed notebook: {out_nb}") from e
         elapsed = time.perf_counter() - start
         atomic_write_json(record, {"notebook": s.name, "fingerprint": fingerprint,
                                    "parameters": nb_params, "seconds": round(elapsed, 1)})

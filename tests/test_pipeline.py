@@ -99,6 +99,15 @@ def test_failure_names_notebook_and_cell_and_stops(nbdir, tmp_path):
     assert [r["status"] for r in res] == ["skipped", "ran", "ran"]  # resumes at the failed notebook
 
 
+def test_cell_timeout_stops_a_hanging_notebook(tmp_path):
+    d = tmp_path / "nbs"
+    d.mkdir()
+    _notebook(d / "01_hang.ipynb", {"run_dir": None, "profile": None}, "import time\ntime.sleep(60)")
+    with pytest.raises(PipelineError, match="01_hang"):
+        run("smoke", tmp_path / "run", notebook_dir=d, log=lambda *_: None, cell_timeout=2)
+    assert not (tmp_path / "run" / "pipeline" / "01_hang.json").exists()
+
+
 def test_unknown_parameter_fails_before_anything_runs(nbdir, tmp_path):
     rd = tmp_path / "run"
     with pytest.raises(ConfigError, match="no_such_key"):
