@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,7 @@ def plot_scores(table: pd.DataFrame, path: Path) -> Path | None:
         return None
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(table)), 3.8))
     table[cols].plot.bar(ax=ax, rot=0, width=0.8)
+    ax.set_xticklabels([textwrap.fill(str(t), 14) for t in table.index], fontsize=8)
     ax.set_ylabel("dev score")
     ax.set_xlabel("")
     ax.set_ylim(min(0.0, float(table[cols].min().min())), 1)
