@@ -44,7 +44,3 @@ def autocast(device: torch.device, enabled: bool = True):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
-
-def teacher_dtype(device: torch.device) -> torch.dtype:
-    """Frozen teachers run in bf16 on CUDA and fp32 elsewhere."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
