@@ -55,6 +55,15 @@ def tiny_llama(make_tiny_llama):
 
 
 @pytest.fixture
+def teacher_dir(tmp_path, tiny_llama, smol_tokenizer):
+    """``tiny_llama`` saved with the SmolLM2 tokenizer: a local teacher folder."""
+    d = tmp_path / "tiny_teacher"
+    tiny_llama.save_pretrained(d)
+    smol_tokenizer.save_pretrained(d)
+    return d
+
+
+@pytest.fixture
 def tiny_gpt2(smol_tokenizer):
     from transformers import GPT2Config, GPT2LMHeadModel
 

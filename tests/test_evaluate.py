@@ -8,7 +8,6 @@ import types
 
 import pandas as pd
 import pytest
-import torch
 
 from glmd_lib.evaluate import (ModelSpec, confusion, discover_models, evaluate_models, majority_rows,
                                submission_lines, summarize, write_results, write_submission)
@@ -18,14 +17,6 @@ from glmd_lib.superglue.data import read_split, write_toy_dataset
 @pytest.fixture
 def toy(tmp_path):
     return write_toy_dataset(tmp_path / "sg", n=6)
-
-
-@pytest.fixture
-def teacher_dir(tmp_path, tiny_llama, smol_tokenizer):
-    d = tmp_path / "tiny_teacher"
-    tiny_llama.save_pretrained(d)
-    smol_tokenizer.save_pretrained(d)
-    return d
 
 
 def test_discover_models_skips_missing_with_a_note(tmp_path, teacher_dir):

@@ -14,14 +14,6 @@ from glmd_lib.superglue.patterns import build_cloze
 from glmd_lib.finetune import evaluate_clozes
 
 
-@pytest.fixture
-def teacher_dir(tmp_path, tiny_llama, smol_tokenizer):
-    d = tmp_path / "tiny_teacher"
-    tiny_llama.save_pretrained(d)
-    smol_tokenizer.save_pretrained(d)
-    return d
-
-
 def test_freeze_lower_layers(tiny_llama):
     n = freeze_lower_layers(tiny_llama, 1)
     trainable = {name for name, p in tiny_llama.named_parameters() if p.requires_grad}
