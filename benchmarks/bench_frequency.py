@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from glmd_lib.config import resolve_corpus_dir
-from glmd_lib.frequency import count_tokens, iter_corpus_lines, tokenizer_parallelism
-from glmd_lib.models import load_tokenizer
+from glmd_lib.config.base import resolve_corpus_dir
+from glmd_lib.vocab.frequency import count_tokens, iter_corpus_lines, tokenizer_parallelism
+from glmd_lib.models.teacher import load_tokenizer
 
 
 def best_of(fn, repeats):

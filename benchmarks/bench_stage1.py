@@ -33,13 +33,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from glmd_lib.device import set_threads  # noqa: E402
-from glmd_lib.losses import distill_kl_reference, distill_loss, sparse_teacher_fn, tail_fill  # noqa: E402
-from glmd_lib.models import count_parameters, load_teacher  # noqa: E402
-from glmd_lib.stage1 import Distiller, TeacherRunner  # noqa: E402
-from glmd_lib.student import build_student  # noqa: E402
-from glmd_lib.teacher_cache import cache_key, ensure_teacher_cache, hidden_teacher_fn, student_space  # noqa: E402
-from glmd_lib.textdata import default_corpus, token_blocks  # noqa: E402
-from glmd_lib.vocab import VocabMap  # noqa: E402
+from glmd_lib.distill.losses import distill_kl_reference, distill_loss, sparse_teacher_fn, tail_fill  # noqa: E402
+from glmd_lib.models.teacher import count_parameters, load_teacher  # noqa: E402
+from glmd_lib.distill.stage1 import Distiller, TeacherRunner  # noqa: E402
+from glmd_lib.models.student import build_student  # noqa: E402
+from glmd_lib.distill.teacher_cache import cache_key, ensure_teacher_cache, hidden_teacher_fn, student_space  # noqa: E402
+from glmd_lib.data.blocks import default_corpus, token_blocks  # noqa: E402
+from glmd_lib.vocab.vocab_map import VocabMap  # noqa: E402
 
 
 def setup(args):

@@ -18,7 +18,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.fresh_cache:
         os.environ["GLMD_CACHE"] = tempfile.mkdtemp(prefix="glmd-cache-")
-    from glmd_lib.models import load_teacher
+    from glmd_lib.models.teacher import load_teacher
 
     start = time.perf_counter()
     load_teacher("smollm2-135m")

@@ -11,11 +11,11 @@ import os
 import sys
 import time
 
-from .config import PROFILES, ConfigError
+from glmd_lib.config.base import PROFILES, ConfigError
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .pipeline import PipelineError, parse_params, run
+    from glmd_lib.pipeline import PipelineError, parse_params, run
 
     profile = args.profile or os.environ.get("GLMD_PROFILE") or "demo"
     run_dir = args.run_dir or os.path.join("runs", profile)
@@ -37,7 +37,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _params(args: argparse.Namespace) -> int:
-    from .pipeline import config_classes
+    from glmd_lib.pipeline import config_classes
 
     for name, cls in sorted(config_classes().items()):
         if args.notebook and not name.startswith(args.notebook):
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args, rest = parser.parse_known_args(argv)
     if args.command == "stage1":
-        from .stage1 import main as stage1_main
+        from glmd_lib.distill.stage1 import main as stage1_main
 
         return stage1_main(rest)
     if rest:

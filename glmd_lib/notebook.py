@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .runs import atomic_path
+from glmd_lib.artifacts import atomic_path
 
 
 def setup(precision: int = 4) -> None:

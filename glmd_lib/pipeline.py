@@ -20,9 +20,9 @@ from typing import Any
 
 import yaml
 
-from . import configs
-from .config import PROFILES, ConfigError, StageConfig
-from .runs import REPO_ROOT, atomic_write_json, is_complete
+from glmd_lib.config import stages as configs
+from glmd_lib.config.base import PROFILES, ConfigError, StageConfig
+from glmd_lib.artifacts import REPO_ROOT, atomic_write_json, is_complete
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from .runs import atomic_write_text
+from glmd_lib.artifacts import atomic_write_text
 
 GROUPS = ("majority", "zero-shot teacher", "task teacher", "GLMD student")
 
@@ -47,7 +47,7 @@ def model_group(name: str) -> str:
 
 def task_scores(run_dir: Path | str) -> pd.DataFrame:
     """One row per (model, task): the official task score (two-metric tasks averaged) and the parameters."""
-    from .superglue.metrics import task_score
+    from glmd_lib.superglue.metrics import task_score
 
     path = Path(run_dir) / "eval" / "results.csv"
     if not path.exists():

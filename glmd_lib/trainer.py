@@ -40,7 +40,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 
-from .runs import atomic_path, atomic_write_text
+from glmd_lib.artifacts import atomic_path, atomic_write_text
 
 CKPT_FORMAT = "glmd-checkpoint-1"
 _CKPT_RE = re.compile(r"^step-(\d+)\.pt$")

@@ -27,7 +27,7 @@ Happy families are all alike; every unhappy family is unhappy in its own way. No
 
 @pytest.fixture(scope="session")
 def smol_tokenizer():
-    from glmd_lib.models import load_tokenizer
+    from glmd_lib.models.teacher import load_tokenizer
 
     return load_tokenizer("smollm2-135m")
 

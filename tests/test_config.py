@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from glmd_lib.config import ConfigError, resolve_corpus_dir, resolve_superglue_dir
-from glmd_lib.configs import OverviewConfig, Stage1Config, VocabConfig
+from glmd_lib.config.base import ConfigError, resolve_corpus_dir, resolve_superglue_dir
+from glmd_lib.config.stages import OverviewConfig, Stage1Config, VocabConfig
 
 
 def test_profile_defaults_and_explicit_override(tmp_path):
@@ -62,7 +62,7 @@ def test_save_round_trips_with_provenance(tmp_path):
 
 
 def test_every_profile_resolves_for_every_config():
-    from glmd_lib.config import PROFILES
+    from glmd_lib.config.base import PROFILES
     from glmd_lib.pipeline import config_classes
 
     classes = config_classes()

@@ -9,7 +9,7 @@ import types
 import pandas as pd
 import pytest
 
-from glmd_lib.evaluate import (ModelSpec, confusion, discover_models, evaluate_models, majority_rows,
+from glmd_lib.tasks.evaluate import (ModelSpec, confusion, discover_models, evaluate_models, majority_rows,
                                submission_lines, summarize, write_results, write_submission)
 from glmd_lib.superglue.data import read_split, write_toy_dataset
 
@@ -62,12 +62,12 @@ def test_majority_uses_train_labels_on_the_full_dev_split(toy):
 
 
 def test_student_folder_with_vocab_map(tmp_path, toy, teacher_dir, monkeypatch):
-    """A student folder holding vocab_map.json is loaded through glmd_lib.student.load_student."""
+    """A student folder holding vocab_map.json is loaded through glmd_lib.models.student.load_student."""
     import shutil
 
     from test_scoring import StandInVocabMap
 
-    from glmd_lib.models import load_teacher
+    from glmd_lib.models.teacher import load_teacher
 
     folder = tmp_path / "run" / "stage2" / "CB" / "student"
     shutil.copytree(teacher_dir, folder)
@@ -80,7 +80,7 @@ def test_student_folder_with_vocab_map(tmp_path, toy, teacher_dir, monkeypatch):
         calls.append(path)
         return types.SimpleNamespace(model=model, tokenizer=tok, vocab_map=vm)
 
-    monkeypatch.setitem(__import__("sys").modules, "glmd_lib.student",
+    monkeypatch.setitem(__import__("sys").modules, "glmd_lib.models.student",
                         types.SimpleNamespace(load_student=load_student))
     specs, _ = discover_models(tmp_path / "run", str(teacher_dir), ["CB"], ["students"])
     df, _ = evaluate_models(specs, ["CB"], toy, log_fn=None)

@@ -6,12 +6,12 @@ import json
 import pytest
 import torch
 
-from glmd_lib.configs import TeacherConfig
-from glmd_lib.finetune import finetune_teacher, freeze_lower_layers
-from glmd_lib.models import load_teacher
+from glmd_lib.config.stages import TeacherConfig
+from glmd_lib.tasks.teachers import finetune_teacher, freeze_lower_layers
+from glmd_lib.models.teacher import load_teacher
 from glmd_lib.superglue.data import read_split, subsample, write_toy_dataset
 from glmd_lib.superglue.patterns import build_cloze
-from glmd_lib.finetune import evaluate_clozes
+from glmd_lib.tasks.teachers import evaluate_clozes
 
 
 def test_freeze_lower_layers(tiny_llama):
@@ -62,7 +62,7 @@ def test_training_lowers_the_loss(tmp_path, teacher_dir):
 def test_length_bucketed_batches_cover_everything_once():
     import random
 
-    from glmd_lib.finetune import length_bucketed_batches
+    from glmd_lib.tasks.teachers import length_bucketed_batches
 
     r = random.Random(1)
     lengths = [r.randint(5, 200) for _ in range(103)]

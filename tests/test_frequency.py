@@ -6,7 +6,7 @@ import collections
 import numpy as np
 import pytest
 
-from glmd_lib import frequency as F
+from glmd_lib.vocab import frequency as F
 
 
 def reference_counts(lines, tokenizer):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from glmd_lib.losses import (LossError, distill_kl, distill_kl_reference, distill_loss, mask_tokens,
+from glmd_lib.distill.losses import (LossError, distill_kl, distill_kl_reference, distill_loss, mask_tokens,
                              soft_cross_entropy, sparse_teacher_fn)
 
 V, K = 23, 11

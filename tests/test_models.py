@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from glmd_lib.device import autocast, get_device
-from glmd_lib.models import ModelLoadError, count_parameters, load_teacher, load_tokenizer, model_kind
+from glmd_lib.models.teacher import ModelLoadError, count_parameters, load_teacher, load_tokenizer, model_kind
 
 
 def test_local_causal_and_masked_folders(tmp_path, tiny_llama, smol_tokenizer, tiny_bert, bert_tokenizer):

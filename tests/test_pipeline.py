@@ -6,7 +6,7 @@ import sys
 import nbformat
 import pytest
 
-from glmd_lib.config import ConfigError
+from glmd_lib.config.base import ConfigError
 from glmd_lib.pipeline import PipelineError, discover, parse_params, run, validate
 
 
@@ -71,7 +71,7 @@ def test_runs_in_order_routes_params_and_resumes(nbdir, tmp_path):
 
 
 def test_changed_profile_default_reruns_the_notebook(monkeypatch, tmp_path):
-    from glmd_lib.configs import OverviewConfig
+    from glmd_lib.config.stages import OverviewConfig
     from glmd_lib.pipeline import NotebookStep, _fingerprint
 
     step = NotebookStep(discover()[0].path, OverviewConfig)

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from glmd_lib.runs import (ArtifactError, atomic_path, atomic_write_json, is_complete, mark_complete, read_json,
+from glmd_lib.artifacts import (ArtifactError, atomic_path, atomic_write_json, is_complete, mark_complete, read_json,
                            require_complete)
 
 

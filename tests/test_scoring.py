@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from glmd_lib.scoring import batches_by_length, collate_sequences, predict, task_scores
+from glmd_lib.tasks.scoring import batches_by_length, collate_sequences, predict, task_scores
 from glmd_lib.superglue.data import read_split, write_toy_dataset
 from glmd_lib.superglue.patterns import build_cloze
 
@@ -87,7 +87,7 @@ def test_masked_scores_match_by_hand(tmp_path, toy):
 
 
 class StandInVocabMap:
-    """The part of glmd_lib.vocab.VocabMap that scoring uses: teacher id -> student id."""
+    """The part of glmd_lib.vocab.vocab_map.VocabMap that scoring uses: teacher id -> student id."""
 
     def __init__(self, kept, vocab_size, unk=0):
         self.kept_ids = torch.as_tensor(sorted(kept))

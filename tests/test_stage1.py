@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
-from glmd_lib.configs import Stage1Config
-from glmd_lib.runs import ArtifactError, mark_complete
-from glmd_lib.stage1 import ARTIFACTS, Stage1Error, main, run_stage1
-from glmd_lib.student import load_student
-from glmd_lib.textdata import DataError
-from glmd_lib.vocab import VocabMap, VocabMapError
+from glmd_lib.config.stages import Stage1Config
+from glmd_lib.artifacts import ArtifactError, mark_complete
+from glmd_lib.distill.stage1 import ARTIFACTS, Stage1Error, main, run_stage1
+from glmd_lib.models.student import load_student
+from glmd_lib.data.blocks import DataError
+from glmd_lib.vocab.vocab_map import VocabMap, VocabMapError
 
 METRICS = ["steps", "tokens_seen", "student_params", "teacher_params", "valid_kl", "valid_top1_agreement",
            "valid_student_ppl", "valid_teacher_ppl"]

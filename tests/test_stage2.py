@@ -16,16 +16,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from glmd_lib import stage2
-from glmd_lib.configs import Stage2Config
-from glmd_lib.losses import distill_kl_reference, soft_cross_entropy
-from glmd_lib.runs import is_complete, mark_complete
-from glmd_lib.scoring import task_scores
-from glmd_lib.stage1 import Distiller, TeacherRunner
-from glmd_lib.student import Student, build_student, load_student, save_student
+from glmd_lib.distill import stage2
+from glmd_lib.config.stages import Stage2Config
+from glmd_lib.distill.losses import distill_kl_reference, soft_cross_entropy
+from glmd_lib.artifacts import is_complete, mark_complete
+from glmd_lib.tasks.scoring import task_scores
+from glmd_lib.distill.stage1 import Distiller, TeacherRunner
+from glmd_lib.models.student import Student, build_student, load_student, save_student
 from glmd_lib.superglue.data import read_file, task_path, write_toy_dataset
 from glmd_lib.superglue.patterns import build_cloze, verbalizer_token_ids
-from glmd_lib.vocab import VocabMap
+from glmd_lib.vocab.vocab_map import VocabMap
 
 TASKS = ["CB", "COPA"]
 
@@ -188,7 +188,7 @@ def test_artifacts_metrics_history_and_resume(run_dir, tmp_path):
             assert m[f"dev_score_{p}"] == evals["dev_score"].max()
             assert m[f"step_{p}"] == int(evals.loc[evals["dev_score"].idxmax(), "step"])
         # the saved student scores what metrics.json says
-        from glmd_lib.finetune import evaluate_clozes
+        from glmd_lib.tasks.teachers import evaluate_clozes
         from glmd_lib.superglue.data import read_split, subsample
 
         dev = subsample(read_split(t, "val", data), 6, seed=0)

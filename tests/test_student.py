@@ -8,10 +8,10 @@ import shutil
 import pytest
 import torch
 
-from glmd_lib.configs import StudentShape
-from glmd_lib.student import (Student, StudentError, build_student, init_from_teacher, load_student,
+from glmd_lib.config.stages import StudentShape
+from glmd_lib.models.student import (Student, StudentError, build_student, init_from_teacher, load_student,
                               save_student)
-from glmd_lib.vocab import VocabMap, VocabMapError
+from glmd_lib.vocab.vocab_map import VocabMap, VocabMapError
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from glmd_lib.config import SHARED_DATA
+from glmd_lib.config.base import SHARED_DATA
 from glmd_lib.superglue.data import (DIAGNOSTICS, SPLITS, TASKS, DataError, MissingDataError, example_texts,
                                      read_split, subsample, write_toy_dataset)
 

@@ -11,15 +11,15 @@ import torch
 
 import json
 
-from glmd_lib.losses import LossError, distill_kl, distill_loss, sparse_teacher_fn
-from glmd_lib.teacher_cache import (FORMAT, TeacherCache, TeacherCacheError, build_teacher_cache, cache_key,
+from glmd_lib.distill.losses import LossError, distill_kl, distill_loss, sparse_teacher_fn
+from glmd_lib.distill.teacher_cache import (FORMAT, TeacherCache, TeacherCacheError, build_teacher_cache, cache_key,
                                     ensure_teacher_cache, hidden_mode_problem, hidden_teacher_fn, student_space)
-from glmd_lib.vocab import VocabMap
+from glmd_lib.vocab.vocab_map import VocabMap
 
 
 @pytest.fixture
 def blocks(smol_tokenizer, sample_text):
-    from glmd_lib.textdata import token_blocks
+    from glmd_lib.data.blocks import token_blocks
 
     return token_blocks([sample_text], smol_tokenizer, seq_len=16, max_blocks=6)
 
@@ -217,7 +217,7 @@ def test_hidden_cache_holds_the_final_hidden_states(tmp_path, wide_llama, blocks
 
 def test_hidden_teacher_fn_is_the_live_kept_rows_path(wide_llama, blocks, smol_tokenizer):
     """Given the unrounded hidden states it is bit-for-bit the live TeacherRunner (fp32, kept rows)."""
-    from glmd_lib.stage1 import TeacherRunner
+    from glmd_lib.distill.stage1 import TeacherRunner
 
     ids = blocks[:2]
     runner = TeacherRunner(wide_llama, _quarter_map(smol_tokenizer), bf16=False)
@@ -238,7 +238,7 @@ def test_hidden_cache_loss_and_gradient_equal_the_live_teacher(tmp_path, wide_ll
     """Measured (these fixtures, random student logits at the teacher's scale): loss off by <= 2.2e-5
     (relative), gradient off by <= 3.8e-4 (relative L2 norm), cosine 1.0000; only fp16 rounding of the hidden
     state separates them (max logit difference ~4e-3 at logit std ~2.8)."""
-    from glmd_lib.stage1 import TeacherRunner
+    from glmd_lib.distill.stage1 import TeacherRunner
 
     cache, _ = ensure_teacher_cache(tmp_path / "c", wide_llama, blocks, None, cache_key("t", wide_llama, blocks),
                                     progress=False)
@@ -264,8 +264,8 @@ def test_training_from_the_hidden_cache_matches_the_live_teacher(tmp_path, sampl
     hidden cache, 0.18 from a top-8 cache (the tiny teacher's default init: nearly flat logits)."""
     from safetensors.torch import load_file
 
-    from glmd_lib.configs import Stage1Config
-    from glmd_lib.stage1 import run_stage1
+    from glmd_lib.config.stages import Stage1Config
+    from glmd_lib.distill.stage1 import run_stage1
 
     (tmp_path / "train.txt").write_text(sample_text * 3)
     (tmp_path / "valid.txt").write_text(sample_text)
@@ -290,8 +290,8 @@ def test_training_from_the_hidden_cache_matches_the_live_teacher(tmp_path, sampl
 
 
 def test_a_cache_is_never_used_in_the_other_mode(tmp_path, tiny_llama, blocks, smol_tokenizer):
-    from glmd_lib.configs import Stage1Config
-    from glmd_lib.stage1 import Stage1Error, TeacherRunner, make_loss_fn
+    from glmd_lib.config.stages import Stage1Config
+    from glmd_lib.distill.stage1 import Stage1Error, TeacherRunner, make_loss_fn
 
     hidden_key, topk_key = cache_key("t", tiny_llama, blocks), cache_key("t", tiny_llama, blocks, 4)
     assert hidden_key != topk_key
@@ -345,8 +345,8 @@ def test_soft_capped_or_scaled_teachers_are_refused_in_hidden_mode(tmp_path, mak
 
 def test_stage1_refuses_hidden_mode_for_a_soft_capped_teacher(tmp_path, make_tiny_llama, smol_tokenizer,
                                                               sample_text):
-    from glmd_lib.configs import Stage1Config
-    from glmd_lib.stage1 import Stage1Error, run_stage1
+    from glmd_lib.config.stages import Stage1Config
+    from glmd_lib.distill.stage1 import Stage1Error, run_stage1
 
     tdir = tmp_path / "capped"
     make_tiny_llama(final_logit_softcapping=30.0).save_pretrained(tdir)

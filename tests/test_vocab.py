@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from glmd_lib.vocab import (FILENAME, FactorizedEmbedding, VocabMap, VocabMapError, factorize_model, kept_size,
+from glmd_lib.vocab.vocab_map import (FILENAME, FactorizedEmbedding, VocabMap, VocabMapError, factorize_model, kept_size,
                             nearest_kept, protected_token_ids)
 
 

@@ -22,7 +22,7 @@ import re
 import string
 from typing import Any, Sequence
 
-from .data import DIAGNOSTICS, Example
+from glmd_lib.superglue.data import DIAGNOSTICS, Example
 
 METRICS = {
     "BoolQ": ("accuracy",), "CB": ("accuracy", "f1"), "COPA": ("accuracy",), "MultiRC": ("f1a", "em"),

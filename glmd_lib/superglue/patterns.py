@@ -17,14 +17,14 @@ Each task has at least two patterns (``pattern_id`` 0 and 1). The verbalizer tok
 are checked to be single tokens of the tokenizer (:func:`check_verbalizers`) and are exported as the
 protected set of the vocabulary compression (:func:`verbalizer_token_ids`): a student must keep them.
 
-The ``Cloze`` objects hold teacher-tokenizer ids; ``glmd_lib.scoring`` turns them into scores.
+The ``Cloze`` objects hold teacher-tokenizer ids; ``glmd_lib.tasks.scoring`` turns them into scores.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .data import LABELS, TASKS, Example
+from glmd_lib.superglue.data import LABELS, TASKS, Example
 
 SINGLE_TOKEN_TASKS = ("BoolQ", "CB", "RTE", "WiC", "WSC", "MultiRC", "AX-b", "AX-g")
 CANDIDATE_TASKS = ("COPA", "ReCoRD")

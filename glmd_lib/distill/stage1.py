@@ -5,9 +5,9 @@
 1. load the teacher and (if ``use_vocab_map``) the ``VocabMap`` of notebook 02;
 2. cut the corpus into token blocks (training: the train shards; metrics: ``valid.txt``);
 3. build the student (teacher's config with the shape overrides, kept vocabulary, random or teacher init);
-4. train with the chunked ``T^2 KL`` loss (:mod:`glmd_lib.losses`) on the resumable trainer
+4. train with the chunked ``T^2 KL`` loss (:mod:`glmd_lib.distill.losses`) on the resumable trainer
    (:mod:`glmd_lib.trainer`), running the teacher on the fly or reading its cached final hidden states
-   (exact) or top-k logits (approximate) from the cache (:mod:`glmd_lib.teacher_cache`);
+   (exact) or top-k logits (approximate) from the cache (:mod:`glmd_lib.distill.teacher_cache`);
 5. evaluate on held-out text, save ``student/``, ``history.csv``, ``metrics.json``, mark the stage complete.
 
 Under ``accelerate launch`` every process runs this function; only the main process evaluates and writes.
@@ -28,15 +28,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .configs import Stage1Config
-from .device import get_device, set_threads
-from .losses import distill_loss, mask_tokens, sparse_teacher_fn
-from .models import count_parameters, load_teacher, model_kind
-from .runs import ArtifactError, atomic_write_json, mark_complete, require_complete
-from .student import build_student, save_student
-from .textdata import default_corpus, require_blocks, token_blocks
-from .trainer import IndexBatches, TrainConfig, Trainer
-from .vocab import VocabMap
+from glmd_lib.config.stages import Stage1Config
+from glmd_lib.device import get_device, set_threads
+from glmd_lib.distill.losses import distill_loss, mask_tokens, sparse_teacher_fn
+from glmd_lib.models.teacher import count_parameters, load_teacher, model_kind
+from glmd_lib.artifacts import ArtifactError, atomic_write_json, mark_complete, require_complete
+from glmd_lib.models.student import build_student, save_student
+from glmd_lib.data.blocks import default_corpus, require_blocks, token_blocks
+from glmd_lib.trainer import IndexBatches, TrainConfig, Trainer
+from glmd_lib.vocab.vocab_map import VocabMap
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class TeacherRunner:
 def make_loss_fn(cfg: Stage1Config, runner: TeacherRunner | None, vocab_map: VocabMap | None, kind: str,
                  tokenizer: Any, cache: Any = None, num_student_tokens: int | None = None):
     """``loss_fn(batch, model)`` for the trainer: teacher (or cache) + student, chunked KL."""
-    from .teacher_cache import hidden_teacher_fn, student_space
+    from glmd_lib.distill.teacher_cache import hidden_teacher_fn, student_space
 
     if cache is not None and cache.mode != cfg.cache_mode:
         raise Stage1Error(f"the teacher cache in {cache.directory} holds mode {cache.mode!r}, the config asks for "
@@ -312,7 +312,7 @@ def run_stage1(cfg: Stage1Config, progress: bool = True, on_log: Any = None) -> 
 
     cache = None
     if cfg.teacher_cache:
-        from .teacher_cache import cache_key, ensure_teacher_cache, hidden_mode_problem
+        from glmd_lib.distill.teacher_cache import cache_key, ensure_teacher_cache, hidden_mode_problem
 
         if kind == "masked":
             raise Stage1Error("teacher_cache works with causal-LM teachers only (masked LMs draw new masks each step)")
@@ -382,8 +382,8 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``glmd stage1`` (also ``python -m glmd_lib.stage1``; works under ``accelerate launch``)."""
-    from .config import ConfigError
+    """``glmd stage1`` (also ``python -m glmd_lib.distill.stage1``; works under ``accelerate launch``)."""
+    from glmd_lib.config.base import ConfigError
 
     ap = argparse.ArgumentParser(prog="glmd stage1", description="GLMD stage 1: distil the teacher's "
                                  "next-token distributions into the student (notebook 03 runs the same function).")

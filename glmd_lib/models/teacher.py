@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .runs import atomic_path
+from glmd_lib.artifacts import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -287,7 +287,7 @@ def superglue_texts(task: str, data_dir: Path | str, max_examples: int | None = 
     (``glmd_lib.superglue.data``) when present, so the texts are exactly those the later notebooks see.
     """
     try:
-        from .superglue import data as sg
+        from glmd_lib.superglue import data as sg
     except ImportError:  # pragma: no cover - only before the readers existed
         sg = None
     if sg is None or task not in sg.TASKS:
@@ -415,7 +415,7 @@ def write_counts(counts: np.ndarray, tokenizer: Any, path: Path | str):
     """
     import csv
 
-    from .runs import atomic_path
+    from glmd_lib.artifacts import atomic_path
 
     table = counts_table(counts, tokenizer)
     with atomic_path(path) as tmp:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from .runs import REPO_ROOT, atomic_write_json, provenance, stage_dir
+from glmd_lib.artifacts import REPO_ROOT, atomic_write_json, provenance, stage_dir
 
 PROFILES = ("smoke", "demo", "full")
 DEFAULT_PROFILE = "demo"

@@ -6,7 +6,7 @@ import time
 import pandas as pd
 import torch
 
-from .models import count_parameters, model_kind
+from glmd_lib.models.teacher import count_parameters, model_kind
 
 
 @torch.no_grad()

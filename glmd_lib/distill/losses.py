@@ -247,7 +247,7 @@ def tail_fill(tail: torch.Tensor, temperature: float) -> torch.Tensor:
     If the ``n`` tail logits were Gaussian with mean ``mu`` and std ``sigma``, ``sum_tail exp(z/T)`` would be
     ``n * exp(mu/T + sigma^2/(2T^2))`` (log-normal moments): this fill gives the tail that total mass at
     temperature ``T``, spread evenly. The mass estimate becomes exact as ``T -> oo``, but the spread within the
-    tail is lost, and at high T that spread is most of the gradient (see :mod:`glmd_lib.teacher_cache`).
+    tail is lost, and at high T that spread is most of the gradient (see :mod:`glmd_lib.distill.teacher_cache`).
     """
     mu, sigma = tail[..., 0].float(), tail[..., 1].float()
     return mu + sigma * sigma / (2.0 * float(temperature))
@@ -258,7 +258,7 @@ def sparse_teacher_fn(values: torch.Tensor, ids: torch.Tensor, num_classes: int,
     """A ``teacher_fn`` from cached top-k teacher logits: ``values``/``ids`` [..., k] in student id space (-1: dropped).
 
     With ``tail`` [..., 2] (mean, std of the teacher's logits outside its top-k, see
-    :mod:`glmd_lib.teacher_cache`) every other kept token gets the fill logit :func:`tail_fill` at
+    :mod:`glmd_lib.distill.teacher_cache`) every other kept token gets the fill logit :func:`tail_fill` at
     ``temperature`` (the loss's T; it must be given): a dense teacher whose tail carries the right mass.
     Without ``tail`` every other token gets ``-inf`` (probability 0): plain top-k truncation, a poor
     stand-in at high T. Pruned tokens (id -1) are dropped either way.

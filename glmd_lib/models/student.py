@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .models import count_parameters, model_kind
-from .runs import atomic_path
-from .vocab import VocabMap, VocabMapError
+from glmd_lib.models.teacher import count_parameters, model_kind
+from glmd_lib.artifacts import atomic_path
+from glmd_lib.vocab.vocab_map import VocabMap, VocabMapError
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def build_student(teacher_config: Any, shape: dict | Any, vocab_map: VocabMap | 
                   init: str = "random", teacher: nn.Module | None = None, seed: int | None = None):
     """A fresh student model (``PreTrainedModel``, eval mode off) for ``teacher_config``.
 
-    ``shape``: a :class:`~glmd_lib.configs.StudentShape`, a ``Stage1Config`` or a dict (``layers``, ``hidden``,
+    ``shape``: a :class:`~glmd_lib.config.stages.StudentShape`, a ``Stage1Config`` or a dict (``layers``, ``hidden``,
     ``heads``, ``kv_heads``, ``intermediate``, ``max_positions``; ``student_`` prefixes accepted).
     ``vocab_map``: the student gets its ``num_kept`` rows (None: the full vocabulary).
     ``init``: ``random`` (the paper) or ``teacher``: copy evenly spaced teacher layers and the kept rows of
@@ -263,7 +263,7 @@ def load_student(path: Path | str, device: torch.device | str | None = None) -> 
     """Load a folder written by :func:`save_student` into a ready-to-use :class:`Student`."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
-    from .models import load_tokenizer
+    from glmd_lib.models.teacher import load_tokenizer
 
     path = Path(path)
     if not (path / "config.json").exists():

@@ -11,7 +11,7 @@ teacher pass. Two modes (``Stage1Config.cache_mode``); neither depends on the te
 
 At train time each chunk's teacher logits are ``hidden.float() @ W_kept.T (+ b_kept)``, with ``W_kept`` the
 rows of the teacher's output layer at the ``VocabMap``'s kept ids (all rows without a map), the same rows
-:class:`glmd_lib.stage1.TeacherRunner` uses on the live path. This is the live teacher's logits up to fp16
+:class:`glmd_lib.distill.stage1.TeacherRunner` uses on the live path. This is the live teacher's logits up to fp16
 rounding of the hidden state, so the loss is exact at every ``T`` (``docs/benchmarks.md``, Stage 1: loss
 +0.0%, gradient cosine 1.0 at T = 15 on SmolLM2), while the transformer body (the expensive part) is
 skipped. The teacher's head has to stay in memory. Only teachers whose logits are exactly that linear
@@ -27,7 +27,7 @@ soft-cap (Gemma-2's ``final_logit_softcapping``) or scale (``logit_scale``) is r
 Why the tail moments. At the paper's ``T = 15`` the tempered teacher is nearly flat: the top 64 of
 SmolLM2's 49k tokens hold about 0.5% of its mass, so dropping the rest (probability 0) gives a different,
 far too sharp target (``docs/benchmarks.md``, Stage 1). With the tail's mean ``mu`` and standard deviation
-``sigma``, :func:`glmd_lib.losses.sparse_teacher_fn` gives every kept token outside the top-k one fill
+``sigma``, :func:`glmd_lib.distill.losses.sparse_teacher_fn` gives every kept token outside the top-k one fill
 logit ``mu + sigma^2 / (2T)``: if the tail logits were Gaussian, ``sum_tail exp(z/T) = n exp(mu/T +
 sigma^2/(2T^2))`` exactly (the log-normal moment estimate), so the tail gets the right total mass, spread
 evenly. That fixes the loss's magnitude, but NOT its gradient at high T: as ``T`` grows, ``T^2 KL`` tends
@@ -53,7 +53,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .runs import atomic_path
+from glmd_lib.artifacts import atomic_path
 
 # 2: adds tail.npy (mean, std of the logits outside the top-k).
 # 3: adds the key field ``mode`` ("hidden": final hidden states, "topk": format 2's contents) and the
@@ -85,12 +85,12 @@ def hidden_mode_problem(teacher: torch.nn.Module) -> str | None:
     """Why ``teacher``'s logits cannot be rebuilt from its cached final hidden states, or None if they can.
 
     They can when ``logits == head(base_model(x).last_hidden_state)`` for a plain ``nn.Linear`` head: the
-    numerical check of :func:`glmd_lib.stage1.linear_head` (the test that also decides the live
+    numerical check of :func:`glmd_lib.distill.stage1.linear_head` (the test that also decides the live
     ``TeacherRunner``'s kept-rows path). A soft-cap or scale is refused by name as well, because with a
     tiny random model ``cap * tanh(z / cap)`` is within that check's tolerance of ``z``.
     """
-    from .models import model_kind
-    from .stage1 import linear_head  # lazy: keeps this module light (stage1 pulls in the trainer)
+    from glmd_lib.models.teacher import model_kind
+    from glmd_lib.distill.stage1 import linear_head  # lazy: keeps this module light (stage1 pulls in the trainer)
 
     cfg = teacher.config
     if model_kind(cfg) != "causal":
@@ -139,7 +139,7 @@ class TeacherCache:
       teacher's output layer to :func:`hidden_teacher_fn`.
     * topk: ``cache.lookup(block_indices) -> (values, ids, tail)``, ``values`` [b, L, k] fp16, ``ids`` [b, L, k]
       int64 teacher ids, ``tail`` [b, L, 2] fp32 (mean, std of the logits outside the top-k); pass all three
-      to :func:`glmd_lib.losses.sparse_teacher_fn`.
+      to :func:`glmd_lib.distill.losses.sparse_teacher_fn`.
 
     Reading a cache in the other mode's way raises :class:`TeacherCacheError`.
     """
@@ -207,7 +207,7 @@ class TeacherCache:
 
 def hidden_teacher_fn(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
                       ) -> Callable[[slice], torch.Tensor]:
-    """A ``teacher_fn`` (:mod:`glmd_lib.losses`) from cached hidden states [..., D] and the head's kept rows.
+    """A ``teacher_fn`` (:mod:`glmd_lib.distill.losses`) from cached hidden states [..., D] and the head's kept rows.
 
     ``weight`` [K, D] (and ``bias`` [K]) are the teacher's output-layer rows at the kept ids, e.g.
     ``TeacherRunner(teacher, vocab_map, ...).head_w``/``.head_b``. Each chunk's logits are made in fp32

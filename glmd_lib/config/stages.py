@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from .config import ConfigError, StageConfig, param
+from glmd_lib.config.base import ConfigError, StageConfig, param
 
 SMOKE_TEACHER = "tiny-random-llama"  # a tiny random Llama with the real SmolLM2 tokenizer (see models.py)
 DEMO_TEACHER = "smollm2-135m"

@@ -24,13 +24,13 @@ from typing import Any, Callable
 
 import torch
 
-from .device import get_device
-from .models import count_parameters, load_teacher, model_kind
-from .runs import atomic_path, atomic_write_json
-from .scoring import autocast, score_clozes, task_scores
-from .superglue.data import read_split, subsample
-from .superglue.metrics import task_metrics, task_score
-from .superglue.patterns import build_cloze
+from glmd_lib.device import get_device
+from glmd_lib.models.teacher import count_parameters, load_teacher, model_kind
+from glmd_lib.artifacts import atomic_path, atomic_write_json
+from glmd_lib.tasks.scoring import autocast, score_clozes, task_scores
+from glmd_lib.superglue.data import read_split, subsample
+from glmd_lib.superglue.metrics import task_metrics, task_score
+from glmd_lib.superglue.patterns import build_cloze
 
 log = logging.getLogger(__name__)
 

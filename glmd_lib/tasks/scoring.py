@@ -8,7 +8,7 @@ at the answer position for single-token tasks, the sum over the candidate's toke
 tasks. A softmax over a row therefore gives the model's distribution over the choices (the full-vocab
 normaliser cancels), which is what fine-tuning and distillation use.
 
-A student with a compressed vocabulary (``glmd_lib.vocab.VocabMap``) reads teacher ids mapped to its own
+A student with a compressed vocabulary (``glmd_lib.vocab.vocab_map.VocabMap``) reads teacher ids mapped to its own
 ids (``vocab_map.map_ids``); verbalizer tokens are always kept, so their scores are exact; a pruned
 candidate token is read at its substitute.
 
@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .superglue.patterns import Cloze, build_cloze
+from glmd_lib.superglue.patterns import Cloze, build_cloze
 
 # architectures whose base model's last hidden state goes straight into the output layer: for them
 # the (large) vocabulary projection is computed only at the positions that are read
@@ -34,7 +34,7 @@ def autocast(device: torch.device | str | None, bf16: bool = False):
     for: this CPU runs bf16 matrix work natively, about 3x faster than fp32 for the 135M teacher."""
     import contextlib
 
-    from .device import autocast as cuda_autocast
+    from glmd_lib.device import autocast as cuda_autocast
 
     device = torch.device(device or "cpu")
     if device.type == "cuda":
@@ -73,7 +73,7 @@ def _map_ids(vocab_map: Any, ids: torch.Tensor) -> torch.Tensor:
 
 
 def _model_kind(model) -> str:
-    from .models import model_kind
+    from glmd_lib.models.teacher import model_kind
 
     return model_kind(model.config)
 

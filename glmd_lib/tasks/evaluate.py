@@ -22,12 +22,12 @@ from typing import Any
 import pandas as pd
 import torch
 
-from .models import count_parameters, load_teacher, model_kind
-from .runs import atomic_write_json, atomic_write_text
-from .scoring import score_clozes
-from .superglue.data import DIAGNOSTICS, LABELS, has_split, read_split, subsample
-from .superglue.metrics import majority_label, overall_score, task_metrics, task_score
-from .superglue.patterns import build_cloze
+from glmd_lib.models.teacher import count_parameters, load_teacher, model_kind
+from glmd_lib.artifacts import atomic_write_json, atomic_write_text
+from glmd_lib.tasks.scoring import score_clozes
+from glmd_lib.superglue.data import DIAGNOSTICS, LABELS, has_split, read_split, subsample
+from glmd_lib.superglue.metrics import majority_label, overall_score, task_metrics, task_score
+from glmd_lib.superglue.patterns import build_cloze
 
 COLUMNS = ["model", "task", "metric", "value", "params", "n_examples"]
 
@@ -84,14 +84,14 @@ def load_for_eval(path: str, device: torch.device | str | None = None):
     folder = Path(path)
     if folder.is_dir() and (folder / "vocab_map.json").exists():
         try:  # the student module knows its own format best
-            from .student import load_student  # type: ignore[attr-defined]
+            from glmd_lib.models.student import load_student  # type: ignore[attr-defined]
 
             st = load_student(folder)
             model = st.model.to(device) if device is not None else st.model
             return model.eval(), st.tokenizer, st.vocab_map
         except ImportError:
             pass
-        from .vocab import VocabMap  # type: ignore[attr-defined]
+        from glmd_lib.vocab.vocab_map import VocabMap  # type: ignore[attr-defined]
 
         model, tok = load_teacher(folder, device=device)
         return model, tok, VocabMap.load(folder, tok)

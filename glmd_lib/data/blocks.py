@@ -6,7 +6,7 @@ end-of-sequence token between documents' lines, and cut into blocks of ``seq_len
 Blocks keep teacher ids; the student's compressed ids are derived per batch with the ``VocabMap``.
 
 The default corpus is the shared Gutenberg folder: its ``train-*.txt`` shards for training and its
-``valid.txt`` for held-out metrics (see :func:`glmd_lib.config.resolve_corpus_dir`).
+``valid.txt`` for held-out metrics (see :func:`glmd_lib.config.base.resolve_corpus_dir`).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from .config import resolve_corpus_dir
+from glmd_lib.config.base import resolve_corpus_dir
 
 
 class DataError(ValueError):
@@ -37,7 +37,7 @@ def default_corpus(split: str) -> list[Path]:
 
 def iter_lines(source: Any, max_lines: int | None = None) -> Iterator[str]:
     """Non-empty lines of a file, folder, dataset, iterable of texts, or a *list of files* (read in order)."""
-    from .frequency import iter_corpus_lines
+    from glmd_lib.vocab.frequency import iter_corpus_lines
 
     if isinstance(source, (list, tuple)) and source and all(isinstance(s, Path) for s in source):
         lines: Iterable[str] = itertools.chain.from_iterable(iter_corpus_lines(f) for f in source)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .runs import atomic_write_text
+from glmd_lib.artifacts import atomic_write_text
 
 FILENAME = "vocab_map.json"
 FORMAT_VERSION = 1

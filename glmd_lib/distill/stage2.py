@@ -14,11 +14,11 @@
    candidate-filled sequence is distilled;
 4. **pass 2b**, task-level soft targets, from 2a's selected checkpoint: soft cross-entropy at T = 1 between
    the teacher's and the student's task scores (softmax over the verbalizer logits, or over the candidates'
-   summed log-probabilities; :func:`glmd_lib.scoring.task_scores`);
+   summed log-probabilities; :func:`glmd_lib.tasks.scoring.task_scores`);
 5. after each pass the dev score picks the checkpoint (``select_by_dev=True``, as the paper: dev labels
    choose *which* of the student's own checkpoints to keep) or the last one is kept (``select_by_dev=False``:
    then no label of any split influences the weights; ``tests/test_stage2.py`` proves it bitwise);
-6. save ``student/`` (loadable with :func:`glmd_lib.student.load_student`), ``history.csv`` (both passes,
+6. save ``student/`` (loadable with :func:`glmd_lib.models.student.load_student`), ``history.csv`` (both passes,
    with the dev evaluations) and ``metrics.json``, and mark ``<run_dir>/stage2/<TASK>/`` complete.
 
 Both passes run on the resumable :class:`glmd_lib.trainer.Trainer` (AdamW, warm-up + cosine, clipping,
@@ -40,21 +40,21 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .configs import Stage2Config
-from .device import get_device, set_threads
-from .finetune import evaluate_clozes
-from .losses import soft_cross_entropy
-from .models import count_parameters, load_teacher, model_kind
-from .runs import ArtifactError, atomic_write_json, atomic_write_text, is_complete, mark_complete, read_json, \
+from glmd_lib.config.stages import Stage2Config
+from glmd_lib.device import get_device, set_threads
+from glmd_lib.tasks.teachers import evaluate_clozes
+from glmd_lib.distill.losses import soft_cross_entropy
+from glmd_lib.models.teacher import count_parameters, load_teacher, model_kind
+from glmd_lib.artifacts import ArtifactError, atomic_write_json, atomic_write_text, is_complete, mark_complete, read_json, \
     require_complete
-from .scoring import collate_sequences, task_scores
-from .stage1 import Distiller, TeacherRunner
-from .student import Student, load_student, save_student
-from .superglue.data import Example, read_file, read_split, subsample, task_path
-from .superglue.metrics import majority_label, task_metrics, task_score
-from .superglue.patterns import Cloze, build_cloze
-from .trainer import IndexBatches, TrainConfig, Trainer
-from .vocab import VocabMapError
+from glmd_lib.tasks.scoring import collate_sequences, task_scores
+from glmd_lib.distill.stage1 import Distiller, TeacherRunner
+from glmd_lib.models.student import Student, load_student, save_student
+from glmd_lib.superglue.data import Example, read_file, read_split, subsample, task_path
+from glmd_lib.superglue.metrics import majority_label, task_metrics, task_score
+from glmd_lib.superglue.patterns import Cloze, build_cloze
+from glmd_lib.trainer import IndexBatches, TrainConfig, Trainer
+from glmd_lib.vocab.vocab_map import VocabMapError
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def collate_2a(clozes: Sequence[Cloze]) -> Callable[[torch.Tensor], dict[str, to
 def make_2a_loss(runner: TeacherRunner, vocab_map: Any) -> Callable:
     """``loss_fn(batch, model)``: the chunked ``T^2 KL`` of stage 1 over all non-padding positions.
 
-    ``model`` is a :class:`glmd_lib.stage1.Distiller` around the student; the teacher reads teacher ids,
+    ``model`` is a :class:`glmd_lib.distill.stage1.Distiller` around the student; the teacher reads teacher ids,
     the student the same tokens mapped into its rows.
     """
     def loss_fn(batch: dict[str, torch.Tensor], model: nn.Module):

@@ -1,0 +1,1 @@
+"""Typed experiment configs: the base machinery and one config per notebook."""

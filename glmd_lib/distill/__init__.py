@@ -1,0 +1,1 @@
+"""The distillation method: losses, teacher logits (live or cached), stage 1 and stage 2."""

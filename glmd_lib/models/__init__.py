@@ -1,0 +1,1 @@
+"""Loading teachers, building/saving/loading students, inspecting models."""

@@ -1,0 +1,1 @@
+"""SuperGLUE task models: cloze scoring, task-teacher fine-tuning, evaluation, submissions."""

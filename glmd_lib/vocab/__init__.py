@@ -1,0 +1,1 @@
+"""Token frequencies and vocabulary compression (the VocabMap)."""
