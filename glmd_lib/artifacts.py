@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -119,6 +120,59 @@ def read_json(path: Path | str, what: str | None = None) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ArtifactError(f"{path} is not valid JSON ({e}); delete it and rerun the stage that wrote it") from e
+
+
+# --------------------------------------------------------------------------------------------
+# the artifact contract: which stage writes what (one place; the report and later stages read through it)
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StageArtifacts:
+    """What one stage (one notebook) writes into ``<run_dir>/<stage>/``.
+
+    ``files`` are written by every run of the stage; ``per_task`` are written into ``<stage>/<TASK>/`` for
+    each task of its config. ``COMPLETE.json`` lists them once they all exist.
+    """
+
+    stage: str
+    notebook: str
+    files: tuple[str, ...]
+    per_task: tuple[str, ...] = ()
+
+    def path(self, run_dir: Path | str, name: str, task: str | None = None) -> Path:
+        """``<run_dir>/<stage>/[<task>/]<name>``; the name must be one this stage declares."""
+        declared = self.per_task if task is not None else self.files
+        if name not in declared:
+            raise ArtifactError(f"stage {self.stage!r} declares no {'per-task ' if task else ''}artifact {name!r} "
+                                f"(declared: {list(declared)})")
+        base = Path(run_dir) / self.stage
+        return (base / task / name) if task is not None else base / name
+
+    def require(self, run_dir: Path | str) -> Path:
+        """The stage directory, after checking that the stage finished (see :func:`require_complete`)."""
+        return require_complete(Path(run_dir) / self.stage, self.notebook)
+
+
+STAGES: dict[str, StageArtifacts] = {s.stage: s for s in (
+    StageArtifacts("overview", "00_overview", ("config.json", "summary.json", "next_tokens.csv")),
+    StageArtifacts("frequency", "01_word_frequency", ("config.json", "counts.csv", "task_counts.csv",
+                                                      "summary.json")),
+    StageArtifacts("vocab", "02_vocab_pruning", ("config.json", "vocab_map.json", "summary.json", "sizes.csv",
+                                                 "substitutes.csv")),
+    StageArtifacts("stage1", "03_stage1_distillation", ("config.json", "student", "history.csv", "metrics.json")),
+    StageArtifacts("teachers", "04_teacher_finetune", ("config.json", "summary.json"), ("model", "metrics.json")),
+    StageArtifacts("stage2", "05_stage2_distillation", ("config.json", "summary.json"),
+                   ("student", "history.csv", "metrics.json")),
+    StageArtifacts("eval", "06_superglue_eval", ("config.json", "results.csv", "summary.json")),
+    StageArtifacts("report", "07_method_comparison", ("config.json", "report.md")),
+)}
+
+
+def artifact(run_dir: Path | str, stage: str, name: str, task: str | None = None) -> Path:
+    """The path of a declared artifact: ``artifact(run_dir, "vocab", "summary.json")``."""
+    if stage not in STAGES:
+        raise ArtifactError(f"unknown stage {stage!r}; stages: {list(STAGES)}")
+    return STAGES[stage].path(run_dir, name, task)
 
 
 def stage_dir(run_dir: Path | str, stage: str, create: bool = True) -> Path:

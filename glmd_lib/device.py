@@ -5,7 +5,6 @@ notebook runs on a laptop, on these 2-core CI machines and on a GPU without edit
 """
 from __future__ import annotations
 
-import contextlib
 import os
 
 import torch
@@ -38,9 +37,21 @@ def set_threads(n: int | None = None) -> int:
     return n
 
 
-def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA; a no-op elsewhere (fp32 on CPU keeps tests bitwise reproducible)."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def use_bf16(device: torch.device | str, setting: bool | None = None) -> bool:
+    """The ONE precision rule: an explicit setting wins; ``None`` means bf16 on CUDA, fp32 elsewhere.
 
+    fp32 on CPU by default keeps runs bitwise repeatable (the resume test relies on it); this CPU runs bf16
+    matrix work natively, so ``True`` is the fast choice there.
+    """
+    return bool(setting) if setting is not None else torch.device(device).type == "cuda"
+
+
+def autocast(device: torch.device | str, bf16: bool):
+    """bf16 autocast when ``bf16`` is true, and *explicitly disabled* autocast otherwise.
+
+    Disabling (rather than a no-op) matters: a frozen teacher asked to run in fp32 must stay fp32 even when
+    called inside the trainer's own bf16 autocast region.
+    """
+    dev = torch.device(device)
+    kind = dev.type if dev.type in ("cuda", "cpu", "mps", "xpu") else "cpu"
+    return torch.autocast(kind, dtype=torch.bfloat16, enabled=bool(bf16))

@@ -31,7 +31,7 @@ from torch import nn
 from glmd_lib.config.stages import Stage1Config
 from glmd_lib.device import get_device, set_threads
 from glmd_lib.distill.losses import distill_loss, mask_tokens, sparse_teacher_fn
-from glmd_lib.models.teacher import count_parameters, load_teacher, model_kind
+from glmd_lib.models.teacher import count_parameters, linear_head, load_teacher, model_kind
 from glmd_lib.artifacts import ArtifactError, atomic_write_json, mark_complete, require_complete
 from glmd_lib.models.student import build_student, save_student
 from glmd_lib.data.blocks import default_corpus, require_blocks, token_blocks
@@ -53,33 +53,6 @@ class Stage1Error(ValueError):
 # --------------------------------------------------------------------------------------------
 # model pieces
 # --------------------------------------------------------------------------------------------
-
-def linear_head(model: nn.Module) -> nn.Linear | None:
-    """The output layer when ``logits == head(base_model(x))`` exactly (Llama, GPT-2, ...), else None.
-
-    Checked numerically once on a tiny input, so architectures with logit scaling or soft-capping fall
-    back to the (still chunked) logits path.
-    """
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if model_kind(model.config) != "causal" or not isinstance(head, nn.Linear):
-        return None
-    base = getattr(model, "base_model", None)
-    if base is None or base is model:
-        return None
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            ids = torch.arange(1, 5, device=head.weight.device)[None] % int(model.config.vocab_size)
-            full = model(input_ids=ids).logits.float()
-            mine = head(base(input_ids=ids).last_hidden_state).float()
-        ok = torch.allclose(full, mine, atol=1e-4, rtol=1e-4)
-    except Exception:  # noqa: BLE001 - any oddity means: use the logits path
-        ok = False
-    finally:
-        model.train(was_training)
-    return head if ok else None
-
 
 class Distiller(nn.Module):
     """The trained module: the student plus the loss, so DDP sees every parameter use in ``forward``."""

@@ -85,12 +85,11 @@ def hidden_mode_problem(teacher: torch.nn.Module) -> str | None:
     """Why ``teacher``'s logits cannot be rebuilt from its cached final hidden states, or None if they can.
 
     They can when ``logits == head(base_model(x).last_hidden_state)`` for a plain ``nn.Linear`` head: the
-    numerical check of :func:`glmd_lib.distill.stage1.linear_head` (the test that also decides the live
+    numerical check of :func:`glmd_lib.models.teacher.linear_head` (the test that also decides the live
     ``TeacherRunner``'s kept-rows path). A soft-cap or scale is refused by name as well, because with a
     tiny random model ``cap * tanh(z / cap)`` is within that check's tolerance of ``z``.
     """
-    from glmd_lib.models.teacher import model_kind
-    from glmd_lib.distill.stage1 import linear_head  # lazy: keeps this module light (stage1 pulls in the trainer)
+    from glmd_lib.models.teacher import linear_head, model_kind
 
     cfg = teacher.config
     if model_kind(cfg) != "causal":

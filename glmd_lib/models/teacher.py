@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from glmd_lib.artifacts import atomic_path
 
@@ -209,3 +210,30 @@ def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> in
         seen.add(id(p))
         total += p.numel()
     return total
+
+
+def linear_head(model: nn.Module) -> nn.Linear | None:
+    """The output layer when ``logits == head(base_model(x))`` exactly (Llama, GPT-2, ...), else None.
+
+    Checked numerically once on a tiny input, so architectures with logit scaling or soft-capping fall
+    back to the (still chunked) logits path.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if model_kind(model.config) != "causal" or not isinstance(head, nn.Linear):
+        return None
+    base = getattr(model, "base_model", None)
+    if base is None or base is model:
+        return None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            ids = torch.arange(1, 5, device=head.weight.device)[None] % int(model.config.vocab_size)
+            full = model(input_ids=ids).logits.float()
+            mine = head(base(input_ids=ids).last_hidden_state).float()
+        ok = torch.allclose(full, mine, atol=1e-4, rtol=1e-4)
+    except Exception:  # noqa: BLE001 - any oddity means: use the logits path
+        ok = False
+    finally:
+        model.train(was_training)
+    return head if ok else None
