@@ -39,6 +39,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
+from torch import nn
 
 from glmd_lib.artifacts import atomic_path, atomic_write_text
 
@@ -433,3 +434,43 @@ class LiveLossPlot:
         else:
             self.handle.update(fig)
         plt.close(fig)
+
+
+class BestCheckpoint:
+    """The trainer's best-checkpoint hook (an ``on_log`` callback): evaluates the model every ``every`` steps and
+    after the last step, and (``select_by_dev``) keeps a copy of the best weights; :meth:`finish` loads them back.
+
+    With ``select_by_dev=False`` the evaluations are only recorded: the last weights are kept.
+    Evaluation runs under a forked RNG so it cannot change the training run.
+    """
+
+    def __init__(self, name: str, student: nn.Module, evaluate: Callable[[nn.Module], dict], steps: int,
+                 every: int, select_by_dev: bool):
+        self.name, self.student, self.evaluate = name, student, evaluate
+        self.steps, self.every, self.select = steps, every, select_by_dev
+        self.records: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        step = int(row["step"])
+        if step != self.steps and not (self.every and step % self.every == 0):
+            return
+        with torch.random.fork_rng(devices=[]):
+            res = self.evaluate(self.student)
+        rec = {"pass": self.name, "step": step, "dev_score": res["score"],
+               **{f"dev_{k}": v for k, v in res["metrics"].items()}}
+        self.records.append(rec)
+        if self.select and (self.best is None or res["score"] > self.best["dev_score"]):
+            self.best = rec
+            self.best_state = {k: v.detach().clone() for k, v in self.student.state_dict().items()}
+        elif not self.select and step == self.steps:
+            self.best = rec
+
+    def finish(self) -> dict[str, Any]:
+        """Load the selected weights into the student; return the selected evaluation record."""
+        if self.best is None:
+            raise RuntimeError(f"pass {self.name}: no dev evaluation was recorded (did training run?)")
+        if self.select and self.best_state is not None:
+            self.student.load_state_dict(self.best_state)
+        return self.best

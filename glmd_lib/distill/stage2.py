@@ -53,7 +53,7 @@ from glmd_lib.models.student import Student, load_student, save_student
 from glmd_lib.superglue.data import Example, read_file, read_split, subsample, task_path
 from glmd_lib.superglue.metrics import majority_label, task_metrics, task_score
 from glmd_lib.superglue.patterns import Cloze, build_cloze
-from glmd_lib.trainer import IndexBatches, TrainConfig, Trainer
+from glmd_lib.trainer import BestCheckpoint, IndexBatches, TrainConfig, Trainer
 from glmd_lib.vocab.vocab_map import VocabMapError
 
 log = logging.getLogger(__name__)
@@ -249,46 +249,6 @@ def make_2b_loss(student: nn.Module, clozes: Sequence[Cloze], teacher_scores: Te
 # dev evaluation and checkpoint selection
 # --------------------------------------------------------------------------------------------
 
-class DevSelector:
-    """A trainer ``on_log`` callback: evaluates the student on dev every ``every`` steps and after the last
-    step, and (``select_by_dev``) keeps a copy of the best weights; :meth:`finish` loads them back.
-
-    With ``select_by_dev=False`` the evaluations are only recorded: the last weights are kept.
-    Evaluation runs under a forked RNG so it cannot change the training run.
-    """
-
-    def __init__(self, name: str, student: nn.Module, evaluate: Callable[[nn.Module], dict], steps: int,
-                 every: int, select_by_dev: bool):
-        self.name, self.student, self.evaluate = name, student, evaluate
-        self.steps, self.every, self.select = steps, every, select_by_dev
-        self.records: list[dict[str, Any]] = []
-        self.best: dict[str, Any] | None = None
-        self.best_state: dict[str, torch.Tensor] | None = None
-
-    def __call__(self, row: dict[str, Any]) -> None:
-        step = int(row["step"])
-        if step != self.steps and not (self.every and step % self.every == 0):
-            return
-        with torch.random.fork_rng(devices=[]):
-            res = self.evaluate(self.student)
-        rec = {"pass": self.name, "step": step, "dev_score": res["score"],
-               **{f"dev_{k}": v for k, v in res["metrics"].items()}}
-        self.records.append(rec)
-        if self.select and (self.best is None or res["score"] > self.best["dev_score"]):
-            self.best = rec
-            self.best_state = {k: v.detach().clone() for k, v in self.student.state_dict().items()}
-        elif not self.select and step == self.steps:
-            self.best = rec
-
-    def finish(self) -> dict[str, Any]:
-        """Load the selected weights into the student; return the selected evaluation record."""
-        if self.best is None:
-            raise RuntimeError(f"pass {self.name}: no dev evaluation was recorded (did training run?)")
-        if self.select and self.best_state is not None:
-            self.student.load_state_dict(self.best_state)
-        return self.best
-
-
 # --------------------------------------------------------------------------------------------
 # one task
 # --------------------------------------------------------------------------------------------
@@ -301,7 +261,7 @@ def _fingerprint(cfg: Stage2Config, task: str) -> dict[str, Any]:
 
 
 def _train_pass(name: str, model: nn.Module, loss_fn: Callable, collate: Callable, n: int, cfg: Stage2Config,
-                steps: int, work_dir: Path, device: torch.device, selector: DevSelector, on_log: Any,
+                steps: int, work_dir: Path, device: torch.device, selector: BestCheckpoint, on_log: Any,
                 progress: bool) -> dict[str, Any]:
     """One pass on the trainer: shuffled epochs over the ``n`` training clozes, one checkpoint at the end
     (stage 2 resumes per task, not within a pass), ``selector`` evaluating on dev as it goes."""
@@ -362,7 +322,7 @@ def distill_task(cfg: Stage2Config, task: str, progress: bool = True, on_log: An
     work = out / ".work"
     runner = TeacherRunner(teacher, vocab_map, bf16)
     distiller = Distiller(s_model, cfg.temperature, None, cfg.loss_chunk, 0.0)
-    sel_a = DevSelector("2a", s_model, evaluate, cfg.steps_2a, cfg.eval_every, cfg.select_by_dev)
+    sel_a = BestCheckpoint("2a", s_model, evaluate, cfg.steps_2a, cfg.eval_every, cfg.select_by_dev)
     t0 = time.perf_counter()
     sum_a = _train_pass("2a", distiller, make_2a_loss(runner, vocab_map), collate_2a(data.train), n, cfg,
                         cfg.steps_2a, work / "2a", device, sel_a, on_log, progress)
@@ -372,7 +332,7 @@ def distill_task(cfg: Stage2Config, task: str, progress: bool = True, on_log: An
 
     # ---- pass 2b ------------------------------------------------------------------------------------
     scores = TeacherScores(teacher, data.train, bf16)
-    sel_b = DevSelector("2b", s_model, evaluate, cfg.steps_2b, cfg.eval_every, cfg.select_by_dev)
+    sel_b = BestCheckpoint("2b", s_model, evaluate, cfg.steps_2b, cfg.eval_every, cfg.select_by_dev)
     t0 = time.perf_counter()
     sum_b = _train_pass("2b", s_model, make_2b_loss(s_model, data.train, scores, vocab_map),
                         lambda idx: {"index": idx}, n, cfg, cfg.steps_2b, work / "2b", device, sel_b, on_log,
@@ -497,5 +457,5 @@ def load_stage2_student(run_dir: Path | str, task: str, device: Any = None) -> S
 
 
 __all__ = ["run_stage2", "distill_task", "read_inputs", "strip_labels", "task_inputs", "make_2a_loss",
-           "make_2b_loss", "TeacherScores", "DevSelector", "Stage2Error", "summary_table", "load_stage2_student",
+           "make_2b_loss", "TeacherScores", "BestCheckpoint", "Stage2Error", "summary_table", "load_stage2_student",
            "check_vocabularies", "collate_2a"]
