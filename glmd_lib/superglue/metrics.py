@@ -1,8 +1,8 @@
 """The official SuperGLUE metrics, on predicted label values and the examples they belong to.
 
-* accuracy: BoolQ, COPA, RTE, WiC, WSC; CB also macro-F1 (sklearn's convention as in jiant: averaged
-  over the classes that occur in the gold labels or the predictions; a class that occurs in only
-  one of them has F1 0).
+* accuracy: BoolQ, COPA, RTE, WiC, WSC; CB also macro-F1, averaged over CB's three fixed classes
+  (entailment, contradiction, neutral) as the leaderboard does: a class absent from both the gold labels and
+  the predictions counts 0, so a small or resampled dev set cannot inflate the score by dropping a class.
 * MultiRC: F1 over all answer options (``f1a``, positive class 1) and exact match per question
   (``em``: every answer option of the question right).
 * ReCoRD: token F1 and exact match, each the max over the gold answers, with SQuAD normalisation
@@ -22,7 +22,7 @@ import re
 import string
 from typing import Any, Sequence
 
-from glmd_lib.superglue.data import DIAGNOSTICS, Example
+from glmd_lib.superglue.data import DIAGNOSTICS, LABELS, Example
 
 METRICS = {
     "BoolQ": ("accuracy",), "CB": ("accuracy", "f1"), "COPA": ("accuracy",), "MultiRC": ("f1a", "em"),
@@ -44,10 +44,10 @@ def f1_binary(preds: Sequence[Any], golds: Sequence[Any], positive: Any = 1) -> 
     return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
 
 
-def f1_macro(preds: Sequence[Any], golds: Sequence[Any]) -> float:
+def f1_macro(preds: Sequence[Any], golds: Sequence[Any], classes: Sequence[Any]) -> float:
+    """Mean of the per-class F1 over the fixed ``classes`` (a class nobody predicts or has scores 0)."""
     if not golds:
         return math.nan
-    classes = set(golds) | set(preds)
     return sum(f1_binary(preds, golds, c) for c in classes) / len(classes)
 
 
@@ -123,7 +123,7 @@ def task_metrics(task: str, predictions: Sequence[Any], examples: Sequence[Examp
         raise ValueError(f"{task}: examples without labels (a test split?) cannot be scored")
     golds = [ex.label for ex in examples]
     if task == "CB":
-        return {"accuracy": accuracy(predictions, golds), "f1": f1_macro(predictions, golds)}
+        return {"accuracy": accuracy(predictions, golds), "f1": f1_macro(predictions, golds, LABELS["CB"])}
     if task == "MultiRC":
         return multirc_metrics(predictions, examples)
     if task == "ReCoRD":
