@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from glmd_lib.config.base import resolve_corpus_dir
-from glmd_lib.vocab.frequency import count_tokens, iter_corpus_lines, tokenizer_parallelism
+from glmd_lib.data.paths import resolve_corpus_dir
+from glmd_lib.data.corpus import iter_corpus_lines
+from glmd_lib.vocab.frequency import count_tokens, tokenizer_parallelism
 from glmd_lib.models.teacher import load_tokenizer
 
 

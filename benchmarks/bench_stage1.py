@@ -33,12 +33,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from glmd_lib.device import set_threads  # noqa: E402
-from glmd_lib.distill.losses import distill_kl_reference, distill_loss, sparse_teacher_fn, tail_fill  # noqa: E402
+from glmd_lib.distill.losses import distill_kl_reference, distill_loss  # noqa: E402
 from glmd_lib.models.teacher import count_parameters, load_teacher  # noqa: E402
-from glmd_lib.distill.stage1 import Distiller, TeacherRunner  # noqa: E402
+from glmd_lib.distill.distiller import Distiller  # noqa: E402
+from glmd_lib.distill.teacher import (TeacherRunner, cached_teacher_fn, sparse_teacher_fn,  # noqa: E402
+                                      student_space, tail_fill)
 from glmd_lib.models.student import build_student  # noqa: E402
-from glmd_lib.distill.teacher_cache import cache_key, ensure_teacher_cache, hidden_teacher_fn, student_space  # noqa: E402
-from glmd_lib.data.blocks import default_corpus, token_blocks  # noqa: E402
+from glmd_lib.distill.teacher_cache import cache_key, ensure_teacher_cache  # noqa: E402
+from glmd_lib.data.blocks import token_blocks  # noqa: E402
+from glmd_lib.data.corpus import default_corpus  # noqa: E402
 from glmd_lib.vocab.vocab_map import VocabMap  # noqa: E402
 
 
@@ -279,11 +282,11 @@ def main():
             loss.backward()
             student.zero_grad(set_to_none=False)
 
-        def topk_fn(idx):
-            values, t_ids, tail = cache.lookup(idx)
-            return sparse_teacher_fn(values, student_space(t_ids, vm), K, tail=tail, temperature=T)
+        def from_cache(c):
+            """What stage 1 trains on: the library's teacher_fn of a cache (top-k: tail-filled; hidden: exact)."""
+            return lambda idx: cached_teacher_fn(c, idx, runner, vm, K, T, torch.device("cpu"))
 
-        t_c = timeit(lambda: cached_step(topk_fn), args.repeats)
+        t_c = timeit(lambda: cached_step(from_cache(cache)), args.repeats)
         print(f"[3] steps/s: live teacher {1 / t_d:.3f}, teacher cache (top-{args.cache_topk}) {1 / t_c:.3f} "
               f"-> {t_d / t_c:.2f}x  (cache of {len(cblocks)} blocks built in {t_build:.1f} s, "
               f"{cache.values.nbytes + cache.ids.nbytes + cache.tail.nbytes:,} bytes)")
@@ -294,8 +297,7 @@ def main():
                                          cache_key(args.teacher, teacher, cblocks), batch_size=B, progress=False)
         t_hbuild = time.perf_counter() - t0
 
-        t_h = timeit(lambda: cached_step(lambda idx: hidden_teacher_fn(hcache.lookup_hidden(idx), runner.head_w,
-                                                                       runner.head_b)), args.repeats)
+        t_h = timeit(lambda: cached_step(from_cache(hcache)), args.repeats)
         print(f"    teacher cache (hidden states, exact) {1 / t_h:.3f} steps/s -> {t_d / t_h:.2f}x  "
               f"(built in {t_hbuild:.1f} s, {hcache.hidden.nbytes:,} bytes)")
 

@@ -20,11 +20,12 @@ import time
 
 import torch
 
-from glmd_lib.config.base import resolve_corpus_dir
+from glmd_lib.data.paths import resolve_corpus_dir
 from glmd_lib.device import set_threads
 from glmd_lib.vocab.frequency import count_tokens
 from glmd_lib.models.teacher import load_teacher
-from glmd_lib.vocab.vocab_map import VocabMap, kept_size, nearest_kept, protected_token_ids
+from glmd_lib.vocab.substitutes import nearest_kept
+from glmd_lib.vocab.vocab_map import VocabMap, kept_size, protected_token_ids
 
 
 def main() -> None:

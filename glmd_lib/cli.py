@@ -1,8 +1,12 @@
 """The ``glmd`` command.
 
   glmd run --profile demo --run-dir runs/demo [--only 03 ...] [-p key=value ...] [-f params.yaml] [--force]
-  glmd params [NOTEBOOK]        every notebook's parameters with their help text and profile values
+  glmd params [NOTEBOOK]        every notebook's parameters as -p names them, with help text and profile values
   glmd stage1 --run-dir D [--profile P] [-p key=value ...]   stage 1 alone (``accelerate launch`` can start it)
+
+Every error is one line on stderr (exit code 2): a wrong parameter or parameter file, a run directory that
+cannot be used or that another ``glmd run`` / ``glmd stage1`` holds. Ctrl-C prints where the run stopped and
+how to resume (exit code 130).
 """
 from __future__ import annotations
 
@@ -10,12 +14,22 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
-from glmd_lib.config.base import PROFILES, ConfigError
+from glmd_lib.config.base import PROFILES, ConfigError, parse_params
+
+PARAMS_HELP = """\
+-p KEY=VALUE (repeatable) or -f params.yaml. A stage's own parameter is written stage.key
+(-p stage1.lr=2e-3; YAML: `stage1: {lr: 2e-3}`) and reaches only that notebook; a key only one
+notebook declares may also be written bare. A shared key (one meaning in every notebook) is written
+bare and reaches every notebook that declares it. run_dir and profile are set with --run-dir and
+--profile (default: $GLMD_PROFILE, else demo).
+"""
 
 
 def _run(args: argparse.Namespace) -> int:
-    from glmd_lib.pipeline import PipelineError, parse_params, run
+    from glmd_lib.pipeline import NOTEBOOK_DIR, Interrupted, PipelineError, run
+    from glmd_lib.runlock import RunDirError, RunLockedError
 
     profile = args.profile or os.environ.get("GLMD_PROFILE") or "demo"
     run_dir = args.run_dir or os.path.join("runs", profile)
@@ -23,8 +37,15 @@ def _run(args: argparse.Namespace) -> int:
     try:
         params = parse_params(args.param, args.param_file)
         results = run(profile, run_dir, only=args.only, params=params, force=args.force,
-                      cell_timeout=args.cell_timeout)
-    except (ConfigError, PipelineError) as e:
+                      cell_timeout=args.cell_timeout, notebook_dir=Path(args.notebook_dir or NOTEBOOK_DIR))
+    except Interrupted as e:
+        print(f"glmd run: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("glmd run: interrupted; rerun the same command to resume (finished notebooks are skipped)",
+              file=sys.stderr)
+        return 130
+    except (ConfigError, PipelineError, RunDirError, RunLockedError) as e:
         print(f"glmd run: error: {e}", file=sys.stderr)
         return 2
     ran = sum(r["status"] == "ran" for r in results)
@@ -37,18 +58,51 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _params(args: argparse.Namespace) -> int:
-    from glmd_lib.pipeline import config_classes
+    from glmd_lib.pipeline import addressing, discover
 
-    for name, cls in sorted(config_classes().items()):
-        if args.notebook and not name.startswith(args.notebook):
+    steps = [s for s in discover() if s.config is not None]
+    names = addressing(steps)
+    print(PARAMS_HELP)
+    for step in steps:
+        cls = step.config
+        if args.notebook and not step.name.startswith(args.notebook):
             continue
         resolved = {p: cls.resolve(profile=p, run_dir="<run_dir>").to_dict() for p in PROFILES}
-        print(f"{name}  ({cls.__name__}, writes <run_dir>/{cls.stage}/)")
+        print(f"{step.name}  ({cls.__name__}, writes <run_dir>/{cls.stage}/)")
         for key, help_text in cls.field_help().items():
-            values = "  ".join(f"{p}={resolved[p][key]!r}" for p in PROFILES) if key != "run_dir" else ""
-            print(f"  {key:22s} {values}\n      {help_text}")
+            if key not in ("run_dir", "profile"):  # options of glmd run, not parameters
+                values = "  ".join(f"{p}={resolved[p][key]!r}" for p in PROFILES)
+                print(f"  {names[step.name][key]:28s} {values}\n      {help_text}")
         print()
     return 0
+
+
+def _stage1(rest: list[str]) -> int:
+    """``glmd stage1``: check the parameters, then run stage 1 holding the run-directory lock (a ``glmd run``
+    on the same directory would delete its checkpoints). In a distributed launch rank 0 holds it for all."""
+    from glmd_lib.config.stages import Stage1Config
+    from glmd_lib.distill.stage1 import main as stage1_main
+    from glmd_lib.runlock import RunDirError, RunLockedError, run_lock
+
+    if {"-h", "--help"} & set(rest):
+        return stage1_main(rest)
+    pre = argparse.ArgumentParser(add_help=False)  # just what names the run directory; stage1's main parses all
+    pre.add_argument("--run-dir", default=None)
+    pre.add_argument("--profile", default=None)
+    pre.add_argument("-p", "--param", action="append", default=[])
+    known, _ = pre.parse_known_args(rest)
+    try:
+        params = {k.removeprefix(f"{Stage1Config.stage}."): v for k, v in parse_params(known.param).items()}
+        cfg = Stage1Config.resolve(known.profile, run_dir=known.run_dir, **params)
+        with run_lock(cfg.run_dir, what=" ".join(["glmd stage1", *rest])):
+            return stage1_main(rest)
+    except (ConfigError, RunDirError, RunLockedError) as e:
+        print(f"glmd stage1: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("glmd stage1: interrupted; rerun the same command to continue from the last checkpoint "
+              "(resume=True)", file=sys.stderr)
+        return 130
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,11 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--profile", choices=PROFILES, default=None, help="default: $GLMD_PROFILE or demo")
     p_run.add_argument("--run-dir", default=None, help="default: runs/<profile>")
     p_run.add_argument("--only", action="append", help="run only this notebook (number or name); repeatable")
-    p_run.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="a parameter; repeatable")
+    p_run.add_argument("-p", "--param", action="append", metavar="KEY=VALUE",
+                       help="a parameter, KEY or STAGE.KEY (see glmd params); repeatable")
     p_run.add_argument("-f", "--param-file", action="append", metavar="YAML", help="parameters from a YAML file")
     p_run.add_argument("--force", action="store_true", help="rerun notebooks even when complete")
     p_run.add_argument("--cell-timeout", type=int, default=None, metavar="S",
                        help="fail a cell that runs longer than S seconds (default: no limit)")
+    p_run.add_argument("--notebook-dir", default=None, metavar="DIR",
+                       help="run the numbered notebooks of DIR (default: the repository's notebooks/)")
     p_run.set_defaults(func=_run)
 
     p_par = sub.add_parser("params", help="list the notebooks' parameters")
@@ -75,9 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args, rest = parser.parse_known_args(argv)
     if args.command == "stage1":
-        from glmd_lib.distill.stage1 import main as stage1_main
-
-        return stage1_main(rest)
+        return _stage1(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return args.func(args)

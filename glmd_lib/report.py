@@ -1,33 +1,36 @@
-"""The run report (notebook 07): teachers vs. GLMD students, sizes, coverage, retention.
+"""The run report (notebook 07, :func:`run_report`): teachers vs. GLMD students, sizes, coverage, retention.
 
-Everything is read from the run directory's artifacts, never from kernel state:
+Everything is read from the run directory's artifacts, never from kernel state, and every path comes from
+the artifact registry (:data:`glmd_lib.artifacts.STAGES`):
 
 * ``eval/results.csv``        dev scores of every evaluated model (notebook 06), majority baselines included
 * ``stage2/<TASK>/metrics.json``  the student's dev score after passes 2a and 2b (notebook 05)
 * ``teachers/<TASK>/metrics.json`` the task teacher's dev score before/after fine-tuning (notebook 04)
 * ``vocab/summary.json``, ``frequency/summary.json``, ``stage1/metrics.json``  sizes, coverage, stage-1 quality
+* every stage's PNG plots, copied into ``report/figures/``
 
-``write_report`` renders ``report/report.md`` (and the PNG plots beside it); notebook 07 shows the same text.
+:func:`write_report` renders ``report/report.md`` (and ``scores.png`` beside it); notebook 07 shows the same.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from glmd_lib.artifacts import atomic_write_text
+from glmd_lib.artifacts import STAGES, ArtifactError, artifact, atomic_write_text, mark_complete, read_json
 
 GROUPS = ("majority", "zero-shot teacher", "task teacher", "GLMD student")
 
 
 def _read(path: Path) -> Any:
+    """A JSON artifact, or None where that stage has not run (the report also covers partial runs)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        return read_json(path)
+    except ArtifactError:
         return None
 
 
@@ -49,7 +52,7 @@ def task_scores(run_dir: Path | str) -> pd.DataFrame:
     """One row per (model, task): the official task score (two-metric tasks averaged) and the parameters."""
     from glmd_lib.superglue.metrics import task_score
 
-    path = Path(run_dir) / "eval" / "results.csv"
+    path = artifact(run_dir, "eval", "results.csv")
     if not path.exists():
         return pd.DataFrame(columns=["model", "group", "task", "score", "params"])
     df = pd.read_csv(path)
@@ -103,15 +106,12 @@ def sizes_table(run_dir: Path | str) -> pd.DataFrame:
 
 
 def stage_summaries(run_dir: Path | str) -> dict[str, Any]:
-    run_dir = Path(run_dir)
-    out = {
-        "frequency": _read(run_dir / "frequency" / "summary.json"),
-        "vocab": _read(run_dir / "vocab" / "summary.json"),
-        "stage1": _read(run_dir / "stage1" / "metrics.json"),
-        "teachers": {p.parent.name: _read(p) for p in sorted((run_dir / "teachers").glob("*/metrics.json"))},
-        "stage2": {p.parent.name: _read(p) for p in sorted((run_dir / "stage2").glob("*/metrics.json"))},
-    }
-    return out
+    per_task = {stage: {task: _read(p) for task, p in STAGES[stage].task_paths(run_dir, "metrics.json").items()}
+                for stage in ("teachers", "stage2")}
+    return {"frequency": _read(artifact(run_dir, "frequency", "summary.json")),
+            "vocab": _read(artifact(run_dir, "vocab", "summary.json")),
+            "stage1": _read(artifact(run_dir, "stage1", "metrics.json")),
+            **per_task}
 
 
 def _kv_table(d: dict[str, Any], keys: list[str]) -> pd.DataFrame:
@@ -123,23 +123,26 @@ STAGE2_COLUMNS = ["dev_score_stage1", "dev_score_2a", "dev_score_2b", "teacher_d
                   "train_inputs", "steps_2a", "steps_2b", "select_by_dev"]
 
 
+def _md_cell(v: Any, floatfmt: str) -> str:
+    if v is None or (isinstance(v, float) and pd.isna(v)):
+        return ""  # that stage did not report it
+    if isinstance(v, float):
+        return floatfmt.format(v)
+    return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
+
+
 def _md_table(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
     """A GitHub markdown table (pandas' to_markdown needs the optional tabulate package)."""
     if df.empty:
         return "_(nothing to show yet)_\n"
     df = df.reset_index()
-    cells = [[("" if pd.isna(v) else floatfmt.format(v)) if isinstance(v, float) else
-              (f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)) for v in row]
-             for row in df.itertuples(index=False)]
+    cells = [[_md_cell(v, floatfmt) for v in row] for row in df.itertuples(index=False)]
     head = "| " + " | ".join(map(str, df.columns)) + " |"
     sep = "|" + "|".join("---" for _ in df.columns) + "|"
     return "\n".join([head, sep] + ["| " + " | ".join(r) + " |" for r in cells]) + "\n"
 
 
 def plot_scores(table: pd.DataFrame, path: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     cols = [c for c in GROUPS if c in table.columns]
@@ -161,25 +164,25 @@ def plot_scores(table: pd.DataFrame, path: Path) -> Path | None:
 
 
 def collect_figures(run_dir: Path | str, out_dir: Path) -> list[Path]:
-    """Copy every stage's PNG plots into ``report/figures/`` so the report is self-contained."""
+    """Copy every earlier stage's PNG plots into ``report/figures/`` so the report is self-contained."""
     run_dir = Path(run_dir)
     figs = out_dir / "figures"
     figs.mkdir(parents=True, exist_ok=True)
     copied = []
-    for png in sorted(run_dir.glob("*/*.png")) + sorted(run_dir.glob("*/*/*.png")):
-        if out_dir in png.parents:
+    for stage in STAGES.values():
+        if stage.stage == "report":
             continue
-        rel = png.relative_to(run_dir)
-        dest = figs / "_".join(rel.parts)
-        shutil.copyfile(png, dest)
-        copied.append(dest)
+        for png in stage.figures(run_dir):
+            dest = figs / "_".join(png.relative_to(run_dir).parts)
+            shutil.copyfile(png, dest)
+            copied.append(dest)
     return copied
 
 
-def render(run_dir: Path | str, title: str, out_dir: Path) -> str:
+def render(run_dir: Path | str, title: str, table: pd.DataFrame, sizes: pd.DataFrame) -> str:
+    """``report.md``'s text; writes its plots (``scores.png``, ``figures/``) into the report directory."""
     run_dir = Path(run_dir)
-    table = results_table(run_dir)
-    sizes = sizes_table(run_dir)
+    out_dir = artifact(run_dir, "report", "report.md").parent
     s = stage_summaries(run_dir)
     lines = [f"# {title}", "", f"Run directory: `{run_dir}`", ""]
     lines += ["## Dev scores", "",
@@ -200,8 +203,9 @@ def render(run_dir: Path | str, title: str, out_dir: Path) -> str:
                             "valid_top1_agreement", "valid_student_ppl", "valid_teacher_ppl") if k in st1]
         lines += ["## Stage 1 (unlabeled text)", "", _md_table(_kv_table(st1, keys))]
     if s.get("stage2"):
-        st2 = pd.DataFrame({t: {k: (m or {}).get(k) for k in STAGE2_COLUMNS} for t, m in s["stage2"].items()},
-                           dtype=object).T
+        # orient="index" with dtype=object keeps ints as ints (steps print as 30, not 30.000)
+        st2 = pd.DataFrame.from_dict({t: {k: (m or {}).get(k) for k in STAGE2_COLUMNS} for t, m in s["stage2"].items()},
+                                     orient="index", dtype=object)
         lines += ["## Stage 2 per task", "",
                   "Dev score of the student after stage 1 alone, after pass 2a (vocabulary KL on the task inputs) "
                   "and after pass 2b (soft task scores), next to its task teacher and the majority class.", "",
@@ -212,8 +216,36 @@ def render(run_dir: Path | str, title: str, out_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def write_report(run_dir: Path | str, out_dir: Path | str, title: str = "GLMD Workbench run") -> Path:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    text = render(run_dir, title, out_dir)
-    return atomic_write_text(out_dir / "report.md", text)
+@dataclass(repr=False)
+class Report:
+    """What :func:`write_report` wrote; shows itself in a notebook as the rendered ``report.md``."""
+
+    path: Path
+    scores: pd.DataFrame  # :func:`results_table`
+    sizes: pd.DataFrame  # :func:`sizes_table`
+
+    def __repr__(self) -> str:
+        return f"Report({str(self.path)!r})"
+
+    def _repr_markdown_(self) -> str:
+        # image links are relative to report.md; the notebook renders them from elsewhere
+        return self.path.read_text(encoding="utf-8").replace("](", f"]({self.path.parent}/")
+
+
+def write_report(run_dir: Path | str, title: str = "GLMD Workbench run") -> Report:
+    """Render ``<run_dir>/report/report.md`` (plots beside it) from whatever stages the run has."""
+    table, sizes = results_table(run_dir), sizes_table(run_dir)
+    path = artifact(run_dir, "report", "report.md")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, render(run_dir, title, table, sizes))
+    return Report(path, table, sizes)
+
+
+def run_report(cfg) -> Report:
+    """Notebook 07's work (``cfg``: a :class:`~glmd_lib.config.stages.ReportConfig`): needs a finished
+    evaluation (notebook 06), writes the report and marks the stage complete."""
+    STAGES["eval"].require(cfg.run_dir)
+    report = write_report(cfg.run_dir, cfg.title)
+    cfg.save()
+    mark_complete(report.path.parent, list(STAGES["report"].files))
+    return report

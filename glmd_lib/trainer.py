@@ -1,20 +1,21 @@
-"""A small, resumable training loop on Hugging Face ``accelerate`` (used by stage 1 and stage 2).
+"""The ONE training loop (stage 1, both stage-2 passes, the task teachers), on Hugging Face ``accelerate``.
 
 What it does, and why:
 
 * One process on CPU/GPU, or several under ``accelerate launch`` (DDP; gloo on CPU). Each rank draws its
   own slice of every global batch, gradients are averaged by DDP, so every rank holds the same weights.
-* AdamW, linear warm-up then cosine decay (``transformers.get_cosine_schedule_with_warmup``), gradient
-  accumulation, gradient clipping, bf16 autocast on CUDA only (fp32 on CPU keeps runs bitwise repeatable).
-* Checkpoints every ``checkpoint_every`` steps hold the model, optimizer, scheduler, every rank's RNG states
-  and the data position, written to a temporary file and renamed (a crash never leaves half a file); the
-  last ``keep_checkpoints`` are kept. ``train(resume=True)`` continues from the newest one exactly: a run
-  killed with SIGKILL and resumed ends with bitwise the same weights as an uninterrupted run (CPU, 1 process).
-* A non-finite loss stops the run *before* the optimizer step with a message naming the step; the
-  checkpoints on disk are the last good state.
+* AdamW over the parameters that require grad (freeze a part of the model by switching ``requires_grad``
+  off), linear warm-up then cosine or linear decay, gradient accumulation, gradient clipping, and bf16
+  autocast by :func:`glmd_lib.device.use_bf16`'s rule (``None``: CUDA only; fp32 on CPU keeps runs bitwise
+  repeatable).
+* Checkpoints every ``checkpoint_every`` steps (0: none, for short runs that start over), the last
+  ``keep_checkpoints`` kept (:mod:`glmd_lib.checkpoints`). ``train(resume=True)`` continues from the newest one
+  exactly: killed with SIGKILL and resumed, a run ends with bitwise the weights of an uninterrupted one (CPU).
+* A non-finite loss stops the run *before* the optimizer step, naming the step; the checkpoints on disk are
+  the last good state.
 * ``history.csv`` (step, loss, lr, tokens/s and whatever the loss reports) is rewritten atomically every
-  step; tqdm bars work in terminals and notebooks; ``on_log`` callbacks (e.g. :class:`LiveLossPlot`) see
-  every row.
+  step; tqdm bars work in terminals and notebooks; ``on_log`` callbacks see every row: :class:`LiveLossPlot`
+  draws it, :class:`BestCheckpoint` evaluates on dev and keeps the best weights.
 
 The loss is a closure ``loss_fn(batch) -> (loss, logs)`` or ``loss_fn(batch, model) -> (loss, logs)``; the
 second form receives the *prepared* model (DDP-wrapped under several processes) and must call it for its
@@ -26,29 +27,23 @@ The batch source is any object with ``next_batch()``, ``state_dict()`` and ``loa
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
-import os
-import random
-import re
 import shutil
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Literal, Protocol
 
-import numpy as np
 import torch
 from torch import nn
 
-from glmd_lib.artifacts import atomic_path, atomic_write_text
-
-CKPT_FORMAT = "glmd-checkpoint-1"
-_CKPT_RE = re.compile(r"^step-(\d+)\.pt$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be read or does not fit the run being resumed."""
+from glmd_lib.checkpoints import (CheckpointError, all_rng_states, latest_checkpoint, list_checkpoints, read_history,
+                                  restore_rng_state, seed_everything, trainable_state, write_checkpoint,
+                                  write_history)
+from glmd_lib.device import use_bf16
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -65,20 +60,24 @@ class TrainConfig:
     lr: float = 5e-4
     weight_decay: float = 0.01
     warmup_steps: int = 0
+    schedule: Literal["cosine", "linear"] = "cosine"  # decay after the warm-up
     max_grad_norm: float | None = 1.0
     grad_accum: int = 1
-    checkpoint_every: int = 50
+    checkpoint_every: int = 50  # 0: no checkpoints (the run cannot resume)
     keep_checkpoints: int = 2
     seed: int = 0
-    mixed_precision: str = "auto"  # auto: bf16 on CUDA, none elsewhere; or "no" / "bf16"
+    bf16: bool | None = None  # bf16 autocast; None: on CUDA only (glmd_lib.device.use_bf16)
     cpu: bool | None = None  # force CPU (None: whatever accelerate finds)
 
     def __post_init__(self) -> None:
-        for k in ("steps", "grad_accum", "checkpoint_every", "keep_checkpoints"):
+        for k in ("steps", "grad_accum", "keep_checkpoints"):
             if getattr(self, k) < 1:
                 raise ValueError(f"TrainConfig.{k} must be >= 1, got {getattr(self, k)}")
-        if self.warmup_steps < 0:
-            raise ValueError("TrainConfig.warmup_steps must be >= 0")
+        for k in ("warmup_steps", "checkpoint_every"):
+            if getattr(self, k) < 0:
+                raise ValueError(f"TrainConfig.{k} must be >= 0, got {getattr(self, k)}")
+        if self.schedule not in ("cosine", "linear"):
+            raise ValueError(f"TrainConfig.schedule must be 'cosine' or 'linear', got {self.schedule!r}")
 
 
 class BatchSource(Protocol):
@@ -102,7 +101,7 @@ class IndexBatches:
         self.n, self.batch_size, self.collate = int(n), int(batch_size), collate
         self.seed, self.shuffle = int(seed), shuffle
         self.epoch, self.pos = 0, 0
-        self._perm: torch.Tensor | None = None
+        self._perm: Any = None  # this epoch's order, drawn on first use
         self.set_rank(rank, world_size)
 
     def set_rank(self, rank: int, world_size: int) -> None:
@@ -141,64 +140,6 @@ class IndexBatches:
 
 
 # --------------------------------------------------------------------------------------------
-# RNG state (all generators a step may draw from)
-# --------------------------------------------------------------------------------------------
-
-def rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:])}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-# --------------------------------------------------------------------------------------------
-# checkpoints
-# --------------------------------------------------------------------------------------------
-
-def list_checkpoints(directory: Path | str) -> list[tuple[int, Path]]:
-    d = Path(directory)
-    if not d.exists():
-        return []
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _CKPT_RE.match(p.name))]
-    return sorted(found)
-
-
-def load_checkpoint(path: Path | str) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, garbage bytes, ...
-        raise CheckpointError(f"checkpoint {path} is corrupted or unreadable ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}). Nothing was changed. Delete it to "
-                              f"resume from an earlier checkpoint, or start over with resume=False.") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
-        raise CheckpointError(f"{path} is not a GLMD training checkpoint. Nothing was changed.")
-    return ckpt
-
-
-def _describe_diff(a: dict[str, Any], b: dict[str, Any]) -> str:
-    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-    return ", ".join(f"{k}: checkpoint {a.get(k)!r} vs now {b.get(k)!r}" for k in keys[:6])
-
-
-# --------------------------------------------------------------------------------------------
 # the loop
 # --------------------------------------------------------------------------------------------
 
@@ -225,11 +166,11 @@ class Trainer:
     # ---- set-up ------------------------------------------------------------------------------
     def _setup(self):
         from accelerate import Accelerator
-        from transformers import get_cosine_schedule_with_warmup
+        from transformers import get_scheduler
 
         c = self.config
         cuda = torch.cuda.is_available() and not c.cpu
-        mp = ("bf16" if cuda else "no") if c.mixed_precision == "auto" else c.mixed_precision
+        mp = "bf16" if use_bf16("cuda" if cuda else "cpu", c.bf16) else "no"
         self.accelerator = acc = Accelerator(cpu=not cuda, mixed_precision=mp)
         if hasattr(self.batches, "set_rank"):
             self.batches.set_rank(acc.process_index, acc.num_processes)
@@ -242,8 +183,8 @@ class Trainer:
                                        {"params": no_decay, "weight_decay": 0.0}], lr=c.lr)
         self.model, self.optimizer = acc.prepare(self.model, optimizer)
         # stepped by hand once per optimizer step (accelerate's wrapper would step it once per process)
-        self.scheduler = get_cosine_schedule_with_warmup(self.optimizer.optimizer if hasattr(
-            self.optimizer, "optimizer") else self.optimizer, c.warmup_steps, c.steps)
+        self.scheduler = get_scheduler(c.schedule, getattr(self.optimizer, "optimizer", self.optimizer),
+                                       c.warmup_steps, c.steps)
 
     @property
     def unwrapped(self) -> torch.nn.Module:
@@ -252,35 +193,22 @@ class Trainer:
     # ---- checkpoints -------------------------------------------------------------------------
     def _save_checkpoint(self, step: int) -> Path:
         acc = self.accelerator
-        rngs = [rng_state()]
-        if acc.num_processes > 1:
-            from accelerate.utils import gather_object
-
-            rngs = gather_object([rng_state()])
+        rngs = all_rng_states(acc.num_processes)  # collective: every rank takes part
         path = self.ckpt_dir / f"step-{step:07d}.pt"
         if acc.is_main_process:
-            state = {"format": CKPT_FORMAT, "step": step, "model": self.unwrapped.state_dict(),
-                     "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                     "batches": self.batches.state_dict(), "rng": rngs, "world_size": acc.num_processes,
-                     "fingerprint": self.fingerprint, "config": asdict(self.config)}
-            with atomic_path(path) as tmp:
-                torch.save(state, tmp)
-            for _, old in list_checkpoints(self.ckpt_dir)[:-self.config.keep_checkpoints]:
-                old.unlink(missing_ok=True)
-            self._write_history()
+            state = {"model": self.unwrapped.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "scheduler": self.scheduler.state_dict(), "batches": self.batches.state_dict(), "rng": rngs,
+                     "world_size": acc.num_processes, "fingerprint": self.fingerprint, "config": asdict(self.config)}
+            path = write_checkpoint(self.ckpt_dir, step, state, self.config.keep_checkpoints)
+            write_history(self.history_path, self.history)
         acc.wait_for_everyone()
         return path
 
     def _resume(self) -> int:
-        ckpts = list_checkpoints(self.ckpt_dir)
-        if not ckpts:
+        found = latest_checkpoint(self.ckpt_dir, self.fingerprint)
+        if found is None:
             return 0
-        step, path = ckpts[-1]
-        ckpt = load_checkpoint(path)
-        if ckpt.get("fingerprint", {}) != self.fingerprint:
-            raise CheckpointError(f"{path} was written by a run with other settings ({_describe_diff(ckpt.get('fingerprint', {}), self.fingerprint)}). "
-                                  f"Nothing was changed. Resume with the same settings, use another run "
-                                  f"directory, or start over with resume=False.")
+        path, ckpt = found
         try:
             self.unwrapped.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -288,36 +216,72 @@ class Trainer:
             raise CheckpointError(f"{path} does not fit this model/optimizer ({e}). Nothing was changed.") from e
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.batches.load_state_dict(ckpt["batches"])
-        rngs = ckpt["rng"]
-        if len(rngs) == self.accelerator.num_processes:
-            set_rng_state(rngs[self.accelerator.process_index])
-        else:  # resumed with another number of processes: data order is kept, random draws are not
-            seed_everything(self.config.seed + 1000 * step + self.accelerator.process_index)
-        if self.history_path.exists():
-            import pandas as pd
+        step, acc = int(ckpt["step"]), self.accelerator
+        restore_rng_state(ckpt["rng"], acc.process_index, acc.num_processes, self.config.seed + 1000 * step)
+        self.history = read_history(self.history_path, step)
+        return step
 
-            try:
-                df = pd.read_csv(self.history_path)
-                self.history = [r for r in df.to_dict("records") if r["step"] <= step]
-            except Exception:  # history is a log, not state: a bad file is rebuilt from here on
-                self.history = []
-        return int(ckpt["step"])
-
-    def _write_history(self) -> None:
-        if not self.history:
-            return
-        import pandas as pd
-
-        atomic_write_text(self.history_path, pd.DataFrame(self.history).to_csv(index=False))
-
-    # ---- the loop ----------------------------------------------------------------------------
+    # ---- one optimizer step ------------------------------------------------------------------
     def _call_loss(self, batch: Any):
         if self._loss_takes_model:
             return self.loss_fn(batch, self.model)
         return self.loss_fn(batch)
 
-    def train(self, resume: bool = True) -> dict[str, Any]:
+    def _accumulate(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """Forward and backward over ``grad_accum`` micro-batches: (mean loss, tokens, mean logs), reduced
+        over processes."""
         from accelerate.utils import send_to_device
+
+        c, acc = self.config, self.accelerator
+        loss_sum = torch.zeros((), device=acc.device)
+        n_tokens = torch.zeros((), device=acc.device)
+        logs_sum: dict[str, float] = {}
+        for micro in range(c.grad_accum):
+            batch = send_to_device(self.batches.next_batch(), acc.device)
+            sync = micro == c.grad_accum - 1
+            ctx = acc.no_sync(self.model) if (not sync and acc.num_processes > 1) else contextlib.nullcontext()
+            with ctx:
+                with acc.autocast():
+                    loss, logs = self._call_loss(batch)
+                acc.backward(loss / c.grad_accum)
+            loss_sum += loss.detach().float()
+            tok = logs.get("tokens") if isinstance(logs, dict) else None
+            if tok is None and isinstance(batch, dict) and "attention_mask" in batch:
+                tok = batch["attention_mask"].sum()
+            n_tokens += float(tok if tok is not None else 0)
+            for k, v in (logs or {}).items():
+                if k != "tokens":
+                    logs_sum[k] = logs_sum.get(k, 0.0) + float(v) / c.grad_accum
+        mean_loss = acc.reduce(loss_sum / c.grad_accum, reduction="mean")
+        return mean_loss, acc.reduce(n_tokens, reduction="sum"), logs_sum
+
+    def _step(self, step: int, last_ckpt: Path | None, bar) -> dict[str, Any]:
+        """One optimizer step; returns its history row (not yet appended)."""
+        c = self.config
+        t0 = time.perf_counter()
+        mean_loss, n_tokens, logs = self._accumulate()
+        if not torch.isfinite(mean_loss):
+            bar.close()
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(
+                f"non-finite loss ({float(mean_loss)}) at step {step}: stopped before updating the weights. "
+                f"The last good checkpoint is {last_ckpt or 'none (no checkpoint written yet)'}; lower the "
+                f"learning rate or check the inputs, then resume.")
+        grad_norm = None
+        if c.max_grad_norm:
+            grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), c.max_grad_norm)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t0
+        seen = int(self.history[-1].get("tokens_seen", 0)) if self.history else 0
+        return {"step": step, "loss": float(mean_loss), "lr": lr, "tokens_per_s": float(n_tokens) / dt,
+                "tokens_seen": seen + int(n_tokens), "step_time_s": dt,
+                **({"grad_norm": float(grad_norm)} if grad_norm is not None else {}), **logs}
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def train(self, resume: bool = True) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
         c = self.config
@@ -334,79 +298,29 @@ class Trainer:
         self.model.train()
         bar = tqdm(total=c.steps, initial=start, desc=self.desc, disable=not (self.progress and acc.is_main_process),
                    dynamic_ncols=True)
-        tokens_seen = int(self.history[-1]["tokens_seen"]) if self.history and "tokens_seen" in self.history[-1] else 0
-        last_ckpt = list_checkpoints(self.ckpt_dir)[-1][1] if list_checkpoints(self.ckpt_dir) else None
-        row: dict[str, Any] = {}
+        last_ckpt = (list_checkpoints(self.ckpt_dir) or [(0, None)])[-1][1]
         for step in range(start + 1, c.steps + 1):
             if self.step_hook is not None:
                 self.step_hook(step)
-            t0 = time.perf_counter()
-            loss_sum = torch.zeros((), device=acc.device)
-            n_tokens = torch.zeros((), device=acc.device)
-            logs_sum: dict[str, float] = {}
-            for micro in range(c.grad_accum):
-                batch = send_to_device(self.batches.next_batch(), acc.device)
-                sync = micro == c.grad_accum - 1
-                ctx = acc.no_sync(self.model) if (not sync and acc.num_processes > 1) else _null()
-                with ctx:
-                    with acc.autocast():
-                        loss, logs = self._call_loss(batch)
-                    acc.backward(loss / c.grad_accum)
-                loss_sum += loss.detach().float()
-                tok = logs.get("tokens") if isinstance(logs, dict) else None
-                if tok is None and isinstance(batch, dict) and "attention_mask" in batch:
-                    tok = batch["attention_mask"].sum()
-                n_tokens += float(tok if tok is not None else 0)
-                for k, v in (logs or {}).items():
-                    if k != "tokens":
-                        logs_sum[k] = logs_sum.get(k, 0.0) + float(v) / c.grad_accum
-            mean_loss = acc.reduce(loss_sum / c.grad_accum, reduction="mean")
-            n_tokens = acc.reduce(n_tokens, reduction="sum")
-            if not torch.isfinite(mean_loss):
-                bar.close()
-                self.optimizer.zero_grad(set_to_none=True)
-                raise NonFiniteLossError(
-                    f"non-finite loss ({float(mean_loss)}) at step {step}: stopped before updating the weights. "
-                    f"The last good checkpoint is {last_ckpt or 'none (no checkpoint written yet)'}; lower the "
-                    f"learning rate or check the inputs, then resume.")
-            grad_norm = None
-            if c.max_grad_norm:
-                grad_norm = acc.clip_grad_norm_(self.model.parameters(), c.max_grad_norm)
-            lr = self.scheduler.get_last_lr()[0]
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            dt = time.perf_counter() - t0
-            tokens_seen += int(n_tokens)
-            row = {"step": step, "loss": float(mean_loss), "lr": lr, "tokens_per_s": float(n_tokens) / dt,
-                   "tokens_seen": tokens_seen, "step_time_s": dt,
-                   **({"grad_norm": float(grad_norm)} if grad_norm is not None else {}), **logs_sum}
+            row = self._step(step, last_ckpt, bar)
             self.history.append(row)
             if acc.is_main_process:
-                self._write_history()
+                write_history(self.history_path, self.history)
                 for cb in self.on_log:
                     cb(row)
-            bar.set_postfix(loss=f"{row['loss']:.4g}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
+            bar.set_postfix(loss=f"{row['loss']:.4g}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
             bar.update(1)
-            if step % c.checkpoint_every == 0 or step == c.steps:
+            if c.checkpoint_every and (step % c.checkpoint_every == 0 or step == c.steps):
                 last_ckpt = self._save_checkpoint(step)
         bar.close()
         self.model.eval()
-        return {"steps": c.steps, "resumed_from": start, "tokens_seen": tokens_seen,
-                "final_loss": row.get("loss", self.history[-1]["loss"] if self.history else float("nan")),
-                "history": str(self.history_path)}
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False
+        last = self.history[-1] if self.history else {}
+        return {"steps": c.steps, "resumed_from": start, "tokens_seen": int(last.get("tokens_seen", 0)),
+                "final_loss": last.get("loss", float("nan")), "history": str(self.history_path)}
 
 
 # --------------------------------------------------------------------------------------------
-# notebook helper
+# on_log hooks: a live plot for notebooks, the best-checkpoint selector
 # --------------------------------------------------------------------------------------------
 
 class LiveLossPlot:
@@ -437,24 +351,32 @@ class LiveLossPlot:
 
 
 class BestCheckpoint:
-    """The trainer's best-checkpoint hook (an ``on_log`` callback): evaluates the model every ``every`` steps and
-    after the last step, and (``select_by_dev``) keeps a copy of the best weights; :meth:`finish` loads them back.
+    """The trainer's best-checkpoint hook (an ``on_log`` callback): evaluates the model after the steps in
+    ``every`` (an int: every that many steps, 0 never; a collection: exactly those steps) and after the last
+    step, and (``select_by_dev``) keeps a copy of the best weights; :meth:`finish` loads them back.
 
+    ``evaluate(model)`` returns ``{"score": float, "metrics": {name: float}}``; a tie keeps the earlier step.
     With ``select_by_dev=False`` the evaluations are only recorded: the last weights are kept.
-    Evaluation runs under a forked RNG so it cannot change the training run.
+    Evaluation runs under a forked RNG so it cannot change the training run. Only what training can change is
+    copied (parameters that require grad, and buffers): a model with a frozen body costs little memory.
     """
 
     def __init__(self, name: str, student: nn.Module, evaluate: Callable[[nn.Module], dict], steps: int,
-                 every: int, select_by_dev: bool):
+                 every: int | Collection[int], select_by_dev: bool):
         self.name, self.student, self.evaluate = name, student, evaluate
-        self.steps, self.every, self.select = steps, every, select_by_dev
+        self.steps, self.select = steps, select_by_dev
+        self.every = every if isinstance(every, int) else 0
+        self.at = frozenset(every) if not isinstance(every, int) else frozenset()
         self.records: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
 
+    def due(self, step: int) -> bool:
+        return step == self.steps or step in self.at or bool(self.every and step % self.every == 0)
+
     def __call__(self, row: dict[str, Any]) -> None:
         step = int(row["step"])
-        if step != self.steps and not (self.every and step % self.every == 0):
+        if not self.due(step):
             return
         with torch.random.fork_rng(devices=[]):
             res = self.evaluate(self.student)
@@ -463,7 +385,7 @@ class BestCheckpoint:
         self.records.append(rec)
         if self.select and (self.best is None or res["score"] > self.best["dev_score"]):
             self.best = rec
-            self.best_state = {k: v.detach().clone() for k, v in self.student.state_dict().items()}
+            self.best_state = trainable_state(self.student)
         elif not self.select and step == self.steps:
             self.best = rec
 
@@ -472,5 +394,6 @@ class BestCheckpoint:
         if self.best is None:
             raise RuntimeError(f"pass {self.name}: no dev evaluation was recorded (did training run?)")
         if self.select and self.best_state is not None:
-            self.student.load_state_dict(self.best_state)
+            self.student.load_state_dict(self.best_state, strict=False)
         return self.best
+

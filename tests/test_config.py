@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from glmd_lib.config.base import ConfigError, resolve_corpus_dir, resolve_superglue_dir
+from glmd_lib.config.base import ConfigError
+from glmd_lib.data.paths import resolve_corpus_dir, resolve_superglue_dir
 from glmd_lib.config.stages import OverviewConfig, Stage1Config, VocabConfig
 
 

@@ -9,7 +9,8 @@ import zipfile
 
 import pytest
 
-from glmd_lib.superglue.data import read_split, write_toy_dataset
+from glmd_lib.superglue.data import read_split
+from glmd_lib.superglue.toy import write_toy_dataset
 from glmd_lib.superglue.download import ChecksumError, DownloadError, download_superglue
 
 

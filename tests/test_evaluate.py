@@ -1,5 +1,5 @@
 """Evaluation: model discovery, rows and summary, majority baselines, students with a VocabMap,
-submission format."""
+submission format, and the stage (run_eval)."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,12 @@ import types
 import pandas as pd
 import pytest
 
-from glmd_lib.tasks.evaluate import (ModelSpec, confusion, discover_models, evaluate_models, majority_rows,
-                               submission_lines, summarize, write_results, write_submission)
-from glmd_lib.superglue.data import read_split, write_toy_dataset
+from glmd_lib.tasks.evaluate import (ModelSpec, discover_models, evaluate_models, majority_rows, summarize,
+                                     write_results)
+from glmd_lib.tasks.figures import confusion
+from glmd_lib.tasks.submission import submission_lines, write_submission
+from glmd_lib.superglue.data import read_split
+from glmd_lib.superglue.toy import write_toy_dataset
 
 
 @pytest.fixture
@@ -41,7 +44,8 @@ def test_evaluate_rows_summary_and_files(tmp_path, toy, teacher_dir):
     assert len(details[("zero_shot", "AX-g")]["predictions"]) == 4
     maj, _ = majority_rows(tasks, toy)
     allrows = pd.concat([df, maj])
-    csv, summ = write_results(allrows, tmp_path / "eval")
+    csv, summ = write_results(allrows, tmp_path / "run")
+    assert csv == tmp_path / "run" / "eval" / "results.csv"
     back = pd.read_csv(csv)
     assert len(back) == len(allrows)
     s = json.loads(summ.read_text())
@@ -63,6 +67,7 @@ def test_majority_uses_train_labels_on_the_full_dev_split(toy):
 
 def test_student_folder_with_vocab_map(tmp_path, toy, teacher_dir, monkeypatch):
     """A student folder holding vocab_map.json is loaded through glmd_lib.models.student.load_student."""
+    from glmd_lib.tasks import evaluate
     import shutil
 
     from test_scoring import StandInVocabMap
@@ -76,12 +81,11 @@ def test_student_folder_with_vocab_map(tmp_path, toy, teacher_dir, monkeypatch):
     vm = StandInVocabMap(range(len(tok)), len(tok))
     calls = []
 
-    def load_student(path):
+    def load_student(path, device=None):
         calls.append(path)
         return types.SimpleNamespace(model=model, tokenizer=tok, vocab_map=vm)
 
-    monkeypatch.setitem(__import__("sys").modules, "glmd_lib.models.student",
-                        types.SimpleNamespace(load_student=load_student))
+    monkeypatch.setattr(evaluate, "load_student", load_student)
     specs, _ = discover_models(tmp_path / "run", str(teacher_dir), ["CB"], ["students"])
     df, _ = evaluate_models(specs, ["CB"], toy, log_fn=None)
     assert calls and set(df.model) == {"student"}
@@ -111,3 +115,30 @@ def test_confusion_and_summary_of_nan():
     assert m.values.sum() == 3
     s = summarize(pd.DataFrame([dict(model="m", task="AX-b", metric="score", value=0.1, params=1, n_examples=1)]))
     assert math.isnan(s["m"]["average"])
+
+
+def test_run_eval_writes_the_stage(tmp_path, toy, teacher_dir):
+    """run_eval (notebook 06): results.csv, summary.json, figures and submission files; stage complete."""
+    import shutil
+
+    from glmd_lib.artifacts import STAGES, artifact
+    from glmd_lib.config.stages import EvalConfig
+    from glmd_lib.tasks.evaluate import run_eval, wrong_examples
+
+    run = tmp_path / "run"
+    shutil.copytree(teacher_dir, run / "teachers" / "RTE" / "model")
+    cfg = EvalConfig.resolve("smoke", run_dir=str(run), teacher=str(teacher_dir), superglue_dir=str(toy),
+                             tasks=["CB", "RTE", "AX-b"], models=["zero_shot", "teachers"], max_eval_examples=4,
+                             write_test_predictions=True)
+    res = run_eval(cfg, log_fn=None)
+    STAGES["eval"].require(run)
+    back = pd.read_csv(artifact(run, "eval", "results.csv"))
+    assert set(back.model) == {"zero_shot", "teacher", "majority"} and len(back) == len(res.results)
+    assert list(res.scores.columns) == ["zero_shot", "teacher", "majority"]
+    assert res.scores.loc["average", "zero_shot"] == pytest.approx(res.scores.loc[["CB", "RTE"], "zero_shot"].mean())
+    assert any("no teacher for CB" in n for n in res.notes) and any("not marked complete" in n for n in res.notes)
+    assert {p.name for p in STAGES["eval"].figures(run)} == {"scores_per_task.png", "confusion.png"}
+    # the teacher answers RTE and AX-b (an RTE problem); CB has no teacher, so it is not predicted
+    assert sorted(p.name for p in res.submission) == ["AX-b.jsonl", "RTE.jsonl"]
+    wrong = wrong_examples(res.details, 1)
+    assert set(wrong.model) <= {"zero_shot", "teacher"} and wrong.groupby(["model", "task"]).size().max() <= 1

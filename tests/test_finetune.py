@@ -7,11 +7,13 @@ import pytest
 import torch
 
 from glmd_lib.config.stages import TeacherConfig
-from glmd_lib.tasks.teachers import finetune_teacher, freeze_lower_layers
+from glmd_lib.tasks.teachers import (LengthBatches, eval_steps, finetune_teacher, freeze_lower_layers,
+                                     length_bucketed_batches, run_teachers)
 from glmd_lib.models.teacher import load_teacher
-from glmd_lib.superglue.data import read_split, subsample, write_toy_dataset
+from glmd_lib.superglue.data import read_split, subsample
+from glmd_lib.superglue.toy import write_toy_dataset
 from glmd_lib.superglue.patterns import build_cloze
-from glmd_lib.tasks.teachers import evaluate_clozes
+from glmd_lib.tasks.evaluate import evaluate_clozes
 
 
 def test_freeze_lower_layers(tiny_llama):
@@ -62,8 +64,6 @@ def test_training_lowers_the_loss(tmp_path, teacher_dir):
 def test_length_bucketed_batches_cover_everything_once():
     import random
 
-    from glmd_lib.tasks.teachers import length_bucketed_batches
-
     r = random.Random(1)
     lengths = [r.randint(5, 200) for _ in range(103)]
     a = length_bucketed_batches(lengths, 8, random.Random(0))
@@ -73,3 +73,43 @@ def test_length_bucketed_batches_cover_everything_once():
     # similar lengths within a batch: much less spread than the whole set
     spread = sum(max(lengths[i] for i in x) - min(lengths[i] for i in x) for x in a) / len(a)
     assert spread < (max(lengths) - min(lengths)) / 3
+
+
+def test_length_batches_epochs_and_resume_position():
+    """Every example once per epoch (the trainer's batch source); a saved position continues exactly."""
+    lengths = [5, 9, 3, 7, 1, 8, 2, 6, 4, 10, 11]
+    src = LengthBatches(lengths, 4, lambda idx: idx.tolist(), seed=3)
+    assert src.batches_per_epoch == 3
+    epoch = [src.next_batch() for _ in range(3)]
+    assert sorted(i for b in epoch for i in b) == list(range(11))
+    state = src.state_dict()
+    nxt = [src.next_batch() for _ in range(4)]
+    again = LengthBatches(lengths, 4, lambda idx: idx.tolist(), seed=3)
+    again.load_state_dict(state)
+    assert [again.next_batch() for _ in range(4)] == nxt
+    with pytest.raises(ValueError, match="one process"):
+        src.set_rank(0, 2)
+
+
+def test_eval_steps_spread_over_each_epoch():
+    assert eval_steps(2, 2, 2) == {1, 2, 3, 4}
+    assert eval_steps(10, 1, 3) == {4, 7, 10}
+    assert eval_steps(3, 2, 1) == {3, 6}
+    assert eval_steps(2, 1, 5) == {1, 2}  # at most one evaluation per step
+
+
+def test_run_teachers_writes_the_stage(tmp_path, teacher_dir):
+    """run_teachers: per-task model + metrics.json, summary.json and COMPLETE.json through the artifact registry."""
+    from glmd_lib.artifacts import STAGES, artifact, read_json
+
+    data = write_toy_dataset(tmp_path / "sg", n=4, tasks=["CB", "RTE"])
+    cfg = TeacherConfig.resolve("smoke", run_dir=str(tmp_path / "run"), teacher=str(teacher_dir),
+                                superglue_dir=str(data), tasks=["CB", "RTE"], batch_size=4)
+    results = run_teachers(cfg, log_fn=None, progress=False)
+    STAGES["teachers"].require(cfg.run_dir)
+    summary = read_json(artifact(cfg.run_dir, "teachers", "summary.json"))
+    assert set(summary) == set(results) == {"CB", "RTE"}
+    assert summary["CB"]["score_after"] == results["CB"]["score_after"]
+    for t in ("CB", "RTE"):
+        assert (artifact(cfg.run_dir, "teachers", "model", t) / "config.json").exists()
+        assert not (artifact(cfg.run_dir, "teachers", "model", t).parent / ".work").exists()

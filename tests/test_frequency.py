@@ -1,4 +1,4 @@
-"""Token counting: equals a plain reference count, streams every kind of source, fails clearly on bad input."""
+"""Token counting: equals a plain reference count for every kind of source; summaries and the counts file."""
 from __future__ import annotations
 
 import collections
@@ -6,6 +6,7 @@ import collections
 import numpy as np
 import pytest
 
+from glmd_lib.data.corpus import CorpusError
 from glmd_lib.vocab import frequency as F
 
 
@@ -52,52 +53,21 @@ def test_sources_agree(smol_tokenizer, sample_text, tmp_path):
     np.testing.assert_array_equal(F.count_tokens(tmp_path / "saved", smol_tokenizer), ref)
 
 
-def test_max_lines_and_block_boundaries(smol_tokenizer, tmp_path):
+def test_max_lines(smol_tokenizer, tmp_path):
     lines = [f"line number {i} with some words" for i in range(500)]
     path = tmp_path / "c.txt"
     path.write_text("\n".join(lines) + "\n")
-    assert list(F.iter_corpus_lines(path, max_lines=10)) == lines[:10]
-    # tiny blocks: lines cut at every block boundary must still come out whole
-    assert [l.rstrip("\r") for l in F._iter_file(path, block=7)] == lines
     np.testing.assert_array_equal(F.count_tokens(path, smol_tokenizer, max_lines=10),
                                   reference_counts(lines[:10], smol_tokenizer))
 
 
-def test_bad_input_is_named(smol_tokenizer, tmp_path):
-    with pytest.raises(F.CorpusError, match="does not exist"):
-        F.count_tokens(tmp_path / "nope.txt", smol_tokenizer)
-    empty = tmp_path / "empty.txt"
-    empty.write_text("\n  \n")
-    with pytest.raises(F.CorpusError, match="empty"):
-        F.count_tokens(empty, smol_tokenizer)
-    (tmp_path / "nofiles").mkdir()
-    with pytest.raises(F.CorpusError, match="no .txt files"):
-        F.count_tokens(tmp_path / "nofiles", smol_tokenizer)
-    bad = tmp_path / "bad.txt"
-    bad.write_bytes(b"fine line\nanother fine line\nbroken \xff\xfe here\n")
-    with pytest.raises(F.CorpusError, match=r"bad.txt, line 3: not valid UTF-8"):
-        F.count_tokens(bad, smol_tokenizer)
-
-
-def test_superglue_texts(tmp_path):
-    d = tmp_path / "COPA"
-    d.mkdir()
-    (d / "val.jsonl").write_text(
-        '{"premise": "The man turned on the faucet.", "choice1": "A.", "choice2": "B.", "question": "effect", '
-        '"label": 1, "idx": 0}\n{"premise": "P2", "choice1": "C", "choice2": "D", "question": "cause", '
-        '"label": 0, "idx": 1}\n')
-    texts = F.superglue_texts("COPA", tmp_path)
-    assert "The man turned on the faucet." in texts and "A." in texts and "D" in texts
-    assert "P2" not in F.superglue_texts("COPA", tmp_path, max_examples=1)
-    assert F._superglue_texts_raw("COPA", tmp_path) == ["The man turned on the faucet.", "effect", "A.", "B.",
-                                                        "P2", "cause", "C", "D"]
-    m = tmp_path / "MultiRC"
-    m.mkdir()
-    (m / "val.jsonl").write_text('{"idx": 0, "passage": {"text": "Passage.", "questions": [{"idx": 0, '
-                                 '"question": "Q?", "answers": [{"idx": 0, "text": "Ans", "label": 1}]}]}}\n')
-    assert F.superglue_texts("MultiRC", tmp_path) == ["Passage.", "Q?", "Ans"]
-    with pytest.raises(F.CorpusError, match="does not exist"):
-        F.superglue_texts("ReCoRD", tmp_path)
+def test_default_corpus_files_count_like_text(smol_tokenizer, sample_text, tmp_path):
+    """A list of files (``default_corpus``) is read as files, not as the text of their names."""
+    lines = [l for l in sample_text.splitlines() if l.strip()]
+    (tmp_path / "a.txt").write_text("\n".join(lines[:5]))
+    (tmp_path / "b.txt").write_text("\n".join(lines[5:]))
+    np.testing.assert_array_equal(F.count_tokens([tmp_path / "a.txt", tmp_path / "b.txt"], smol_tokenizer),
+                                  reference_counts(lines, smol_tokenizer))
 
 
 def test_summary_and_table_roundtrip(smol_tokenizer, tmp_path):
@@ -124,7 +94,7 @@ def test_summary_and_table_roundtrip(smol_tokenizer, tmp_path):
     np.testing.assert_array_equal(F.read_counts(path, V), counts)
     back = F.read_counts_table(path)
     assert back["token"].tolist() == table["token"].tolist() and back["text"].tolist() == table["text"].tolist()
-    with pytest.raises(F.CorpusError, match="another tokenizer"):
+    with pytest.raises(CorpusError, match="another tokenizer"):
         F.read_counts(path, V + 1)
 
 

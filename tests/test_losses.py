@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from glmd_lib.distill.losses import (LossError, distill_kl, distill_kl_reference, distill_loss, mask_tokens,
-                             soft_cross_entropy, sparse_teacher_fn)
+                                     soft_cross_entropy)
+from glmd_lib.distill.teacher import sparse_teacher_fn
 
 V, K = 23, 11
 

@@ -1,9 +1,10 @@
+import json
 import time
 
 import pytest
 import torch
 
-from glmd_lib.device import autocast, get_device
+from glmd_lib.device import autocast, get_device, use_bf16
 from glmd_lib.models.teacher import ModelLoadError, count_parameters, load_teacher, load_tokenizer, model_kind
 
 
@@ -53,7 +54,9 @@ def test_device_selection():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA"):
             get_device("cuda")
-    with autocast(torch.device("cpu")):  # a no-op on CPU
+    cpu = torch.device("cpu")
+    assert not use_bf16(cpu) and use_bf16(cpu, True) and use_bf16(torch.device("cuda")) and not use_bf16("cuda", False)
+    with autocast(cpu, use_bf16(cpu)):  # fp32 on CPU by default
         assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
 
 
@@ -81,3 +84,117 @@ def test_tiny_random_llama_builtin_is_deterministic():
     b, _ = load_teacher("tiny-random-llama")
     assert len(tok) == a.config.vocab_size == 49152
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+# --------------------------------------------------------------------------------------------
+# GGUF teachers
+# --------------------------------------------------------------------------------------------
+
+def _permute(w, n_head: int):
+    """llama.cpp's q/k row order (rotary halves interleaved), which transformers undoes when reading GGUF."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+_GGUF_NAMES = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
+               "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+               "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+
+
+def write_llama_gguf(model, tok, path) -> None:
+    """A Llama and its byte-level BPE tokenizer as an fp32 GGUF file, laid out as llama.cpp writes one."""
+    import gguf
+
+    c = model.config
+    w = gguf.GGUFWriter(str(path), "llama")
+    for add, value in [("block_count", c.num_hidden_layers), ("context_length", c.max_position_embeddings),
+                       ("embedding_length", c.hidden_size), ("feed_forward_length", c.intermediate_size),
+                       ("head_count", c.num_attention_heads), ("head_count_kv", c.num_key_value_heads),
+                       ("layer_norm_rms_eps", c.rms_norm_eps), ("rope_freq_base", c.rope_parameters["rope_theta"]),
+                       ("vocab_size", c.vocab_size), ("rope_dimension_count", c.head_dim), ("file_type", 0),
+                       ("tokenizer_model", "gpt2"), ("tokenizer_pre", "smollm"), ("bos_token_id", tok.bos_token_id),
+                       ("eos_token_id", tok.eos_token_id), ("pad_token_id", tok.pad_token_id),
+                       ("unk_token_id", tok.unk_token_id)]:
+        getattr(w, f"add_{add}")(value)
+    spec = json.loads(tok.backend_tokenizer.to_str())
+    vocab = spec["model"]["vocab"]
+    tokens = sorted(vocab, key=vocab.get)
+    special = {t.content for t in tok.added_tokens_decoder.values()}
+    w.add_token_list(tokens)
+    w.add_token_types([3 if t in special else 1 for t in tokens])
+    w.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in spec["model"]["merges"]])
+    top = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
+    for name, t in model.state_dict().items():
+        if name == "lm_head.weight":  # tied
+            continue
+        a = t.float().numpy()
+        if name in top:
+            w.add_tensor(top[name], a)
+            continue
+        layer, part = name.split(".")[2], ".".join(name.split(".")[3:-1])
+        if part in ("self_attn.q_proj", "self_attn.k_proj"):
+            a = _permute(a, c.num_attention_heads if part == "self_attn.q_proj" else c.num_key_value_heads)
+        w.add_tensor(f"blk.{layer}.{_GGUF_NAMES[part]}.weight", a)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.fixture
+def bpe_tokenizer(sample_text):
+    """A small byte-level BPE tokenizer (GGUF tokenizers are read in Python: the real 49k one takes a minute)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([sample_text], vocab_size=400, min_frequency=1,
+                            special_tokens=["<|endoftext|>", "<s>", "</s>"])
+    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, unk_token="<|endoftext|>", bos_token="<s>",
+                                   eos_token="</s>", pad_token="</s>")
+
+
+def test_gguf_teacher_is_converted_once_into_the_cache(tmp_path, monkeypatch, bpe_tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import glmd_lib.models.teacher as teacher_mod
+
+    monkeypatch.setenv("GLMD_CACHE", str(tmp_path / "cache"))
+    tok = bpe_tokenizer
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                         pad_token_id=tok.pad_token_id, tie_word_embeddings=True)).eval()
+    write_llama_gguf(model, tok, tmp_path / "tiny.gguf")
+
+    teacher, t_tok = load_teacher(tmp_path / "tiny.gguf")
+    text = "The capital of France is Paris. Call me Ishmael."
+    assert t_tok(text)["input_ids"] == tok(text)["input_ids"]
+    ids = torch.tensor([tok(text)["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(input_ids=ids).logits, model(input_ids=ids).logits)
+    (folder,) = (tmp_path / "cache" / "gguf-models").iterdir()
+    assert folder.name.startswith("tiny-") and (folder / "model.safetensors").exists()
+
+    def no_second_conversion(*args):
+        raise AssertionError("converted twice")
+
+    monkeypatch.setattr(teacher_mod, "convert_gguf", no_second_conversion)
+    again, _ = load_teacher(tmp_path / "tiny.gguf")
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), teacher.state_dict().values()))
+    (tmp_path / "broken.gguf").write_bytes(b"not a gguf file")
+    monkeypatch.undo()
+    monkeypatch.setenv("GLMD_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ModelLoadError, match="cannot read the GGUF file"):
+        load_teacher(tmp_path / "broken.gguf")
+
+
+def test_tiny_random_gemma3_builtin_has_per_layer_fields_a_student_can_fit():
+    from glmd_lib.config.stages import StudentShape
+    from glmd_lib.models.student import build_student
+
+    model, tok = load_teacher("tiny-random-gemma3")
+    assert type(model).__name__ == "Gemma3ForCausalLM" and model.config.vocab_size == len(tok) == 49152
+    assert model.config.layer_types == ["sliding_attention"] * 5 + ["full_attention"]
+    student = build_student(model.config, StudentShape(student_layers=2, student_hidden=64, student_heads=2))
+    assert student.config.layer_types == ["sliding_attention", "full_attention"]

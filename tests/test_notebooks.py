@@ -1,5 +1,6 @@
-"""Notebook hygiene: no committed outputs, one parameters cell that mirrors the config class."""
+"""Notebook hygiene: no committed outputs, one parameters cell that mirrors the config class, set up by start()."""
 import ast
+import re
 
 import nbformat
 import pytest
@@ -38,3 +39,15 @@ def test_single_parameters_cell_mirrors_config(path):
     assert not missing and not extra, f"{path.name} vs {cls.__name__}: missing {missing}, not in the config {extra}"
     assert all(v is None for v in assigned.values()), "None means 'the profile default'"
     assert {"run_dir", "profile", "seed"} <= set(assigned)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_set_up_by_start_right_after_the_parameters(path):
+    """The cell after the parameters is the one set-up: ``cfg = start(<its config class>, globals())``."""
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    at = next(i for i, c in enumerate(code) if "parameters" in c.metadata.get("tags", []))
+    cls = config_classes()[path.stem]
+    assert at + 1 < len(code) and re.search(rf"^cfg = start\({cls.__name__}, globals\(\)[,)]",
+                                            code[at + 1].source, re.M), \
+        f"{path.name}: the cell after the parameters should set up with cfg = start({cls.__name__}, globals())"

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from glmd_lib.superglue.data import DIAGNOSTICS, TASKS, read_split, write_toy_dataset
+from glmd_lib.superglue.data import DIAGNOSTICS, TASKS, read_split
+from glmd_lib.superglue.toy import write_toy_dataset
 from glmd_lib.superglue.patterns import (N_PATTERNS, SINGLE_TOKEN_TASKS, build_cloze, check_verbalizers,
                                          prompt_text, verbalizer_ids, verbalizer_token_ids)
 

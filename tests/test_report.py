@@ -4,7 +4,9 @@ import json
 import pandas as pd
 import pytest
 
-from glmd_lib.report import model_group, results_table, sizes_table, write_report
+from glmd_lib.artifacts import ArtifactError, artifact, is_complete, mark_complete
+from glmd_lib.config.stages import ReportConfig
+from glmd_lib.report import model_group, results_table, run_report, sizes_table, write_report
 
 
 @pytest.fixture
@@ -47,7 +49,27 @@ def test_results_table_and_retention(run_dir):
 
 
 def test_report_written(run_dir):
-    path = write_report(run_dir, run_dir / "report", title="T")
-    text = path.read_text()
+    (run_dir / "teachers" / "CB").mkdir(parents=True)
+    (run_dir / "teachers" / "CB" / "metrics.json").write_text(json.dumps({"dev_score": 0.8}))
+    (run_dir / "stage2" / "CB").mkdir(parents=True)
+    (run_dir / "stage2" / "CB" / "metrics.json").write_text(json.dumps({"dev_score_2b": 0.61, "steps_2a": 3}))
+    (run_dir / "stage2" / "CB" / "history.png").write_bytes(b"png")
+    report = write_report(run_dir, title="T")
+    assert report.path == artifact(run_dir, "report", "report.md")
+    text = report.path.read_text()
     assert text.startswith("# T") and "retention" in text and "| RTE |" in text and "kept" in text
+    stage2 = text.split("## Stage 2 per task")[1]
+    assert "| CB |  |  | 0.610 |" in stage2 and "| 3 |" in stage2  # per-task metrics, through the registry
     assert (run_dir / "report" / "scores.png").exists()
+    assert (run_dir / "report" / "figures" / "stage2_CB_history.png").exists()  # copied: self-contained
+    assert report.scores.loc["RTE", "retention"] == pytest.approx(0.63 / 0.7)
+    assert str(run_dir / "report") in report._repr_markdown_()
+
+
+def test_run_report_needs_the_evaluation_and_marks_complete(run_dir):
+    cfg = ReportConfig.resolve(profile="smoke", run_dir=str(run_dir), title="R")
+    with pytest.raises(ArtifactError, match="06_superglue_eval"):
+        run_report(cfg)
+    mark_complete(run_dir / "eval", ["results.csv"])
+    report = run_report(cfg)
+    assert report.path.read_text().startswith("# R") and is_complete(run_dir / "report")

@@ -1,11 +1,13 @@
-"""Scores from clozes: equal to a by-hand forward pass, padding-invariant, differentiable, VocabMap-aware."""
+"""Scores from clozes: equal to a by-hand forward pass, padding-invariant, differentiable, VocabMap-aware; the one
+predict path (predict_clozes) and its precision rule."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from glmd_lib.tasks.scoring import batches_by_length, collate_sequences, predict, task_scores
-from glmd_lib.superglue.data import read_split, write_toy_dataset
+from glmd_lib.tasks.scoring import batches_by_length, collate_sequences, predict_clozes, task_scores
+from glmd_lib.superglue.data import read_split
+from glmd_lib.superglue.toy import write_toy_dataset
 from glmd_lib.superglue.patterns import build_cloze
 
 
@@ -82,7 +84,7 @@ def test_masked_scores_match_by_hand(tmp_path, toy):
         s = task_scores(model, cl)
         for i, c in enumerate(cl):
             torch.testing.assert_close(s[i, :c.n_choices], _by_hand(model, c, "masked"), atol=1e-4, rtol=1e-4)
-    preds, _ = predict(model, "RTE", read_split("RTE", "val", toy), tok)
+    preds, _ = predict_clozes(model, build_cloze("RTE", read_split("RTE", "val", toy), tok, kind="masked"))
     assert set(preds) <= {"entailment", "not_entailment"}
 
 
@@ -116,16 +118,32 @@ def test_student_with_vocab_map_reads_mapped_ids(smol_tokenizer, toy):
         torch.testing.assert_close(s[i], lp[vm.map_ids(torch.tensor(c.choice_token_ids))], atol=1e-4, rtol=1e-4)
 
 
-def test_predict_returns_label_values_in_order(smol_tokenizer, tiny_llama, toy):
-    exs = read_split("CB", "val", toy) + []
-    preds, scores = predict(tiny_llama, "CB", exs, smol_tokenizer, batch_size=3)
-    assert len(preds) == len(exs) and all(p in ("entailment", "contradiction", "neutral") for p in preds)
+def test_predict_clozes_returns_label_values_in_order(smol_tokenizer, tiny_llama, toy):
+    exs = read_split("CB", "val", toy)
     cl = build_cloze("CB", exs, smol_tokenizer)
+    tiny_llama.train()
+    preds, scores = predict_clozes(tiny_llama, cl, batch_size=3)
+    assert tiny_llama.training  # the mode is restored
+    tiny_llama.eval()
+    assert len(preds) == len(exs) and all(p in ("entailment", "contradiction", "neutral") for p in preds)
     for p, s, c in zip(preds, scores, cl):
         assert p == c.choices[int(s.argmax())]
     torch.testing.assert_close(torch.stack(scores), task_scores(tiny_llama, cl).detach(), atol=1e-4, rtol=1e-4)
-    preds, _ = predict(tiny_llama, "COPA", read_split("COPA", "val", toy), smol_tokenizer)
+    preds, _ = predict_clozes(tiny_llama, build_cloze("COPA", read_split("COPA", "val", toy), smol_tokenizer))
     assert set(preds) <= {0, 1}
+    assert predict_clozes(tiny_llama, []) == ([], [])
+
+
+def test_predict_clozes_precision_follows_the_one_rule(smol_tokenizer, tiny_llama, toy):
+    """bf16=None is fp32 on CPU, even inside an outer bf16 autocast region (glmd_lib.device.autocast disables it
+    explicitly); bf16=True gives bf16 scores, which differ."""
+    cl = build_cloze("CB", read_split("CB", "val", toy), smol_tokenizer)
+    _, fp32 = predict_clozes(tiny_llama, cl)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, inside = predict_clozes(tiny_llama, cl)
+    _, half = predict_clozes(tiny_llama, cl, bf16=True)
+    assert all(torch.equal(a, b) for a, b in zip(fp32, inside))
+    assert any(not torch.equal(a, b) for a, b in zip(fp32, half))
 
 
 def test_batches_by_length_respect_the_sequence_budget(smol_tokenizer, toy):

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from glmd_lib.config.stages import Stage1Config
-from glmd_lib.artifacts import ArtifactError, mark_complete
+from glmd_lib.artifacts import STAGES, ArtifactError, mark_complete
 from glmd_lib.distill.stage1 import ARTIFACTS, Stage1Error, main, run_stage1
 from glmd_lib.models.student import load_student
-from glmd_lib.data.blocks import DataError
+from glmd_lib.data.corpus import CorpusError
 from glmd_lib.vocab.vocab_map import VocabMap, VocabMapError
 
 METRICS = ["steps", "tokens_seen", "student_params", "teacher_params", "valid_kl", "valid_top1_agreement",
@@ -50,6 +50,8 @@ def test_stage1_with_vocab_map_writes_artifacts_and_metrics(tmp_path, corpus, sm
     metrics = run_stage1(cfg, progress=False)
     out = tmp_path / "stage1"
     assert all((out / a).exists() for a in ARTIFACTS) and (out / "COMPLETE.json").exists()
+    assert ARTIFACTS == list(STAGES["stage1"].files)  # the registry's list, not a second one
+    assert (out / "curves.png").stat().st_size > 0  # the figure is the stage's, not the notebook's
     saved = json.loads((out / "metrics.json").read_text())
     assert set(METRICS) <= set(saved) and saved["steps"] == 12 and saved["tokens_seen"] == 12 * 2 * 16
     assert saved["num_kept"] == vm.num_kept and 0 <= saved["valid_top1_agreement"] <= 1
@@ -108,7 +110,7 @@ def test_bad_input_is_refused_before_writing(tmp_path, corpus, sample_text, bert
         run_stage1(_cfg(tmp_path, corpus, seq_len=1024, student_max_positions=2048), progress=False)
     tiny = tmp_path / "tiny.txt"
     tiny.write_text("Just a few words.\n")
-    with pytest.raises(DataError, match="fewer than one batch"):
+    with pytest.raises(CorpusError, match="fewer than one batch"):
         run_stage1(_cfg(tmp_path, (tiny, corpus[1])), progress=False)
     with pytest.raises(ArtifactError, match="02_vocab_pruning"):
         run_stage1(_cfg(tmp_path, corpus, use_vocab_map=True), progress=False)

@@ -16,14 +16,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from glmd_lib.distill import stage2
+from glmd_lib.distill import stage2, task_inputs
 from glmd_lib.config.stages import Stage2Config
 from glmd_lib.distill.losses import distill_kl_reference, soft_cross_entropy
 from glmd_lib.artifacts import is_complete, mark_complete
 from glmd_lib.tasks.scoring import task_scores
-from glmd_lib.distill.stage1 import Distiller, TeacherRunner
+from glmd_lib.distill.distiller import Distiller
+from glmd_lib.distill.teacher import TeacherRunner, TeacherScores
 from glmd_lib.models.student import Student, build_student, load_student, save_student
-from glmd_lib.superglue.data import read_file, task_path, write_toy_dataset
+from glmd_lib.superglue.data import read_file, task_path
+from glmd_lib.superglue.toy import write_toy_dataset
 from glmd_lib.superglue.patterns import build_cloze, verbalizer_token_ids
 from glmd_lib.vocab.vocab_map import VocabMap
 
@@ -129,7 +131,7 @@ def test_labels_shuffled_or_removed_give_bitwise_the_same_student(run_dir, tmp_p
 
 def test_a_label_aware_loss_would_be_caught(run_dir, tmp_path, monkeypatch):
     """The comparison above can fail: let the labels through and add a gold cross-entropy to pass 2b."""
-    monkeypatch.setattr(stage2, "read_inputs",
+    monkeypatch.setattr(task_inputs, "read_inputs",
                         lambda task, split, data_dir=None: read_file(task, task_path(task, split, data_dir), True))
     original = stage2.make_2b_loss
 
@@ -152,7 +154,7 @@ def test_a_label_aware_loss_would_be_caught(run_dir, tmp_path, monkeypatch):
 def test_read_inputs_drops_labels_and_accepts_files_without_them(tmp_path):
     real = _write_data(tmp_path / "real", "real")
     removed = _write_data(tmp_path / "removed", "removed")
-    a, b = stage2.read_inputs("CB", "train", real), stage2.read_inputs("CB", "train", removed)
+    a, b = task_inputs.read_inputs("CB", "train", real), task_inputs.read_inputs("CB", "train", removed)
     assert [ex.label for ex in a] == [None] * 10
     assert [(ex.idx, ex.fields) for ex in a] == [(ex.idx, ex.fields) for ex in b]
 
@@ -167,6 +169,7 @@ def test_artifacts_metrics_history_and_resume(run_dir, tmp_path):
     results = stage2.run_stage2(cfg, progress=False, log_fn=None)
     out = run_dir / "stage2"
     assert is_complete(out) and (out / "summary.json").exists() and (out / "config.json").exists()
+    assert (out / "stage2_scores.png").stat().st_size > 0  # the figure is the stage's, not the notebook's
     for t in TASKS:
         d = out / t
         assert is_complete(d) and not (d / ".work").exists()
@@ -188,7 +191,7 @@ def test_artifacts_metrics_history_and_resume(run_dir, tmp_path):
             assert m[f"dev_score_{p}"] == evals["dev_score"].max()
             assert m[f"step_{p}"] == int(evals.loc[evals["dev_score"].idxmax(), "step"])
         # the saved student scores what metrics.json says
-        from glmd_lib.tasks.teachers import evaluate_clozes
+        from glmd_lib.tasks.evaluate import evaluate_clozes
         from glmd_lib.superglue.data import read_split, subsample
 
         dev = subsample(read_split(t, "val", data), 6, seed=0)
@@ -230,7 +233,7 @@ def models(smol_tokenizer):
 def test_2a_loss_is_the_vocab_kl_over_every_position_of_every_sequence(models, tmp_path):
     tok, teacher, student, vm = models
     data = _write_data(tmp_path, "real")
-    ex = stage2.read_inputs("COPA", "train", data)[:3]
+    ex = task_inputs.read_inputs("COPA", "train", data)[:3]
     clozes = build_cloze("COPA", ex, tok, max_len=64)
     batch = stage2.collate_2a(clozes)(torch.tensor([0, 2]))
     assert batch["input_ids"].shape[0] == 4  # both candidate-filled sequences of both examples
@@ -259,8 +262,8 @@ def test_2b_loss_is_soft_ce_between_task_scores(models, tmp_path):
     tok, teacher, student, vm = models
     data = _write_data(tmp_path, "real")
     for task in TASKS:
-        clozes = build_cloze(task, stage2.read_inputs(task, "train", data)[:4], tok, max_len=64)
-        scores = stage2.TeacherScores(teacher, clozes)
+        clozes = build_cloze(task, task_inputs.read_inputs(task, "train", data)[:4], tok, max_len=64)
+        scores = TeacherScores(teacher, clozes)
         loss, logs = stage2.make_2b_loss(student, clozes, scores, vm)({"index": torch.tensor([3, 1])})
         with torch.no_grad():
             t = task_scores(teacher, [clozes[3], clozes[1]])

@@ -129,3 +129,14 @@ def test_student_wraps_a_teacher_with_identity_map(tiny_llama, smol_tokenizer):
     teacher = Student(tiny_llama, smol_tokenizer)
     top = teacher.next_token_topk("Hello", 3)
     assert len(top) == 3 and sum(p for _, p in top) <= 1.0
+
+
+def test_init_from_a_gpt2_teacher_maps_its_h_layers(smol_tokenizer):
+    from conftest import tiny_family_model
+
+    teacher = tiny_family_model("gpt2", smol_tokenizer, n_layer=4)
+    st = build_student(teacher.config, {"layers": 2, "hidden": 32, "heads": 2, "intermediate": 128}, init="teacher",
+                       teacher=teacher)
+    t_sd, s_sd = teacher.state_dict(), st.state_dict()
+    assert torch.equal(s_sd["transformer.h.1.mlp.c_fc.weight"], t_sd["transformer.h.3.mlp.c_fc.weight"])
+    assert torch.equal(s_sd["transformer.h.0.attn.c_attn.weight"], t_sd["transformer.h.0.attn.c_attn.weight"])

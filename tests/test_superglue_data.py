@@ -5,9 +5,10 @@ import json
 
 import pytest
 
-from glmd_lib.config.base import SHARED_DATA
+from glmd_lib.data.paths import SHARED_DATA
 from glmd_lib.superglue.data import (DIAGNOSTICS, SPLITS, TASKS, DataError, MissingDataError, example_texts,
-                                     read_split, subsample, write_toy_dataset)
+                                     read_split, subsample)
+from glmd_lib.superglue.toy import write_toy_dataset
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
 """The teacher cache. Hidden mode (the default): the cached final hidden states give the live teacher's loss
 and gradients up to fp16 rounding at T = 1 and T = 15 (full and pruned vocabulary) and train the same
-student; teachers with soft-capped/scaled logits are refused. Top-k mode: exact top-k contents and tail
-moments, reuse and rebuild (format, damage, mode), the plain top-k path equals the top-k loss, and the tail
-fill tracks the exact loss at the paper's T = 15. A cache is never used in the other mode."""
+student; an fp32 teacher stays fp32 inside the trainer's bf16 autocast; teachers with soft-capped/scaled
+logits are refused. Top-k mode: exact top-k contents and tail moments, reuse and rebuild (format, damage,
+mode), the plain top-k path equals the top-k loss, and the tail fill tracks the exact loss at the paper's
+T = 15. A cache is never used in the other mode."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,9 +12,10 @@ import torch
 
 import json
 
-from glmd_lib.distill.losses import LossError, distill_kl, distill_loss, sparse_teacher_fn
+from glmd_lib.distill.losses import LossError, distill_kl, distill_loss
+from glmd_lib.distill.teacher import TeacherRunner, hidden_teacher_fn, sparse_teacher_fn, student_space
 from glmd_lib.distill.teacher_cache import (FORMAT, TeacherCache, TeacherCacheError, build_teacher_cache, cache_key,
-                                    ensure_teacher_cache, hidden_mode_problem, hidden_teacher_fn, student_space)
+                                            ensure_teacher_cache, hidden_mode_problem)
 from glmd_lib.vocab.vocab_map import VocabMap
 
 
@@ -217,8 +219,6 @@ def test_hidden_cache_holds_the_final_hidden_states(tmp_path, wide_llama, blocks
 
 def test_hidden_teacher_fn_is_the_live_kept_rows_path(wide_llama, blocks, smol_tokenizer):
     """Given the unrounded hidden states it is bit-for-bit the live TeacherRunner (fp32, kept rows)."""
-    from glmd_lib.distill.stage1 import TeacherRunner
-
     ids = blocks[:2]
     runner = TeacherRunner(wide_llama, _quarter_map(smol_tokenizer), bf16=False)
     with torch.no_grad():
@@ -231,6 +231,30 @@ def test_hidden_teacher_fn_is_the_live_kept_rows_path(wide_llama, blocks, smol_t
         hidden_teacher_fn(h[..., :16], runner.head_w)
 
 
+def test_an_fp32_teacher_stays_fp32_inside_the_trainers_bf16_autocast(wide_llama, blocks, smol_tokenizer):
+    """The trainer calls the loss, and so the teacher, inside its own bf16 autocast (on CUDA). A teacher set to
+    fp32 (teacher_bf16=False) must not follow it: glmd_lib.device.autocast *disables* autocast for it. Checked
+    with an outer CPU bf16 autocast, for the live runner and for the hidden-cache head."""
+    ids, vm = blocks[:2], _quarter_map(smol_tokenizer)
+    with torch.no_grad():
+        h = wide_llama.base_model(input_ids=ids).last_hidden_state.half()
+
+    def logits(bf16):
+        runner = TeacherRunner(wide_llama, vm, bf16=bf16)
+        live = runner.chunks(ids, torch.ones_like(ids))(slice(0, 32))
+        cached = hidden_teacher_fn(h, runner.head_w, runner.head_b, bf16=runner.bf16)(slice(0, 32))
+        return live, cached
+
+    plain = logits(bf16=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = logits(bf16=False)
+        as_bf16 = logits(bf16=True)
+    assert all(x.dtype == torch.float32 for x in plain + inside)
+    assert torch.equal(inside[0], plain[0]) and torch.equal(inside[1], plain[1])
+    # contrast (the check can fail): the same teacher set to bf16 gives other numbers
+    assert not torch.equal(as_bf16[0], plain[0]) and not torch.equal(as_bf16[1], plain[1])
+
+
 @pytest.mark.parametrize("pruned", [False, True])
 @pytest.mark.parametrize("T", [1.0, 15.0])
 def test_hidden_cache_loss_and_gradient_equal_the_live_teacher(tmp_path, wide_llama, blocks, smol_tokenizer,
@@ -238,8 +262,6 @@ def test_hidden_cache_loss_and_gradient_equal_the_live_teacher(tmp_path, wide_ll
     """Measured (these fixtures, random student logits at the teacher's scale): loss off by <= 2.2e-5
     (relative), gradient off by <= 3.8e-4 (relative L2 norm), cosine 1.0000; only fp16 rounding of the hidden
     state separates them (max logit difference ~4e-3 at logit std ~2.8)."""
-    from glmd_lib.distill.stage1 import TeacherRunner
-
     cache, _ = ensure_teacher_cache(tmp_path / "c", wide_llama, blocks, None, cache_key("t", wide_llama, blocks),
                                     progress=False)
     runner = TeacherRunner(wide_llama, _quarter_map(smol_tokenizer) if pruned else None, bf16=False)
@@ -291,7 +313,7 @@ def test_training_from_the_hidden_cache_matches_the_live_teacher(tmp_path, sampl
 
 def test_a_cache_is_never_used_in_the_other_mode(tmp_path, tiny_llama, blocks, smol_tokenizer):
     from glmd_lib.config.stages import Stage1Config
-    from glmd_lib.distill.stage1 import Stage1Error, TeacherRunner, make_loss_fn
+    from glmd_lib.distill.stage1 import Stage1Error, make_loss_fn
 
     hidden_key, topk_key = cache_key("t", tiny_llama, blocks), cache_key("t", tiny_llama, blocks, 4)
     assert hidden_key != topk_key

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 import torch
 
-from glmd_lib.trainer import (CheckpointError, IndexBatches, NonFiniteLossError, TrainConfig, Trainer,
-                              list_checkpoints, load_checkpoint)
+from glmd_lib.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
+from glmd_lib.trainer import BestCheckpoint, IndexBatches, NonFiniteLossError, TrainConfig, Trainer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,7 +48,8 @@ def _task():
 def _train(out, steps=8, resume=True, **kw):
     model, loss_fn, batches = _task()()
     cfg = TrainConfig(steps=steps, lr=0.05, warmup_steps=2, checkpoint_every=kw.pop("checkpoint_every", 2),
-                      keep_checkpoints=kw.pop("keep_checkpoints", 2), grad_accum=kw.pop("grad_accum", 1), cpu=True)
+                      keep_checkpoints=kw.pop("keep_checkpoints", 2), grad_accum=kw.pop("grad_accum", 1), cpu=True,
+                      schedule=kw.pop("schedule", "cosine"))
     trainer = Trainer(model, kw.pop("loss_fn", loss_fn), batches, out, cfg, progress=False, **kw)
     summary = trainer.train(resume=resume)
     return model, summary
@@ -73,6 +74,39 @@ def test_loss_falls_history_and_last_k_checkpoints(tmp_path):
     assert [s for s, _ in list_checkpoints(tmp_path / "checkpoints")] == [18, 20]
     assert not list((tmp_path / "checkpoints").glob("*.tmp"))
     assert summary["tokens_seen"] == 20 * 8
+
+
+def test_linear_schedule_and_no_checkpoints(tmp_path):
+    """The task teachers' settings: linear decay to 0 after the warm-up, and no checkpoint files at all."""
+    _, summary = _train(tmp_path, steps=6, schedule="linear", checkpoint_every=0)
+    lr = pd.read_csv(tmp_path / "history.csv")["lr"].tolist()
+    assert lr[2] == pytest.approx(0.05) and lr[3:] == pytest.approx([0.05 * k / 4 for k in (3, 2, 1)])
+    assert not (tmp_path / "checkpoints").exists() and summary["steps"] == 6
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(steps=1, schedule="step")
+
+
+def test_best_checkpoint_at_given_steps_keeps_best_trained_state(tmp_path):
+    """BestCheckpoint evaluates at the listed steps and the last one, and restores the best weights; a frozen
+    parameter is not copied (and not changed)."""
+    model, loss_fn, batches = _task()()
+    model[0].weight.requires_grad_(False)
+    frozen = model[0].weight.detach().clone()
+    scores = iter([0.2, 0.9, 0.5, 0.1])
+    seen = {}
+
+    def evaluate(m):
+        step = len(seen) + 1
+        seen[step] = {k: v.detach().clone() for k, v in m.state_dict().items()}
+        return {"score": next(scores), "metrics": {"acc": 0.0}}
+
+    best = BestCheckpoint("t", model, evaluate, steps=8, every={2, 3, 5}, select_by_dev=True)
+    Trainer(model, loss_fn, batches, tmp_path, TrainConfig(steps=8, lr=0.05, checkpoint_every=0, cpu=True),
+            progress=False, on_log=best).train()
+    assert [r["step"] for r in best.records] == [2, 3, 5, 8] and best.finish()["step"] == 3
+    assert "0.weight" not in best.best_state
+    assert all(torch.equal(v, seen[2][k]) for k, v in model.state_dict().items())
+    assert torch.equal(model[0].weight, frozen)
 
 
 def test_resume_in_process_is_exact(tmp_path):

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from glmd_lib.vocab.vocab_map import (FILENAME, FactorizedEmbedding, VocabMap, VocabMapError, factorize_model, kept_size,
-                            nearest_kept, protected_token_ids)
+from glmd_lib.vocab.factorized import FactorizedEmbedding, factorize_model
+from glmd_lib.vocab.substitutes import nearest_kept
+from glmd_lib.vocab.vocab_map import FILENAME, VocabMap, VocabMapError, kept_size, protected_token_ids, select_kept
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +50,9 @@ def test_build_keeps_protected_and_frequent(smol_tokenizer, zipf_counts):
     assert set(vm.substitutes.tolist()) <= kept
     assert (vm.substitutes[vm.pruned_ids] == smol_tokenizer.unk_token_id).all()
     assert torch.equal(vm.unmap_ids(vm.map_ids(vm.kept_ids)), vm.kept_ids)
+    # the keep rule on its own (notebook 02's size table) gives the map's rows, in order
+    np.testing.assert_array_equal(select_kept(counts, vm.protected_ids, K), vm.kept_ids.numpy())
+    assert select_kept(np.array([5, 9, 9, 1, 0]), [4], 3).tolist() == [1, 2, 4]  # ties by id; protected 0-count last
 
 
 @pytest.mark.parametrize("coarse", ["fp32", "bf16"])

@@ -1,33 +1,79 @@
 """The experiment configs, one per notebook (field names = the notebook's ``parameters`` cell).
 
 Each class lists its knobs with defaults and help text; ``profiles`` holds what the ``smoke``,
-``demo`` and ``full`` profiles change. Explicit parameters always win over the profile.
+``demo`` and ``full`` profiles change. Explicit parameters always win over the profile. Numbers declare
+their allowed range (``ge=1`` ...; see :mod:`glmd_lib.config.base`); task lists are checked against the
+SuperGLUE task names here, so a wrong value fails before any notebook runs.
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Literal
 
 from glmd_lib.config.base import ConfigError, StageConfig, param
+from glmd_lib.superglue.data import DIAGNOSTICS, MAIN_TASKS, TASKS
 
 SMOKE_TEACHER = "tiny-random-llama"  # a tiny random Llama with the real SmolLM2 tokenizer (see models.py)
 DEMO_TEACHER = "smollm2-135m"
 CORE_TASKS = ["CB", "COPA", "RTE"]
-ALL_TASKS = ["BoolQ", "CB", "COPA", "MultiRC", "ReCoRD", "RTE", "WiC", "WSC"]
+ALL_TASKS = list(MAIN_TASKS)
+
+
+# Keys with one meaning in every notebook that declares them are `shared` (glmd run sends a bare value to
+# all of them). Keys that mean different things per stage (lr, batch_size, steps, max_seq_len ...) are not,
+# and neither is `tasks`: frequency counts every task for comparison, teachers and stage2 train on theirs,
+# eval adds the AX diagnostics; one bare list would silently change all four, so it is written per stage.
+
+def shared_param(default, help: str, **extra):
+    """A key with one meaning in every notebook that declares it (``param(..., shared=True)``)."""
+    return param(default, help, shared=True, **extra)
+
+
+def check_tasks(tasks: list[str], allowed: tuple[str, ...], key: str = "tasks", empty_ok: bool = False) -> None:
+    """Refuse an unknown, misspelt, repeated or (for this stage) unusable task name, listing the allowed ones.
+
+    Names are case-sensitive, as the SuperGLUE folders are (``cb`` gets "did you mean 'CB'?")."""
+    choices = f"allowed: {', '.join(allowed)} (case-sensitive)"
+    if not tasks and not empty_ok:
+        raise ConfigError(f"parameter {key!r} must name at least one task; {choices}")
+    for name in tasks:
+        if name in allowed:
+            if tasks.count(name) > 1:
+                raise ConfigError(f"parameter {key!r} lists {name!r} twice")
+            continue
+        if name in DIAGNOSTICS:
+            raise ConfigError(f"parameter {key!r}: {name!r} is a diagnostic set without training data (notebook 06 "
+                              f"evaluates it with the RTE models); {choices}")
+        same = [t for t in allowed if t.lower() == str(name).lower()] or difflib.get_close_matches(name, allowed, 1)
+        hint = f" (did you mean {same[0]!r}?)" if same else ""
+        raise ConfigError(f"parameter {key!r}: {name!r} is not a SuperGLUE task{hint}; {choices}")
+
+
+def teacher_param(help: str):
+    """The pre-trained teacher: the same model in every notebook (only the help text says what it is used for)."""
+    return shared_param(DEMO_TEACHER, help)
+
+
+def superglue_dir_param():
+    """The SuperGLUE folder: the same data for every stage that reads it."""
+    return shared_param(None, "SuperGLUE folder (default: $GLMD_DATA, ../shared/data/superglue)")
 
 
 @dataclass
 class StudentShape:
-    """The student's shape; shared by the vocabulary stage (for parameter counts) and stage 1."""
+    """The student's shape; shared by the vocabulary stage (for parameter counts) and stage 1, so each key
+    is ``shared``: ``-p student_layers=6`` reaches both, and the counts describe the student that is trained."""
 
-    student_arch: Literal["same", "llama", "gpt2", "bert"] = param(
+    student_arch: Literal["same", "llama", "gpt2", "bert"] = shared_param(
         "same", "student architecture: 'same' as the teacher, or another HF architecture sharing its tokenizer")
-    student_layers: int = param(4, "student transformer layers")
-    student_hidden: int = param(256, "student hidden size")
-    student_heads: int = param(4, "student attention heads")
-    student_kv_heads: int | None = param(None, "student key/value heads (None: same as heads)")
-    student_intermediate: int | None = param(None, "student MLP width (None: 4 x hidden, or 8/3 x hidden for Llama)")
-    student_max_positions: int = param(512, "student maximum sequence length")
+    student_layers: int = shared_param(4, "student transformer layers", ge=1)
+    student_hidden: int = shared_param(256, "student hidden size", ge=1)
+    student_heads: int = shared_param(4, "student attention heads", ge=1)
+    student_kv_heads: int | None = shared_param(None, "student key/value heads (None: same as heads)", ge=1)
+    student_intermediate: int | None = shared_param(None, "student MLP width (None: 4 x hidden, or 8/3 x hidden "
+                                                          "for Llama)", ge=1)
+    student_max_positions: int = shared_param(512, "student maximum sequence length", ge=1)
 
 
 @dataclass
@@ -39,16 +85,11 @@ class OverviewConfig(StageConfig):
         "demo": {"teacher": DEMO_TEACHER},
         "full": {"teacher": DEMO_TEACHER},
     }
-    teacher: str = param(DEMO_TEACHER, "teacher: built-in name, local folder or hub id")
+    teacher: str = teacher_param("teacher: built-in name, local folder or hub id")
     prompts: list[str] = param(["The capital of France is", "The opposite of hot is",
                                 "Once upon a time, there was a"], "prompts whose next-word distribution is shown")
-    top_k: int = param(10, "how many next words to show per prompt")
-    speed_batches: int = param(3, "batches (8 x 128 tokens) timed for the teacher's tokens/s")
-
-    def validate(self) -> None:
-        super().validate()
-        if self.top_k < 1:
-            raise ConfigError("parameter 'top_k' must be >= 1")
+    top_k: int = param(10, "how many next words to show per prompt", ge=1)
+    speed_batches: int = param(3, "batches (8 x 128 tokens) timed for the teacher's tokens/s", ge=1)
 
 
 @dataclass
@@ -60,14 +101,18 @@ class FrequencyConfig(StageConfig):
         "demo": {"teacher": DEMO_TEACHER},
         "full": {"teacher": DEMO_TEACHER},
     }
-    teacher: str = param(DEMO_TEACHER, "whose tokenizer counts (built-in name, folder or hub id)")
-    corpus: str | None = param(None, "text file, folder of .txt files, or a saved `datasets` dataset "
-                                     "(default: the shared Gutenberg train shards)")
-    max_lines: int | None = param(None, "stop after this many lines of the corpus (None: all)")
-    superglue_dir: str | None = param(None, "SuperGLUE folder (default: $GLMD_DATA, ../shared/data/superglue)")
+    teacher: str = teacher_param("whose tokenizer counts (built-in name, folder or hub id)")
+    corpus: str | None = shared_param(None, "text file, folder of .txt files, or a saved `datasets` dataset "
+                                            "(default: the shared Gutenberg train shards)")
+    max_lines: int | None = param(None, "stop after this many lines of the corpus (None: all)", ge=1)
+    superglue_dir: str | None = superglue_dir_param()
     tasks: list[str] = param(ALL_TASKS + ["AX-b", "AX-g"], "tasks whose texts are counted for comparison")
-    max_task_examples: int | None = param(None, "examples per task split counted (None: all)")
-    batch_lines: int = param(1000, "lines per tokenizer batch")
+    max_task_examples: int | None = param(None, "examples per task split counted (None: all)", ge=1)
+    batch_lines: int = param(1000, "lines per tokenizer batch", ge=1)
+
+    def validate(self) -> None:
+        super().validate()
+        check_tasks(self.tasks, TASKS, empty_ok=True)
 
 
 @dataclass
@@ -80,24 +125,19 @@ class VocabConfig(StudentShape, StageConfig):
         "demo": {"teacher": DEMO_TEACHER},
         "full": {"teacher": DEMO_TEACHER},
     }
-    teacher: str = param(DEMO_TEACHER, "teacher whose tokenizer and input embeddings define the map")
-    keep_rate: float = param(0.5, "share of the vocabulary kept (paper: 0.5)")
-    keep_tokens: int | None = param(None, "absolute number of kept tokens (overrides keep_rate)")
-    multiple_of: int = param(64, "round the kept size up to a multiple of this")
+    teacher: str = teacher_param("teacher whose tokenizer and input embeddings define the map")
+    keep_rate: float = param(0.5, "share of the vocabulary kept (paper: 0.5)", gt=0, le=1)
+    keep_tokens: int | None = param(None, "absolute number of kept tokens (overrides keep_rate)", ge=1)
+    multiple_of: int = param(64, "round the kept size up to a multiple of this", ge=1)
     substitute: Literal["unk", "dot", "cosine", "euclidean"] = param(
         "cosine", "substitute for a pruned token: UNK, or the most similar kept token by teacher input embeddings")
     pruned_mass: Literal["renormalize", "substitute"] = param(
         "renormalize", "pruned probability mass: drop and renormalise (paper) or add to the substitute")
-    mass_check_lines: int = param(64, "held-out lines used to measure the teacher's probability mass on kept tokens")
+    mass_check_lines: int = param(64, "held-out lines used to measure the teacher's probability mass on kept "
+                                      "tokens", ge=1)
     heldout: str | None = param(None, "held-out text for that check: a text file or folder (default: the shared "
                                       "corpus's valid.txt, else the SuperGLUE validation texts)")
 
-    def validate(self) -> None:
-        super().validate()
-        if not 0.0 < self.keep_rate <= 1.0:
-            raise ConfigError("parameter 'keep_rate' must be in (0, 1]")
-        if self.multiple_of < 1:
-            raise ConfigError("parameter 'multiple_of' must be >= 1")
 
 
 @dataclass
@@ -115,28 +155,28 @@ class Stage1Config(StudentShape, StageConfig):
         "full": {"teacher": DEMO_TEACHER, "steps": 100_000, "batch_size": 64, "seq_len": 512, "lr": 1e-4,
                  "warmup_steps": 2000, "eval_batches": 200, "checkpoint_every": 2000},
     }
-    teacher: str = param(DEMO_TEACHER, "pre-trained teacher (built-in name, folder or hub id)")
-    corpus: str | None = param(None, "unlabeled training text (default: shared Gutenberg train shards)")
+    teacher: str = teacher_param("pre-trained teacher (built-in name, folder or hub id)")
+    corpus: str | None = shared_param(None, "unlabeled training text (default: shared Gutenberg train shards)")
     valid_corpus: str | None = param(None, "held-out text (default: the shared corpus's valid.txt)")
-    max_lines: int | None = param(None, "read at most this many corpus lines (None: as many as the steps need)")
+    max_lines: int | None = param(None, "read at most this many corpus lines (None: as many as the steps need)", ge=1)
     use_vocab_map: bool = param(True, "use the compressed vocabulary from notebook 02 (False: full vocabulary)")
     init: Literal["random", "teacher"] = param("random", "random (paper) or from the teacher where shapes allow")
-    temperature: float = param(15.0, "distillation temperature T (paper: 15); the loss is scaled by T^2")
-    teacher_topk: int | None = param(None, "truncate the teacher's distribution to its top-k tokens (None: full)")
-    ce_weight: float = param(0.0, "baseline only: weight of the student's own cross-entropy added to the loss")
-    mlm_probability: float = param(0.15, "masked-LM teachers: share of positions masked")
+    temperature: float = param(15.0, "distillation temperature T (paper: 15); the loss is scaled by T^2", gt=0)
+    teacher_topk: int | None = param(None, "truncate the teacher's distribution to its top-k tokens (None: full)", ge=1)
+    ce_weight: float = param(0.0, "baseline only: weight of the student's own cross-entropy added to the loss", ge=0)
+    mlm_probability: float = param(0.15, "masked-LM teachers: share of positions masked", gt=0, lt=1)
     mlm_loss_on: Literal["masked", "all"] = param("masked", "masked-LM teachers: positions the loss covers")
-    steps: int = param(150, "optimizer steps")
-    batch_size: int = param(8, "sequences per micro-batch")
-    grad_accum: int = param(1, "micro-batches per optimizer step")
-    seq_len: int = param(128, "tokens per training sequence")
-    lr: float = param(5e-4, "peak learning rate (AdamW)")
-    weight_decay: float = param(0.01, "AdamW weight decay")
-    warmup_steps: int = param(10, "linear warm-up steps before cosine decay")
-    max_grad_norm: float = param(1.0, "gradient clipping norm")
-    loss_chunk: int = param(256, "positions per chunk when computing the loss (bounds peak memory)")
-    checkpoint_every: int = param(50, "write a checkpoint every N steps")
-    keep_checkpoints: int = param(2, "keep the last K checkpoints")
+    steps: int = param(150, "optimizer steps", ge=1)
+    batch_size: int = param(8, "sequences per micro-batch", ge=1)
+    grad_accum: int = param(1, "micro-batches per optimizer step", ge=1)
+    seq_len: int = param(128, "tokens per training sequence", ge=2)
+    lr: float = param(5e-4, "peak learning rate (AdamW)", gt=0)
+    weight_decay: float = param(0.01, "AdamW weight decay", ge=0)
+    warmup_steps: int = param(10, "linear warm-up steps before cosine decay", ge=0)
+    max_grad_norm: float = param(1.0, "gradient clipping norm (0: no clipping)", ge=0)
+    loss_chunk: int = param(256, "positions per chunk when computing the loss (bounds peak memory)", ge=1)
+    checkpoint_every: int = param(50, "write a checkpoint every N steps", ge=1)
+    keep_checkpoints: int = param(2, "keep the last K checkpoints", ge=1)
     resume: bool = param(True, "continue from the last checkpoint in <run_dir>/stage1 if there is one")
     teacher_cache: bool = param(False, "train from a precomputed teacher cache instead of running the teacher's "
                                        "transformer body each step (what is cached: cache_mode)")
@@ -144,21 +184,11 @@ class Stage1Config(StudentShape, StageConfig):
         "hidden", "teacher cache contents: 'hidden' = the teacher's final hidden states (fp16), its output layer's "
                   "kept rows applied at train time: exact at every T; 'topk' = top-k logits + tail mean/std: "
                   "close at T=1, NOT faithful at T=15 (gradient cosine 0.27, docs/benchmarks.md, Stage 1)")
-    cache_topk: int = param(64, "cache_mode='topk' only: top-k logits per position stored in the teacher cache")
-    eval_batches: int = param(8, "held-out batches for KL / agreement / perplexity")
+    cache_topk: int = param(64, "cache_mode='topk' only: top-k logits per position stored in the teacher cache", ge=1)
+    eval_batches: int = param(8, "held-out batches for KL / agreement / perplexity", ge=1)
     teacher_bf16: bool | None = param(None, "run the frozen teacher's forward under bf16 autocast (None: on CUDA "
                                             "only; True also on CPU, ~3x faster there; fp32 keeps runs bitwise exact)")
 
-    def validate(self) -> None:
-        super().validate()
-        for k in ("steps", "batch_size", "grad_accum", "seq_len", "loss_chunk", "checkpoint_every",
-                  "keep_checkpoints", "cache_topk", "eval_batches"):
-            if getattr(self, k) < 1:
-                raise ConfigError(f"parameter {k!r} must be >= 1")
-        if self.temperature <= 0:
-            raise ConfigError("parameter 'temperature' must be > 0")
-        if self.lr <= 0:
-            raise ConfigError("parameter 'lr' must be > 0")
 
 
 @dataclass
@@ -172,29 +202,24 @@ class TeacherConfig(StageConfig):
                  "lr": 2e-4, "train_layers": 8, "evals_per_epoch": 3, "max_seq_len": 160, "bf16": True},
         "full": {"teacher": DEMO_TEACHER, "tasks": ALL_TASKS, "epochs": 10, "train_layers": 0, "lr": 1e-5},
     }
-    teacher: str = param(DEMO_TEACHER, "pre-trained model fine-tuned into one task teacher per task")
+    teacher: str = teacher_param("pre-trained model fine-tuned into one task teacher per task")
     tasks: list[str] = param(CORE_TASKS, "SuperGLUE tasks to fine-tune a teacher on")
-    superglue_dir: str | None = param(None, "SuperGLUE folder (default: $GLMD_DATA, ../shared/data/superglue)")
-    pattern_id: int = param(0, "which cloze pattern of each task")
-    epochs: int = param(1, "passes over the (capped) train split")
-    batch_size: int = param(8, "examples per step")
-    lr: float = param(3e-5, "learning rate (AdamW)")
-    train_layers: int = param(4, "fine-tune only the top N transformer layers and the final norm (0: all)")
-    max_train_examples: int | None = param(None, "cap on train examples per task (None: all)")
-    max_eval_examples: int | None = param(None, "cap on dev examples per task (None: all)")
-    max_seq_len: int = param(256, "inputs longer than this are truncated from the passage side")
-    evals_per_epoch: int = param(1, "dev evaluations per epoch; the best one is kept")
-    bf16: bool = param(False, "bf16 autocast on CPU too (about 3x faster there; CUDA always uses bf16)")
+    superglue_dir: str | None = superglue_dir_param()
+    pattern_id: int = shared_param(0, "which cloze pattern of each task", ge=0)
+    epochs: int = param(1, "passes over the (capped) train split", ge=1)
+    batch_size: int = param(8, "examples per step", ge=1)
+    lr: float = param(3e-5, "learning rate (AdamW)", gt=0)
+    train_layers: int = param(4, "fine-tune only the top N transformer layers and the final norm (0: all)", ge=0)
+    max_train_examples: int | None = param(None, "cap on train examples per task (None: all)", ge=1)
+    max_eval_examples: int | None = param(None, "cap on dev examples per task (None: all)", ge=1)
+    max_seq_len: int = param(256, "inputs longer than this are truncated from the passage side", ge=1)
+    evals_per_epoch: int = param(1, "dev evaluations per epoch; the best one is kept", ge=1)
+    bf16: bool | None = param(None, "bf16 autocast (None: on CUDA only; True also on CPU, about 3x faster "
+                                    "there; fp32 keeps runs bitwise repeatable)")
 
     def validate(self) -> None:
         super().validate()
-        for k in ("epochs", "batch_size", "max_seq_len", "evals_per_epoch"):
-            if getattr(self, k) < 1:
-                raise ConfigError(f"parameter {k!r} must be >= 1")
-        if self.lr <= 0:
-            raise ConfigError("parameter 'lr' must be > 0")
-        if self.train_layers < 0:
-            raise ConfigError("parameter 'train_layers' must be >= 0 (0: all layers)")
+        check_tasks(self.tasks, MAIN_TASKS)
 
 
 @dataclass
@@ -210,47 +235,32 @@ class Stage2Config(StageConfig):
                  "warmup_steps": 200, "eval_every": 500},
     }
     tasks: list[str] = param(CORE_TASKS, "tasks to distil (each needs a task teacher from notebook 04)")
-    superglue_dir: str | None = param(None, "SuperGLUE folder (default: $GLMD_DATA, ../shared/data/superglue)")
-    pattern_id: int | None = param(None, "cloze pattern (None: the one the task teacher was fine-tuned with)")
-    temperature: float = param(15.0, "temperature of the vocabulary KL in pass 2a (pass 2b uses T=1)")
-    steps_2a: int = param(40, "optimizer steps of pass 2a (vocabulary KL on cloze inputs)")
-    steps_2b: int = param(40, "optimizer steps of pass 2b (soft cross-entropy on task scores)")
-    batch_size: int = param(8, "examples per step (COPA/ReCoRD: all candidate sequences of each)")
-    lr: float = param(2e-4, "peak learning rate (AdamW) of both passes")
-    warmup_steps: int = param(2, "linear warm-up steps of each pass before cosine decay")
-    loss_chunk: int = param(1024, "positions per chunk of the pass-2a loss (bounds peak memory)")
-    eval_every: int = param(10, "dev evaluation every N steps of each pass (0: only after each pass)")
+    superglue_dir: str | None = superglue_dir_param()
+    pattern_id: int | None = shared_param(None, "cloze pattern (None: the one the task teacher was fine-tuned "
+                                                "with)", ge=0)
+    temperature: float = param(15.0, "temperature of the vocabulary KL in pass 2a (pass 2b uses T=1)", gt=0)
+    steps_2a: int = param(40, "optimizer steps of pass 2a (vocabulary KL on cloze inputs)", ge=1)
+    steps_2b: int = param(40, "optimizer steps of pass 2b (soft cross-entropy on task scores)", ge=1)
+    batch_size: int = param(8, "examples per step (COPA/ReCoRD: all candidate sequences of each)", ge=1)
+    lr: float = param(2e-4, "peak learning rate (AdamW) of both passes", gt=0)
+    warmup_steps: int = param(2, "linear warm-up steps of each pass before cosine decay", ge=0)
+    loss_chunk: int = param(1024, "positions per chunk of the pass-2a loss (bounds peak memory)", ge=1)
+    eval_every: int = param(10, "dev evaluation every N steps of each pass (0: only after each pass)", ge=0)
     select_by_dev: bool = param(True, "keep the best dev checkpoint of each pass (uses dev labels, as the paper); "
                                       "False: the last one, so no label of any split touches the weights")
     add_unlabeled: bool = param(False, "also distil on the test split's (unlabeled) inputs")
-    max_train_examples: int | None = param(None, "cap on train inputs per task (None: all)")
-    max_unlabeled_examples: int | None = param(None, "cap on added test-split inputs per task (None: all)")
-    max_eval_examples: int | None = param(None, "cap on dev examples per task (None: all)")
+    max_train_examples: int | None = param(None, "cap on train inputs per task (None: all)", ge=1)
+    max_unlabeled_examples: int | None = param(None, "cap on added test-split inputs per task (None: all)", ge=1)
+    max_eval_examples: int | None = param(None, "cap on dev examples per task (None: all)", ge=1)
     max_seq_len: int | None = param(None, "inputs longer than this are truncated from the passage side "
-                                          "(None: as for the task teacher)")
+                                          "(None: as for the task teacher)", ge=1)
     teacher_bf16: bool | None = param(None, "run the frozen teacher under bf16 autocast (None: on CUDA only; "
                                             "True also on CPU, faster there; fp32 keeps runs bitwise exact)")
     resume: bool = param(True, "skip tasks already finished in <run_dir>/stage2 with the same settings")
 
     def validate(self) -> None:
         super().validate()
-        for k in ("steps_2a", "steps_2b", "batch_size", "loss_chunk"):
-            if getattr(self, k) < 1:
-                raise ConfigError(f"parameter {k!r} must be >= 1")
-        for k in ("warmup_steps", "eval_every"):
-            if getattr(self, k) < 0:
-                raise ConfigError(f"parameter {k!r} must be >= 0")
-        for k in ("max_seq_len", "max_train_examples", "max_unlabeled_examples", "max_eval_examples",
-                  "pattern_id"):
-            v = getattr(self, k)
-            if v is not None and v < (0 if k == "pattern_id" else 1):
-                raise ConfigError(f"parameter {k!r} must be >= {0 if k == 'pattern_id' else 1} (or None)")
-        if self.temperature <= 0:
-            raise ConfigError("parameter 'temperature' must be > 0")
-        if self.lr <= 0:
-            raise ConfigError("parameter 'lr' must be > 0")
-        if not self.tasks:
-            raise ConfigError("parameter 'tasks' must name at least one task")
+        check_tasks(self.tasks, MAIN_TASKS)
 
 
 @dataclass
@@ -263,19 +273,24 @@ class EvalConfig(StageConfig):
         "demo": {"teacher": DEMO_TEACHER, "max_eval_examples": 120, "max_seq_len": 160, "bf16": True},
         "full": {"teacher": DEMO_TEACHER},
     }
-    teacher: str = param(DEMO_TEACHER, "the pre-trained teacher, evaluated zero-shot")
+    teacher: str = teacher_param("the pre-trained teacher, evaluated zero-shot")
     tasks: list[str] = param(CORE_TASKS + ["BoolQ", "WiC", "WSC", "MultiRC", "AX-b", "AX-g"],
                              "tasks evaluated (dev splits; AX-b/AX-g with the RTE models)")
-    models: list[str] = param(["zero_shot", "teachers", "students"],
+    models: list[Literal["zero_shot", "teachers", "students"]] = param(["zero_shot", "teachers", "students"],
                               "which models: zero_shot, teachers (notebook 04), students (notebook 05)")
-    superglue_dir: str | None = param(None, "SuperGLUE folder (default: $GLMD_DATA, ../shared/data/superglue)")
-    max_eval_examples: int | None = param(None, "cap on dev examples per task for model scores (None: all)")
-    batch_size: int = param(16, "examples per forward pass (batched by length)")
+    superglue_dir: str | None = superglue_dir_param()
+    max_eval_examples: int | None = param(None, "cap on dev examples per task for model scores (None: all)", ge=1)
+    batch_size: int = param(16, "examples per forward pass (batched by length)", ge=1)
     write_test_predictions: bool = param(False, "also write test-split predictions in the leaderboard format")
-    pattern_id: int = param(0, "which cloze pattern of each task")
-    max_seq_len: int = param(256, "inputs longer than this are truncated from the passage side")
-    bf16: bool = param(False, "bf16 autocast on CPU too (about 3x faster there; CUDA always uses bf16)")
-    show_errors: int = param(3, "examples each model gets wrong, shown per task")
+    pattern_id: int = shared_param(0, "which cloze pattern of each task", ge=0)
+    max_seq_len: int = param(256, "inputs longer than this are truncated from the passage side", ge=1)
+    bf16: bool | None = param(None, "bf16 autocast (None: on CUDA only; True also on CPU, about 3x faster "
+                                    "there; fp32 keeps runs bitwise repeatable)")
+    show_errors: int = param(3, "examples each model gets wrong, shown per task", ge=0)
+
+    def validate(self) -> None:
+        super().validate()
+        check_tasks(self.tasks, TASKS)
 
 
 @dataclass

@@ -6,43 +6,16 @@ end-of-sequence token between documents' lines, and cut into blocks of ``seq_len
 Blocks keep teacher ids; the student's compressed ids are derived per batch with the ``VocabMap``.
 
 The default corpus is the shared Gutenberg folder: its ``train-*.txt`` shards for training and its
-``valid.txt`` for held-out metrics (see :func:`glmd_lib.config.base.resolve_corpus_dir`).
+``valid.txt`` for held-out metrics (:func:`glmd_lib.data.corpus.default_corpus`).
 """
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import torch
 
-from glmd_lib.config.base import resolve_corpus_dir
-
-
-class DataError(ValueError):
-    """The corpus cannot provide what training asks for (too small, missing split ...)."""
-
-
-def default_corpus(split: str) -> list[Path]:
-    """The shared corpus files of ``split`` ("train": the ``train-*.txt`` shards, "valid": ``valid.txt``)."""
-    root = resolve_corpus_dir()
-    files = sorted(root.glob("train-*.txt")) if split == "train" else [root / "valid.txt"]
-    files = [f for f in files if f.exists()]
-    if not files:
-        raise DataError(f"no {split} text found in the corpus folder {root} (expected "
-                        f"{'train-*.txt' if split == 'train' else 'valid.txt'}); set the corpus parameter "
-                        f"or $GLMD_CORPUS")
-    return files
-
-
-def iter_lines(source: Any, max_lines: int | None = None) -> Iterator[str]:
-    """Non-empty lines of a file, folder, dataset, iterable of texts, or a *list of files* (read in order)."""
-    from glmd_lib.vocab.frequency import iter_corpus_lines
-
-    if isinstance(source, (list, tuple)) and source and all(isinstance(s, Path) for s in source):
-        lines: Iterable[str] = itertools.chain.from_iterable(iter_corpus_lines(f) for f in source)
-        return itertools.islice(lines, max_lines) if max_lines else iter(lines)
-    return iter_corpus_lines(source, max_lines=max_lines)
+from glmd_lib.data.corpus import CorpusError, describe_source, iter_corpus_lines
 
 
 def token_blocks(source: Any, tokenizer: Any, seq_len: int, max_blocks: int | None = None,
@@ -53,13 +26,13 @@ def token_blocks(source: Any, tokenizer: Any, seq_len: int, max_blocks: int | No
     The trailing partial block is dropped. ``add_bos`` starts every block with the BOS token.
     """
     if seq_len < 2:
-        raise DataError(f"seq_len must be >= 2, got {seq_len}")
+        raise ValueError(f"seq_len must be >= 2, got {seq_len}")
     sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
     bos = tokenizer.bos_token_id if add_bos else None
     body = seq_len - (1 if bos is not None else 0)
     buf: list[int] = []
     blocks: list[list[int]] = []
-    lines = iter_lines(source, max_lines=max_lines)
+    lines = iter_corpus_lines(source, max_lines=max_lines)
     while max_blocks is None or len(blocks) < max_blocks:
         batch = list(itertools.islice(lines, batch_lines))
         if not batch:
@@ -79,8 +52,9 @@ def token_blocks(source: Any, tokenizer: Any, seq_len: int, max_blocks: int | No
 def require_blocks(blocks: torch.Tensor, needed: int, what: str, source: Any) -> torch.Tensor:
     """Fail clearly when a corpus gives fewer than ``needed`` blocks (e.g. smaller than one batch)."""
     if blocks.shape[0] < needed:
-        raise DataError(f"{what} corpus {source} gives only {blocks.shape[0]} block(s) of {blocks.shape[1]} tokens, "
-                        f"fewer than one batch needs ({needed}); use more text, a smaller batch_size or seq_len")
+        raise CorpusError(f"{what} corpus {describe_source(source)} gives only {blocks.shape[0]} block(s) of "
+                          f"{blocks.shape[1]} tokens, fewer than one batch needs ({needed}); use more text, "
+                          f"a smaller batch_size or seq_len")
     return blocks
 
 

@@ -15,6 +15,10 @@ student's logits is simply ``T * (p_s - p_t)``). Given the student's *hidden sta
 (:func:`distill_loss`), even the student's full logits never exist: each chunk's logits are made,
 used for the loss, turned into the gradient of the hidden states and of the output layer, and freed.
 The output-layer matmuls are the same three a normal forward+backward does, so nothing is recomputed.
+
+This module is the math only. The teacher's side of the loss is a ``teacher_fn(slice) -> logits`` over the
+student's vocabulary; :mod:`glmd_lib.distill.teacher` makes them (the live teacher, its cached hidden states,
+a cached top-k).
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-TeacherFn = Callable[[slice], torch.Tensor]
+TeacherFn = Callable[[slice], torch.Tensor]  # flattened positions -> teacher logits over the student's vocabulary
 
 
 class LossError(ValueError):
@@ -86,72 +90,89 @@ def chunk_terms(s: torch.Tensor, t: torch.Tensor, weight: torch.Tensor, labels: 
     return kl_sum, w.sum(), ce_sum, g_kl, g_ce
 
 
+class _GradBuffers:
+    """Gradients of the loss w.r.t. the hidden states, the output weight and its bias, filled chunk by chunk."""
+
+    def __init__(self, hidden: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None):
+        self.weight = weight
+        self.bufs = [torch.zeros_like(hidden), None if weight is None else torch.zeros_like(weight),
+                     None if bias is None else torch.zeros_like(bias)]
+
+    def push(self, g: torch.Tensor, h: torch.Tensor, sl: slice) -> None:
+        """A chunk's logit gradient goes straight through the output layer (then the chunk is freed)."""
+        g = g.to(h.dtype)
+        g_hidden, g_weight, g_bias = self.bufs
+        if self.weight is None:
+            g_hidden[sl] += g
+            return
+        g_hidden[sl] += g @ self.weight.to(h.dtype)
+        g_weight += (g.t() @ h).to(g_weight.dtype)
+        if g_bias is not None:
+            g_bias += g.sum(0).to(g_bias.dtype)
+
+    def finish(self, count: torch.Tensor, ce: "_GradBuffers | None") -> list[torch.Tensor | None]:
+        """The KL mean's denominator (positions with teacher mass) is known only at the end: scale once, add CE."""
+        for i, b in enumerate(self.bufs):
+            if b is not None:
+                b /= count.to(b.dtype)
+                if ce is not None:
+                    b += ce.bufs[i]
+        return self.bufs
+
+
+def _accumulate(hidden, weight, bias, teacher_fn, pos_weight, labels, temperature, topk, chunk,
+                g_kl: _GradBuffers | None, g_ce: _GradBuffers | None, ce_scale: float):
+    """Sum the loss terms over chunks of positions, pushing each chunk's gradients into the buffers.
+
+    Returns ``(kl_total, ce_total, count)`` (fp32 scalars); chunks without a counted position are skipped.
+    """
+    need_grad = g_kl is not None
+    kl_total = hidden.new_zeros((), dtype=torch.float32)
+    ce_total = hidden.new_zeros((), dtype=torch.float32)
+    count = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], chunk):
+        sl = slice(start, min(start + chunk, hidden.shape[0]))
+        w = pos_weight[sl]
+        lab = labels[sl] if labels is not None else None
+        if not bool((w > 0).any()) and (lab is None or not bool((lab >= 0).any())):
+            continue
+        h = hidden[sl]
+        s = h if weight is None else F.linear(h, weight.to(h.dtype), None if bias is None else bias.to(h.dtype))
+        with torch.no_grad():
+            t = teacher_fn(sl)
+        if t.shape != s.shape:
+            raise LossError(f"teacher logits {tuple(t.shape)} and student logits {tuple(s.shape)} of a chunk "
+                            f"differ; restrict the teacher to the student's vocabulary (vocab_map)")
+        kl_sum, n_valid, ce_sum, gk, gc = chunk_terms(s, t, w, lab, temperature, topk, need_grad)
+        kl_total += kl_sum
+        ce_total += ce_sum
+        count += n_valid
+        if need_grad:
+            g_kl.push(gk, h, sl)
+            if g_ce is not None and gc is not None:
+                g_ce.push(gc * ce_scale, h, sl)
+        del s, t, gk, gc
+    return kl_total, ce_total, count
+
+
 class _ChunkedDistill(torch.autograd.Function):
     """Loss and gradients computed chunk by chunk over positions (see the module docstring)."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, teacher_fn, pos_weight, labels, temperature, topk, chunk, ce_weight):
-        n_pos = hidden.shape[0]
         need = ctx.needs_input_grad
         need_grad = bool(need[0] or need[1] or need[2])
         n_ce = int((labels >= 0).sum()) if labels is not None else 0
-
-        def buffers():
-            return [torch.zeros_like(hidden),
-                    None if weight is None else torch.zeros_like(weight),
-                    None if bias is None else torch.zeros_like(bias)]
-
-        def push(bufs, g, h, sl):
-            # a chunk's logit gradient goes straight through the output layer (then the chunk is freed)
-            g = g.to(h.dtype)
-            if weight is None:
-                bufs[0][sl] += g
-                return
-            bufs[0][sl] += g @ weight.to(h.dtype)
-            bufs[1] += (g.t() @ h).to(bufs[1].dtype)
-            if bufs[2] is not None:
-                bufs[2] += g.sum(0).to(bufs[2].dtype)
-
-        g_kl = buffers() if need_grad else None
-        g_ce = buffers() if (need_grad and ce_weight) else None
-        ce_scale = ce_weight / max(n_ce, 1)
-        kl_total = hidden.new_zeros((), dtype=torch.float32)
-        ce_total = hidden.new_zeros((), dtype=torch.float32)
-        count = hidden.new_zeros((), dtype=torch.float32)
-        for start in range(0, n_pos, chunk):
-            sl = slice(start, min(start + chunk, n_pos))
-            w = pos_weight[sl]
-            lab = labels[sl] if labels is not None else None
-            if not bool((w > 0).any()) and (lab is None or not bool((lab >= 0).any())):
-                continue
-            h = hidden[sl]
-            s = h if weight is None else F.linear(h, weight.to(h.dtype), None if bias is None else bias.to(h.dtype))
-            with torch.no_grad():
-                t = teacher_fn(sl)
-            if t.shape != s.shape:
-                raise LossError(f"teacher logits {tuple(t.shape)} and student logits {tuple(s.shape)} of a chunk "
-                                f"differ; restrict the teacher to the student's vocabulary (vocab_map)")
-            kl_sum, n_valid, ce_sum, gk, gc = chunk_terms(s, t, w, lab, temperature, topk, need_grad)
-            kl_total += kl_sum
-            ce_total += ce_sum
-            count += n_valid
-            if need_grad:
-                push(g_kl, gk, h, sl)
-                if g_ce is not None and gc is not None:
-                    push(g_ce, gc * ce_scale, h, sl)
-            del s, t, gk, gc
+        g_kl = _GradBuffers(hidden, weight, bias) if need_grad else None
+        g_ce = _GradBuffers(hidden, weight, bias) if (need_grad and ce_weight) else None
+        kl_total, ce_total, count = _accumulate(hidden, weight, bias, teacher_fn, pos_weight, labels, temperature,
+                                                topk, chunk, g_kl, g_ce, ce_weight / max(n_ce, 1))
         count = count.clamp(min=1.0)
         kl = kl_total / count
         ce = ce_total / max(n_ce, 1)
         loss = kl + ce_weight * ce if ce_weight else kl.clone()
         if need_grad:
-            # the mean's denominator (positions with teacher mass) is known only now: scale once at the end
-            for i, b in enumerate(g_kl):
-                if b is not None:
-                    b /= count.to(b.dtype)
-                    if g_ce is not None:
-                        b += g_ce[i]
-            ctx.save_for_backward(*g_kl)
+            ctx.save_for_backward(*g_kl.finish(count, g_ce))
         ctx.need_grad = need_grad
         logs = torch.stack([kl, ce]).detach()
         ctx.mark_non_differentiable(logs)
@@ -239,52 +260,6 @@ def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, atten
     loss, _ = distill_loss(student_logits, None, lambda sl: restrict(t_flat[sl]), attention_mask, temperature,
                            topk=topk, chunk=chunk)
     return loss
-
-
-def tail_fill(tail: torch.Tensor, temperature: float) -> torch.Tensor:
-    """The logit given to every token outside the cached top-k: ``mu + sigma^2 / (2T)`` from ``tail`` [..., 2].
-
-    If the ``n`` tail logits were Gaussian with mean ``mu`` and std ``sigma``, ``sum_tail exp(z/T)`` would be
-    ``n * exp(mu/T + sigma^2/(2T^2))`` (log-normal moments): this fill gives the tail that total mass at
-    temperature ``T``, spread evenly. The mass estimate becomes exact as ``T -> oo``, but the spread within the
-    tail is lost, and at high T that spread is most of the gradient (see :mod:`glmd_lib.distill.teacher_cache`).
-    """
-    mu, sigma = tail[..., 0].float(), tail[..., 1].float()
-    return mu + sigma * sigma / (2.0 * float(temperature))
-
-
-def sparse_teacher_fn(values: torch.Tensor, ids: torch.Tensor, num_classes: int, tail: torch.Tensor | None = None,
-                      temperature: float | None = None) -> TeacherFn:
-    """A ``teacher_fn`` from cached top-k teacher logits: ``values``/``ids`` [..., k] in student id space (-1: dropped).
-
-    With ``tail`` [..., 2] (mean, std of the teacher's logits outside its top-k, see
-    :mod:`glmd_lib.distill.teacher_cache`) every other kept token gets the fill logit :func:`tail_fill` at
-    ``temperature`` (the loss's T; it must be given): a dense teacher whose tail carries the right mass.
-    Without ``tail`` every other token gets ``-inf`` (probability 0): plain top-k truncation, a poor
-    stand-in at high T. Pruned tokens (id -1) are dropped either way.
-    """
-    v = values.reshape(-1, values.shape[-1])
-    i = ids.reshape(-1, ids.shape[-1])
-    if tail is not None:
-        if temperature is None or temperature <= 0:
-            raise LossError(f"sparse_teacher_fn with tail moments needs the loss temperature (> 0), got {temperature}")
-        if tail.shape[:-1] != values.shape[:-1] or tail.shape[-1] != 2:
-            raise LossError(f"tail moments {tuple(tail.shape)} do not fit the top-k values {tuple(values.shape)}: "
-                            f"expected {(*values.shape[:-1], 2)}")
-        fill = tail_fill(tail.reshape(-1, 2), temperature)
-
-    def fn(sl: slice) -> torch.Tensor:
-        vv, ii = v[sl].float(), i[sl].long()
-        keep = ii >= 0
-        if tail is None:
-            dense = torch.full((vv.shape[0], num_classes + 1), -math.inf, device=vv.device)
-        else:
-            dense = fill[sl].to(vv.device)[:, None].expand(-1, num_classes + 1).contiguous()
-        # dropped entries are scattered into a spare last column, then cut off
-        dense.scatter_(-1, torch.where(keep, ii, torch.full_like(ii, num_classes)), torch.where(keep, vv, -math.inf))
-        return dense[:, :num_classes]
-
-    return fn
 
 
 def distill_kl_reference(student_logits: torch.Tensor, teacher_logits: torch.Tensor,

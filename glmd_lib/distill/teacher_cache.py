@@ -11,7 +11,7 @@ teacher pass. Two modes (``Stage1Config.cache_mode``); neither depends on the te
 
 At train time each chunk's teacher logits are ``hidden.float() @ W_kept.T (+ b_kept)``, with ``W_kept`` the
 rows of the teacher's output layer at the ``VocabMap``'s kept ids (all rows without a map), the same rows
-:class:`glmd_lib.distill.stage1.TeacherRunner` uses on the live path. This is the live teacher's logits up to fp16
+:class:`glmd_lib.distill.teacher.TeacherRunner` uses on the live path. This is the live teacher's logits up to fp16
 rounding of the hidden state, so the loss is exact at every ``T`` (``docs/benchmarks.md``, Stage 1: loss
 +0.0%, gradient cosine 1.0 at T = 15 on SmolLM2), while the transformer body (the expensive part) is
 skipped. The teacher's head has to stay in memory. Only teachers whose logits are exactly that linear
@@ -27,7 +27,7 @@ soft-cap (Gemma-2's ``final_logit_softcapping``) or scale (``logit_scale``) is r
 Why the tail moments. At the paper's ``T = 15`` the tempered teacher is nearly flat: the top 64 of
 SmolLM2's 49k tokens hold about 0.5% of its mass, so dropping the rest (probability 0) gives a different,
 far too sharp target (``docs/benchmarks.md``, Stage 1). With the tail's mean ``mu`` and standard deviation
-``sigma``, :func:`glmd_lib.distill.losses.sparse_teacher_fn` gives every kept token outside the top-k one fill
+``sigma``, :func:`glmd_lib.distill.teacher.sparse_teacher_fn` gives every kept token outside the top-k one fill
 logit ``mu + sigma^2 / (2T)``: if the tail logits were Gaussian, ``sum_tail exp(z/T) = n exp(mu/T +
 sigma^2/(2T^2))`` exactly (the log-normal moment estimate), so the tail gets the right total mass, spread
 evenly. That fixes the loss's magnitude, but NOT its gradient at high T: as ``T`` grows, ``T^2 KL`` tends
@@ -40,20 +40,22 @@ A cache is keyed by the format, the mode, the teacher (name, a checksum of its w
 forward ran under bf16), the blocks (a hash of the ids) and ``k`` (top-k mode) or the hidden size (hidden
 mode); a stale, older-format, other-mode or foreign cache is rebuilt by :func:`ensure_teacher_cache` rather
 than silently used, and :class:`TeacherCache` refuses to read one in the wrong mode.
+
+This module is the file format (build, read, reuse). The ``teacher_fn``s that turn a cache's contents into
+the loss's teacher logits are in :mod:`glmd_lib.distill.teacher` (:func:`~glmd_lib.distill.teacher.cached_teacher_fn`).
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from glmd_lib.artifacts import atomic_path
+from glmd_lib.device import autocast
 
 # 2: adds tail.npy (mean, std of the logits outside the top-k).
 # 3: adds the key field ``mode`` ("hidden": final hidden states, "topk": format 2's contents) and the
@@ -135,10 +137,10 @@ class TeacherCache:
     """Read side. ``cache.mode`` is "hidden" or "topk".
 
     * hidden: ``cache.lookup_hidden(block_indices)`` -> [b, L, D] fp16; pass it with the kept rows of the
-      teacher's output layer to :func:`hidden_teacher_fn`.
+      teacher's output layer to :func:`glmd_lib.distill.teacher.hidden_teacher_fn`.
     * topk: ``cache.lookup(block_indices) -> (values, ids, tail)``, ``values`` [b, L, k] fp16, ``ids`` [b, L, k]
       int64 teacher ids, ``tail`` [b, L, 2] fp32 (mean, std of the logits outside the top-k); pass all three
-      to :func:`glmd_lib.distill.losses.sparse_teacher_fn`.
+      to :func:`glmd_lib.distill.teacher.sparse_teacher_fn`.
 
     Reading a cache in the other mode's way raises :class:`TeacherCacheError`.
     """
@@ -204,28 +206,6 @@ class TeacherCache:
         return torch.from_numpy(np.ascontiguousarray(self.hidden[idx]))
 
 
-def hidden_teacher_fn(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
-                      ) -> Callable[[slice], torch.Tensor]:
-    """A ``teacher_fn`` (:mod:`glmd_lib.distill.losses`) from cached hidden states [..., D] and the head's kept rows.
-
-    ``weight`` [K, D] (and ``bias`` [K]) are the teacher's output-layer rows at the kept ids, e.g.
-    ``TeacherRunner(teacher, vocab_map, ...).head_w``/``.head_b``. Each chunk's logits are made in fp32
-    from the fp16 hidden states: the live teacher's logits up to fp16 rounding of the hidden state.
-    """
-    h = hidden.reshape(-1, hidden.shape[-1])
-    if h.shape[-1] != weight.shape[-1]:
-        raise TeacherCacheError(f"cached hidden states have {h.shape[-1]} values per position, the teacher's output "
-                                f"layer takes {weight.shape[-1]}: the cache belongs to another teacher")
-    w = weight.detach().float()
-    b = None if bias is None else bias.detach().float()
-
-    def fn(sl: slice) -> torch.Tensor:
-        with torch.no_grad():
-            return F.linear(h[sl].to(w.device, torch.float32), w, b)
-
-    return fn
-
-
 def tail_moments(logits: torch.Tensor, topk_idx: torch.Tensor) -> torch.Tensor:
     """Mean and (population) standard deviation of ``logits`` [..., V] outside ``topk_idx`` [..., k] -> [..., 2].
 
@@ -242,16 +222,8 @@ def tail_moments(logits: torch.Tensor, topk_idx: torch.Tensor) -> torch.Tensor:
     return torch.cat([mu, var.sqrt()], -1)
 
 
-@torch.no_grad()
-def build_teacher_cache(teacher: torch.nn.Module, blocks: torch.Tensor, directory: Path | str, topk: int | None,
-                        key: dict[str, Any], batch_size: int = 8, autocast: Any = None,
-                        progress: bool = True) -> TeacherCache:
-    """Run the teacher over ``blocks`` [N, L] once and write the cache into ``directory`` (atomically).
-
-    The mode comes from ``key`` (see :func:`cache_key`); ``topk`` must match it (None in hidden mode).
-    """
-    from tqdm.auto import tqdm
-
+def _build_mode(teacher: torch.nn.Module, topk: int | None, key: dict[str, Any]) -> str:
+    """The cache mode of ``key``, after checking that ``topk`` and the teacher fit it."""
     mode = key.get("mode")
     if mode not in MODES:
         raise TeacherCacheError(f"cache key has mode {mode!r}, expected one of {MODES}")
@@ -261,49 +233,61 @@ def build_teacher_cache(teacher: torch.nn.Module, blocks: torch.Tensor, director
         problem = hidden_mode_problem(teacher)
         if problem:
             raise TeacherCacheError(f"hidden-state teacher cache: {problem}; use the top-k cache mode or no cache")
-    n, L = blocks.shape
+    return mode
+
+
+def _open_arrays(tmp: Path, mode: str, shape: tuple[int, int], key: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """The mode's memory-mapped ``.npy`` files (see the module docstring) and the bytes stored per position."""
+    def arr(name: str, dtype: Any, last: int) -> np.memmap:
+        return np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=(*shape, last))
+
+    if mode == "hidden":
+        D = int(key["hidden_size"])
+        return {"hidden": arr("hidden", np.float16, D)}, D * 2
+    k = int(key["topk"])
+    return {"values": arr("values", np.float16, k), "ids": arr("ids", np.int32, k),
+            "tail": arr("tail", np.float32, 2)}, k * 6 + 8
+
+
+def _store_batch(teacher: torch.nn.Module, b: torch.Tensor, arrays: dict[str, Any], rows: slice) -> None:
+    """Run the teacher on blocks ``b`` and write what the cache keeps of it into ``arrays[rows]``."""
+    if "hidden" in arrays:
+        # only the body: the output layer is applied at train time (kept rows only)
+        h = teacher.base_model(input_ids=b, attention_mask=torch.ones_like(b)).last_hidden_state.to(torch.float16)
+        if not bool(torch.isfinite(h).all()):
+            raise TeacherCacheError(f"the teacher's final hidden states of blocks {rows.start}..{rows.stop - 1} "
+                                    f"exceed the fp16 range; use the top-k cache mode or no cache")
+        arrays["hidden"][rows] = h.cpu().numpy()
+        return
+    logits = teacher(input_ids=b, attention_mask=torch.ones_like(b)).logits.float()
+    v, i = logits.topk(arrays["values"].shape[-1], dim=-1)
+    arrays["values"][rows] = v.cpu().numpy().astype(np.float16)
+    arrays["ids"][rows] = i.cpu().numpy().astype(np.int32)
+    arrays["tail"][rows] = tail_moments(logits, i).cpu().numpy()
+
+
+@torch.no_grad()
+def build_teacher_cache(teacher: torch.nn.Module, blocks: torch.Tensor, directory: Path | str, topk: int | None,
+                        key: dict[str, Any], batch_size: int = 8, progress: bool = True) -> TeacherCache:
+    """Run the teacher over ``blocks`` [N, L] once and write the cache into ``directory`` (atomically).
+
+    The mode comes from ``key`` (see :func:`cache_key`); ``topk`` must match it (None in hidden mode). The
+    teacher runs in the precision the key records (``teacher_bf16``, the one rule of :mod:`glmd_lib.device`).
+    """
+    from tqdm.auto import tqdm
+
+    mode = _build_mode(teacher, topk, key)
+    n = blocks.shape[0]
     device = next(teacher.parameters()).device
     teacher.eval()
     with atomic_path(directory, is_dir=True) as tmp:
-        if mode == "hidden":
-            D = int(key["hidden_size"])
-            hidden = np.lib.format.open_memmap(tmp / "hidden.npy", mode="w+", dtype=np.float16, shape=(n, L, D))
-            outs, per_pos = [hidden], D * 2
-        else:
-            values = np.lib.format.open_memmap(tmp / "values.npy", mode="w+", dtype=np.float16, shape=(n, L, topk))
-            ids = np.lib.format.open_memmap(tmp / "ids.npy", mode="w+", dtype=np.int32, shape=(n, L, topk))
-            tail = np.lib.format.open_memmap(tmp / "tail.npy", mode="w+", dtype=np.float32, shape=(n, L, 2))
-            outs, per_pos = [values, ids, tail], topk * 6 + 8
+        arrays, per_pos = _open_arrays(tmp, mode, tuple(blocks.shape), key)
         for start in tqdm(range(0, n, batch_size), desc=f"teacher cache ({mode})", disable=not progress):
             b = blocks[start: start + batch_size].to(device)
-            end = start + len(b)
-            with (autocast or contextlib.nullcontext()):
-                if mode == "hidden":
-                    # only the body: the output layer is applied at train time (kept rows only)
-                    h = teacher.base_model(input_ids=b, attention_mask=torch.ones_like(b)).last_hidden_state
-                else:
-                    logits = teacher(input_ids=b, attention_mask=torch.ones_like(b)).logits
-            if mode == "hidden":
-                h16 = h.to(torch.float16)
-                if not bool(torch.isfinite(h16).all()):
-                    raise TeacherCacheError(f"the teacher's final hidden states of blocks {start}..{end - 1} "
-                                            f"exceed the fp16 range; use the top-k cache mode or no cache")
-                hidden[start: end] = h16.cpu().numpy()
-                del h, h16
-                continue
-            logits = logits.float()
-            v, i = logits.topk(topk, dim=-1)
-            values[start: end] = v.cpu().numpy().astype(np.float16)
-            ids[start: end] = i.cpu().numpy().astype(np.int32)
-            tail[start: end] = tail_moments(logits, i).cpu().numpy()
-            del logits
-        for arr in outs:
-            arr.flush()
-        del outs
-        if mode == "hidden":
-            del hidden
-        else:
-            del values, ids, tail
+            with autocast(device, bool(key.get("teacher_bf16"))):
+                _store_batch(teacher, b, arrays, slice(start, start + len(b)))
+        while arrays:  # flush and drop every memory map before the directory is renamed into place
+            arrays.popitem()[1].flush()
         (tmp / "meta.json").write_text(json.dumps({"key": key, "bytes_per_position": per_pos}, indent=2) + "\n")
     return TeacherCache(directory)
 
@@ -323,12 +307,3 @@ def ensure_teacher_cache(directory: Path | str, teacher: torch.nn.Module, blocks
         except (TeacherCacheError, json.JSONDecodeError, KeyError, TypeError):
             pass  # stale, other-mode or damaged: rebuilt below (atomically, so a reader never sees half a cache)
     return build_teacher_cache(teacher, blocks, directory, topk, key, **kwargs), True
-
-
-def student_space(ids: torch.Tensor, vocab_map: Any) -> torch.Tensor:
-    """Teacher ids -> student rows, ``-1`` for pruned tokens (they are dropped from the cached distribution)."""
-    if vocab_map is None:
-        return ids
-    kept_row = torch.full((vocab_map.vocab_size,), -1, dtype=torch.long)
-    kept_row[vocab_map.kept_ids] = torch.arange(vocab_map.num_kept)
-    return kept_row.to(ids.device)[ids]

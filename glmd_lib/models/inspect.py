@@ -1,12 +1,20 @@
-"""What notebook 00 shows about a teacher: next-word distributions, size and speed on this machine."""
+"""What notebook 00 shows about a teacher: next-word distributions, size and speed on this machine.
+
+:func:`run_overview` is the notebook's work: it writes ``overview/`` (``summary.json``, ``next_tokens.csv``,
+``next_tokens.png``) and marks the stage complete.
+"""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import torch
 
-from glmd_lib.models.teacher import count_parameters, model_kind
+from glmd_lib.artifacts import STAGES, artifact, atomic_write_csv, atomic_write_json, mark_complete, save_figure
+from glmd_lib.device import get_device
+from glmd_lib.models.teacher import count_parameters, load_teacher, model_kind
 
 
 @torch.no_grad()
@@ -58,3 +66,48 @@ def forward_speed(model, vocab_size: int, batches: int = 3, batch_size: int = 8,
     tokens = batches * batch_size * seq_len
     return {"tokens": tokens, "seconds": elapsed, "tokens_per_s": tokens / elapsed,
             "batch_size": batch_size, "seq_len": seq_len, "threads": torch.get_num_threads()}
+
+
+def plot_next_tokens(table: pd.DataFrame):
+    """One horizontal bar chart per prompt: the teacher's top next words and their probabilities."""
+    import matplotlib.pyplot as plt
+
+    prompts = list(dict.fromkeys(table["prompt"]))
+    fig, axes = plt.subplots(1, len(prompts), figsize=(4.5 * len(prompts), 3.5), squeeze=False)
+    for ax, (prompt, group) in zip(axes[0], table.groupby("prompt", sort=False)):
+        ax.barh([repr(t) for t in group["token"]][::-1], group["probability"][::-1])
+        ax.set_title(f"“{prompt} …”", fontsize=10)
+        ax.set_xlabel("probability")
+    fig.tight_layout()
+    plt.close(fig)  # shown where the notebook displays it, not where it was drawn
+    return fig
+
+
+@dataclass
+class Overview:
+    """What :func:`run_overview` found (and wrote into ``overview/``)."""
+
+    info: dict[str, Any]  # :func:`describe`
+    next_tokens: pd.DataFrame  # :func:`next_token_table`
+    speed: dict[str, Any]  # :func:`forward_speed`
+    device: str
+    figure: Any  # the next-token bar charts (matplotlib Figure)
+
+
+def run_overview(cfg) -> Overview:
+    """Notebook 00's work (``cfg``: an :class:`~glmd_lib.config.stages.OverviewConfig`): load the teacher,
+    describe it, tabulate and plot its next words for ``cfg.prompts``, time its forward pass; write the
+    stage's artifacts and mark it complete."""
+    dev = get_device(cfg.device)
+    model, tokenizer = load_teacher(cfg.teacher, device=dev)
+    info = describe(model, tokenizer)
+    table = next_token_table(model, tokenizer, cfg.prompts, k=cfg.top_k)
+    speed = forward_speed(model, info["vocab_size"], batches=cfg.speed_batches, seed=cfg.seed)
+    result = Overview(info, table, speed, str(dev), plot_next_tokens(table))
+    atomic_write_csv(artifact(cfg.run_dir, "overview", "next_tokens.csv"), table)
+    save_figure(result.figure, cfg.out_dir, "next_tokens")
+    atomic_write_json(artifact(cfg.run_dir, "overview", "summary.json"),
+                      {"teacher": cfg.teacher, **info, "device": result.device, "speed": speed})
+    cfg.save()
+    mark_complete(cfg.out_dir, list(STAGES["overview"].files) + ["next_tokens.png"])
+    return result

@@ -5,7 +5,8 @@ architecture is free: by default the teacher's own (fewer, narrower layers), or 
 architecture that reads the same token ids (e.g. a GPT-2-style student of a Llama teacher).
 
 * :func:`build_student` makes it from the teacher's config with shape overrides and the ``VocabMap``'s
-  ``K`` rows; initialised randomly (the paper) or from the teacher where shapes allow.
+  ``K`` rows (:mod:`glmd_lib.models.student_config` derives and validates that config); initialised
+  randomly (the paper) or from the teacher where shapes allow.
 * :func:`save_student` writes one folder: ``save_pretrained`` weights + config, the teacher's tokenizer
   and ``vocab_map.json``.
 * :func:`load_student` gives back a :class:`Student` that scores and generates from raw strings: text is
@@ -13,139 +14,27 @@ architecture that reads the same token ids (e.g. a GPT-2-style student of a Llam
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
 import json
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from glmd_lib.models.teacher import count_parameters, model_kind
 from glmd_lib.artifacts import atomic_path
+from glmd_lib.models.families import layer_map
+from glmd_lib.models.student_config import StudentError, derive_student_config
+from glmd_lib.models.teacher import count_parameters, model_class, model_kind
 from glmd_lib.vocab.vocab_map import VocabMap, VocabMapError
 
 log = logging.getLogger(__name__)
 
 STUDENT_META = "student.json"
-SHAPE_KEYS = ("layers", "hidden", "heads", "kv_heads", "intermediate", "max_positions")
-
-
-class StudentError(ValueError):
-    """A student cannot be built, saved or loaded as asked; the message names the cause."""
-
-
-# --------------------------------------------------------------------------------------------
-# shapes
-# --------------------------------------------------------------------------------------------
-
-def normalize_shape(shape: Any) -> dict[str, Any]:
-    """A ``StudentShape`` (or any object/dict with ``student_*`` or short keys) -> dict of the short keys."""
-    if dataclasses.is_dataclass(shape):
-        shape = {f.name: getattr(shape, f.name) for f in dataclasses.fields(shape)}
-    shape = dict(shape or {})
-    out: dict[str, Any] = {}
-    for k in SHAPE_KEYS:
-        for key in (f"student_{k}", k):
-            if shape.get(key) is not None:
-                out[k] = int(shape[key])
-                break
-    unknown = set(shape) - {f"student_{k}" for k in SHAPE_KEYS} - set(SHAPE_KEYS) - {"student_arch", "arch"}
-    if unknown and not dataclasses.is_dataclass(shape):
-        # a Stage1Config has many other fields; a plain dict with stray keys is probably a typo
-        stray = [k for k in unknown if k.startswith("student_") or k in ("layer", "hidden_size", "num_layers")]
-        if stray:
-            raise StudentError(f"unknown student shape key(s) {sorted(stray)}; known: {list(SHAPE_KEYS)}")
-    for k, v in out.items():
-        if v < 1:
-            raise StudentError(f"student shape {k!r} must be >= 1, got {v}")
-    if "hidden" in out and "heads" in out and out["hidden"] % out["heads"]:
-        raise StudentError(f"student hidden size {out['hidden']} is not divisible by its {out['heads']} heads")
-    if "kv_heads" in out and out.get("heads", out["kv_heads"]) % out["kv_heads"]:
-        raise StudentError(f"student heads {out.get('heads')} are not a multiple of its {out['kv_heads']} KV heads")
-    return out
-
-
-def _round_up(n: float, multiple: int = 64) -> int:
-    return int(math.ceil(n / multiple) * multiple)
-
-
-def _special_ids(teacher_config: Any, vocab_map: VocabMap | None) -> dict[str, int | None]:
-    """bos/eos/pad ids of the teacher, translated into student rows."""
-    out = {}
-    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        v = getattr(teacher_config, name, None)
-        if isinstance(v, (list, tuple)):
-            v = v[0] if v else None
-        if v is not None and vocab_map is not None:
-            v = int(vocab_map.map_ids(torch.tensor([int(v)]))[0])
-        out[name] = v
-    return out
-
-
-def student_config(teacher_config: Any, shape: dict | Any, vocab_size: int, arch: str = "same",
-                   special: dict[str, int | None] | None = None):
-    """The student's ``PretrainedConfig``: the teacher's (``same``/``llama``) or a fresh ``gpt2``/``bert`` one."""
-    from transformers import BertConfig, GPT2Config, LlamaConfig
-
-    s = normalize_shape(shape)
-    special = special or {}
-    kind = model_kind(teacher_config)
-    if arch in ("same", "llama"):
-        if arch == "llama" or teacher_config.model_type == "llama":
-            base = teacher_config if teacher_config.model_type == "llama" else LlamaConfig()
-            cfg = copy.deepcopy(base)
-            if arch == "llama" and kind != "causal":
-                raise StudentError("a Llama (causal) student cannot learn a masked-LM teacher's distributions; "
-                                   "use student_arch='same' or 'bert'")
-        else:
-            cfg = copy.deepcopy(teacher_config)
-        # the teacher's attribute names (Llama/BERT/most HF configs use these)
-        names = {"layers": "num_hidden_layers", "hidden": "hidden_size", "heads": "num_attention_heads",
-                 "kv_heads": "num_key_value_heads", "intermediate": "intermediate_size",
-                 "max_positions": "max_position_embeddings"}
-        for k, attr in names.items():
-            if k in s:
-                if not hasattr(cfg, attr):
-                    raise StudentError(f"the {cfg.model_type} config has no {attr!r}: cannot set student {k}")
-                setattr(cfg, attr, s[k])
-        if cfg.model_type == "llama":
-            heads = cfg.num_attention_heads
-            if "kv_heads" not in s:  # StudentShape: None = as many KV heads as heads
-                cfg.num_key_value_heads = heads
-            if heads % cfg.num_key_value_heads:
-                raise StudentError(f"student heads {heads} are not a multiple of its {cfg.num_key_value_heads} KV heads")
-            cfg.head_dim = cfg.hidden_size // heads
-            if "intermediate" not in s and "hidden" in s:
-                cfg.intermediate_size = _round_up(cfg.hidden_size * 8 / 3)
-        elif "intermediate" not in s and "hidden" in s and hasattr(cfg, "intermediate_size"):
-            cfg.intermediate_size = 4 * cfg.hidden_size
-        cfg.vocab_size = vocab_size
-        for k, v in special.items():
-            setattr(cfg, k, v)
-    elif arch == "gpt2":
-        if kind != "causal":
-            raise StudentError("a GPT-2 (causal) student cannot learn a masked-LM teacher; use 'same' or 'bert'")
-        hidden = s.get("hidden", 256)
-        cfg = GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=s.get("layers", 4),
-                         n_head=s.get("heads", 4), n_inner=s.get("intermediate", 4 * hidden),
-                         n_positions=s.get("max_positions", 512), tie_word_embeddings=True, **special)
-    elif arch == "bert":
-        if kind != "masked":
-            raise StudentError("a BERT (masked-LM) student of a causal teacher would see the tokens it must "
-                               "predict; use student_arch='same', 'llama' or 'gpt2'")
-        hidden = s.get("hidden", 256)
-        cfg = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=s.get("layers", 4),
-                         num_attention_heads=s.get("heads", 4), intermediate_size=s.get("intermediate", 4 * hidden),
-                         max_position_embeddings=s.get("max_positions", 512),
-                         pad_token_id=special.get("pad_token_id") or 0)
-    else:
-        raise StudentError(f"unknown student_arch {arch!r}; use 'same', 'llama', 'gpt2' or 'bert'")
-    cfg.architectures = None
-    return cfg
+# the layer index in a parameter name: Llama/Qwen/Gemma "model.layers.3.", BERT "encoder.layer.3.", GPT-2 "h.3."
+_LAYER_INDEX = re.compile(r"\.(?:layers?|h|blocks?)\.(\d+)\.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,19 +51,10 @@ def build_student(teacher_config: Any, shape: dict | Any, vocab_map: VocabMap | 
     ``init``: ``random`` (the paper) or ``teacher``: copy evenly spaced teacher layers and the kept rows of
     the embeddings wherever the tensor shapes match (needs ``teacher``; the rest stays random).
     """
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
-
-    V = int(teacher_config.vocab_size)
-    if vocab_map is not None and vocab_map.vocab_size != V:
-        raise StudentError(f"the vocabulary map covers {vocab_map.vocab_size} teacher ids but the teacher has "
-                           f"{V}: it was built for another tokenizer/teacher")
-    K = vocab_map.num_kept if vocab_map is not None else V
-    cfg = student_config(teacher_config, shape, K, arch, _special_ids(teacher_config, vocab_map))
+    cfg = derive_student_config(teacher_config, shape, vocab_map, arch)
     if seed is not None:
         torch.manual_seed(seed)
-    masked = model_kind(teacher_config) == "masked"
-    cls = AutoModelForMaskedLM if masked else AutoModelForCausalLM
-    model = cls.from_config(cfg)
+    model = model_class(cfg).from_config(cfg)
     if getattr(model, "generation_config", None) is not None:
         for k in ("bos_token_id", "eos_token_id", "pad_token_id"):
             setattr(model.generation_config, k, getattr(cfg, k, None))
@@ -185,33 +65,46 @@ def build_student(teacher_config: Any, shape: dict | Any, vocab_map: VocabMap | 
         log.info("initialised %d of %d student tensors from the teacher", report["copied"], report["total"])
     elif init != "random":
         raise StudentError(f"unknown init {init!r}; use 'random' or 'teacher'")
+    _check_forward(model)
     model.train()
     return model
+
+
+@torch.no_grad()
+def _check_forward(model: nn.Module) -> None:
+    """One forward pass on a few tokens: what a config check cannot see fails here, before any training."""
+    model.eval()
+    ids = torch.arange(4, device=next(model.parameters()).device)[None] % int(model.config.vocab_size)
+    try:
+        logits = model(input_ids=ids).logits
+    except Exception as e:  # noqa: BLE001 - any failure means this student cannot be trained
+        raise StudentError(f"the {type(model).__name__} student fails on a 4-token input "
+                           f"({type(e).__name__}): {e}") from e
+    if logits.shape[-1] != int(model.config.vocab_size):
+        raise StudentError(f"the student gives {logits.shape[-1]} logits per position, its config says "
+                           f"{model.config.vocab_size}")
 
 
 @torch.no_grad()
 def init_from_teacher(student: nn.Module, teacher: nn.Module, vocab_map: VocabMap | None = None) -> dict[str, Any]:
     """Copy teacher tensors into the student where shapes allow.
 
-    Student layer ``i`` of ``n`` takes teacher layer ``round(i * (L - 1) / (n - 1))`` (first and last kept);
-    vocabulary-sized tensors take the kept rows. Returns counts and the names copied.
+    Student layer ``i`` of ``n`` takes teacher layer ``round(i * (L - 1) / (n - 1))`` (first and last kept,
+    :func:`glmd_lib.models.families.layer_map`, which also lays out per-layer config fields); vocabulary-sized
+    tensors take the kept rows. Returns counts and the names copied.
     """
     s_state, t_state = student.state_dict(), teacher.state_dict()
     n_s = getattr(student.config, "num_hidden_layers", None)
     n_t = getattr(teacher.config, "num_hidden_layers", None)
-    layer_map = {}
-    if n_s and n_t:
-        layer_map = {i: (round(i * (n_t - 1) / (n_s - 1)) if n_s > 1 else n_t - 1) for i in range(n_s)}
+    to_teacher = layer_map(n_s, n_t) if n_s and n_t else []
     kept = vocab_map.kept_ids if vocab_map is not None else None
     V = int(teacher.config.vocab_size)
     copied = []
-    import re
-
     for name, tensor in s_state.items():
         t_name = name
-        m = re.search(r"\.layers?\.(\d+)\.", name)
-        if m and layer_map:
-            t_name = name[:m.start(1)] + str(layer_map[int(m.group(1))]) + name[m.end(1):]
+        m = _LAYER_INDEX.search(name)
+        if m and to_teacher:
+            t_name = name[:m.start(1)] + str(to_teacher[int(m.group(1))]) + name[m.end(1):]
         src = t_state.get(t_name)
         if src is None:
             continue
@@ -261,7 +154,7 @@ def save_student(model: nn.Module, directory: Path | str, tokenizer: Any, vocab_
 
 def load_student(path: Path | str, device: torch.device | str | None = None) -> "Student":
     """Load a folder written by :func:`save_student` into a ready-to-use :class:`Student`."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+    from transformers import AutoConfig
 
     from glmd_lib.models.teacher import load_tokenizer
 
@@ -270,9 +163,7 @@ def load_student(path: Path | str, device: torch.device | str | None = None) -> 
         raise StudentError(f"{path} is not a saved student (no config.json); save it with save_student")
     tokenizer = load_tokenizer(path)
     vocab_map = VocabMap.load(path, tokenizer)
-    config = AutoConfig.from_pretrained(path)
-    cls = AutoModelForMaskedLM if model_kind(config) == "masked" else AutoModelForCausalLM
-    model = cls.from_pretrained(path, dtype=torch.float32)
+    model = model_class(AutoConfig.from_pretrained(path)).from_pretrained(path, dtype=torch.float32)
     check_student_map(model, vocab_map, where=str(path))
     model.eval()
     if device is not None:

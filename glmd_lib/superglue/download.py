@@ -131,7 +131,7 @@ def download_superglue(dest: Path | str | None = None, tasks: Iterable[str] = TA
     ``file_sha256`` overrides the per-file table (``{}`` disables the file checks). Tasks already present
     are kept unless ``overwrite``.
     """
-    from glmd_lib.config.base import resolve_superglue_dir
+    from glmd_lib.data.paths import resolve_superglue_dir
 
     dest = Path(dest) if dest is not None else resolve_superglue_dir(None)
     return [download_task(t, dest, base_url.format(task=t), (sha256 or {}).get(t), file_sha256, timeout, overwrite)

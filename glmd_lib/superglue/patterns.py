@@ -138,6 +138,11 @@ def _record(ex: Example, pid: int) -> Prompt:
                   candidates=[space + c for c in ex.candidates], after=rest)
 
 
+def _after_passage(passage: str, question: str) -> Prompt:
+    """A passage (the part truncated first when too long) followed by the question part of a pattern."""
+    return Prompt([(passage.strip(), True), (question, False)])
+
+
 def _single(task: str) -> Callable[[Example, int], Prompt]:
     def build(ex: Example, pid: int) -> Prompt:
         f = ex.fields
@@ -146,10 +151,9 @@ def _single(task: str) -> Callable[[Example, int], Prompt]:
         if task == "AX-b":
             return _nli(f["sentence1"], f["sentence2"], pid, maybe=False)
         if task == "BoolQ":
-            if pid == 0:
-                return Prompt([(f["passage"].strip(), True), (f"\nQuestion: {_q(f['question'])} Answer:", False)])
-            return Prompt([(f["passage"].strip(), True),
-                           (f"\nBased on the passage, is it true that {_q(f['question'])} Answer:", False)])
+            q = _q(f["question"])
+            return _after_passage(f["passage"], (f"\nQuestion: {q} Answer:",
+                                                 f"\nBased on the passage, is it true that {q} Answer:")[pid])
         if task == "WiC":
             w, s1, s2 = f["word"], f["sentence1"].strip(), f["sentence2"].strip()
             if pid == 0:
@@ -157,22 +161,15 @@ def _single(task: str) -> Callable[[Example, int], Prompt]:
                                 f"sentences above? Answer:", False)])
             return Prompt([(f"Does '{w}' mean the same thing in these two sentences?\n{s1}\n{s2}\nAnswer:", False)])
         if task == "WSC":
-            t = f["target"]
-            if pid == 0:
-                return Prompt([(f["text"].strip(), True),
-                               (f"\nQuestion: In the passage above, does the pronoun '{t['span2_text']}' refer to "
-                                f"{t['span1_text']}? Answer:", False)])
-            return Prompt([(f["text"].strip(), True),
-                           (f"\nIn the passage above, the pronoun '{t['span2_text']}' refers to {t['span1_text']}. "
-                            f"True or False? Answer:", False)])
+            pron, ref = f["target"]["span2_text"], f["target"]["span1_text"]
+            return _after_passage(f["text"], (
+                f"\nQuestion: In the passage above, does the pronoun '{pron}' refer to {ref}? Answer:",
+                f"\nIn the passage above, the pronoun '{pron}' refers to {ref}. True or False? Answer:")[pid])
         if task == "MultiRC":
-            if pid == 0:
-                return Prompt([(f["paragraph"].strip(), True),
-                               (f"\nQuestion: {f['question'].strip()}\nIs the answer \"{f['answer'].strip()}\" "
-                                f"correct? Answer:", False)])
-            return Prompt([(f["paragraph"].strip(), True),
-                           (f"\nQuestion: {f['question'].strip()}\nCandidate answer: {f['answer'].strip()}\n"
-                            f"Is the candidate answer true? Answer:", False)])
+            q, a = f["question"].strip(), f["answer"].strip()
+            return _after_passage(f["paragraph"], (
+                f"\nQuestion: {q}\nIs the answer \"{a}\" correct? Answer:",
+                f"\nQuestion: {q}\nCandidate answer: {a}\nIs the candidate answer true? Answer:")[pid])
         raise AssertionError(task)
     return build
 

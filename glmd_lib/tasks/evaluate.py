@@ -1,4 +1,4 @@
-"""SuperGLUE evaluation of any set of models on the dev splits (notebook 06).
+"""SuperGLUE evaluation of any set of models on the dev splits: ``run_eval(cfg)`` is notebook 06's work.
 
 Models:
 * ``zero_shot``: the pre-trained teacher, prompted with the task patterns, no training;
@@ -11,6 +11,7 @@ Models:
 AX-b and AX-g are scored with RTE's patterns and, for task models, with the RTE model. Results are
 long-format rows ``(model, task, metric, value, params, n_examples)``; one ``metric == "score"`` row per
 task holds the task score (two-metric tasks averaged), which ``summarize`` turns into per-model averages.
+Every prediction goes through :func:`glmd_lib.tasks.scoring.predict_clozes`, the one predict path.
 """
 from __future__ import annotations
 
@@ -22,14 +23,21 @@ from typing import Any
 import pandas as pd
 import torch
 
+from glmd_lib.artifacts import STAGES, artifact, atomic_write_csv, atomic_write_json, is_complete, mark_complete, \
+    save_figure
+from glmd_lib.device import get_device
+from glmd_lib.models.student import load_student
 from glmd_lib.models.teacher import count_parameters, load_teacher, model_kind
-from glmd_lib.artifacts import atomic_write_json, atomic_write_text
-from glmd_lib.tasks.scoring import score_clozes
-from glmd_lib.superglue.data import DIAGNOSTICS, LABELS, has_split, read_split, subsample
+from glmd_lib.superglue.data import DIAGNOSTICS, example_texts, has_split, read_split, subsample
 from glmd_lib.superglue.metrics import majority_label, overall_score, task_metrics, task_score
 from glmd_lib.superglue.patterns import build_cloze
+from glmd_lib.tasks.figures import confusion_figure, scores_figure
+from glmd_lib.tasks.scoring import predict_clozes
+from glmd_lib.tasks.submission import write_submission
 
 COLUMNS = ["model", "task", "metric", "value", "params", "n_examples"]
+# an entry of EvalConfig.models -> (the model's name, the stage that trains it, its per-task artifact)
+TASK_MODELS = {"teachers": ("teacher", "teachers", "model"), "students": ("student", "stage2", "student")}
 
 
 def eval_split(task: str) -> str:
@@ -54,60 +62,57 @@ class ModelSpec:
 
 
 def discover_models(run_dir: str | Path, teacher: str, tasks: list[str], which: list[str]) -> tuple[list[ModelSpec], list[str]]:
-    """The models asked for in ``which`` (zero_shot, teachers, students) that exist; plus notes on the rest."""
-    run_dir = Path(run_dir)
+    """The models asked for in ``which`` (zero_shot, teachers, students) that exist; plus notes on the rest
+    (missing task models, and stages not marked complete whose models are used as found)."""
     specs, notes = [], []
     for kind in which:
         if kind == "zero_shot":
             specs.append(ModelSpec("zero_shot", {"*": teacher}))
             continue
-        sub, leaf, name = {"teachers": ("teachers", "model", "teacher"),
-                           "students": ("stage2", "student", "student")}[kind]
+        name, stage, leaf = TASK_MODELS[kind]
         paths, missing = {}, []
         for task in sorted({model_task(t) for t in tasks}):
-            folder = run_dir / sub / task / leaf
+            folder = artifact(run_dir, stage, leaf, task)
             if (folder / "config.json").exists():
                 paths[task] = str(folder)
             else:
                 missing.append(task)
+        nb = STAGES[stage].notebook
         if paths:
             specs.append(ModelSpec(name, paths))
+            if not is_complete(Path(run_dir) / stage):
+                notes.append(f"{stage}/ is not marked complete (notebook {nb} interrupted?): its models are used "
+                             f"as found")
         if missing:
-            nb = "04_teacher_finetune" if kind == "teachers" else "05_stage2_distillation"
-            notes.append(f"no {name} for {', '.join(missing)} (expected {run_dir / sub}/<TASK>/{leaf}/; "
+            notes.append(f"no {name} for {', '.join(missing)} (expected {Path(run_dir) / stage}/<TASK>/{leaf}/; "
                          f"run notebook {nb} for them): skipped")
     return specs, notes
 
 
 def load_for_eval(path: str, device: torch.device | str | None = None):
-    """``(model, tokenizer, vocab_map)`` of a teacher name/folder or a student folder with vocab_map.json."""
+    """``(model, tokenizer, vocab_map)`` of a teacher name/folder, or of a student folder (``vocab_map.json``)."""
     folder = Path(path)
     if folder.is_dir() and (folder / "vocab_map.json").exists():
-        try:  # the student module knows its own format best
-            from glmd_lib.models.student import load_student  # type: ignore[attr-defined]
-
-            st = load_student(folder)
-            model = st.model.to(device) if device is not None else st.model
-            return model.eval(), st.tokenizer, st.vocab_map
-        except ImportError:
-            pass
-        from glmd_lib.vocab.vocab_map import VocabMap  # type: ignore[attr-defined]
-
-        model, tok = load_teacher(folder, device=device)
-        return model, tok, VocabMap.load(folder, tok)
+        st = load_student(folder, device=device)
+        return st.model.eval(), st.tokenizer, st.vocab_map
     model, tok = load_teacher(path, device=device)
     return model, tok, None
 
 
+def evaluate_clozes(model, task: str, clozes, examples, batch_size: int = 16, vocab_map: Any = None,
+                    bf16: bool | None = None) -> dict[str, Any]:
+    """Dev metrics of ``model`` on prepared clozes (with their examples): metrics, score, predictions, scores."""
+    preds, scores = predict_clozes(model, clozes, vocab_map=vocab_map, batch_size=batch_size, bf16=bf16)
+    metrics = task_metrics(task, preds, examples)
+    return {"metrics": metrics, "score": task_score(task, metrics), "predictions": preds, "scores": scores}
+
+
 def evaluate_task(model, tokenizer, task: str, examples, vocab_map: Any = None, batch_size: int = 16,
-                  pattern_id: int = 0, max_len: int = 256, bf16: bool = False) -> dict[str, Any]:
+                  pattern_id: int = 0, max_len: int = 256, bf16: bool | None = None) -> dict[str, Any]:
     """Metrics, score, predictions and scores of one model on one task's examples."""
     kind = model_kind(model.config)
     clozes = build_cloze(task, examples, tokenizer, kind=kind, pattern_id=pattern_id, max_len=max_len)
-    scores = score_clozes(model, clozes, vocab_map=vocab_map, batch_size=batch_size, bf16=bf16)
-    preds = [c.choices[int(torch.argmax(s))] if len(s) else None for c, s in zip(clozes, scores)]
-    metrics = task_metrics(task, preds, examples)
-    return {"metrics": metrics, "score": task_score(task, metrics), "predictions": preds, "scores": scores}
+    return evaluate_clozes(model, task, clozes, examples, batch_size, vocab_map, bf16)
 
 
 def _rows(name: str, task: str, metrics: dict[str, float], score: float, params: int | None, n: int) -> list[dict]:
@@ -116,24 +121,28 @@ def _rows(name: str, task: str, metrics: dict[str, float], score: float, params:
     return rows
 
 
+def _by_path(spec: ModelSpec, tasks: list[str]) -> dict[str, list[str]]:
+    """The tasks of ``spec`` grouped by model folder, so each folder is loaded once."""
+    out: dict[str, list[str]] = {}
+    for t in tasks:
+        p = spec.path_for(t)
+        if p is not None:
+            out.setdefault(p, []).append(t)
+    return out
+
+
 def evaluate_models(specs: list[ModelSpec], tasks: list[str], data_dir=None, max_examples: int | None = None,
                     batch_size: int = 16, seed: int = 0, pattern_id: int = 0, max_len: int = 256,
-                    bf16: bool = False, device=None, log_fn=print) -> tuple[pd.DataFrame, dict]:
+                    bf16: bool | None = None, device=None, log_fn=print) -> tuple[pd.DataFrame, dict]:
     """Evaluate every spec on every task it has a model for; returns (rows, details).
 
     ``details[(model, task)]`` holds examples, predictions and scores (for confusion matrices and errors).
-    Each model folder is loaded once, whatever the number of tasks it answers.
     """
     say = log_fn or (lambda s: None)
     rows, details = [], {}
     examples = {t: subsample(read_split(t, eval_split(t), data_dir), max_examples, seed=seed) for t in tasks}
     for spec in specs:
-        by_path: dict[str, list[str]] = {}
-        for t in tasks:
-            p = spec.path_for(t)
-            if p is not None:
-                by_path.setdefault(p, []).append(t)
-        for path, ptasks in by_path.items():
+        for path, ptasks in _by_path(spec, tasks).items():
             model, tok, vmap = load_for_eval(path, device=device)
             params = count_parameters(model)
             for t in ptasks:
@@ -184,70 +193,107 @@ def summarize(results: pd.DataFrame) -> dict[str, dict[str, Any]]:
     return out
 
 
-def write_results(results: pd.DataFrame, out_dir: str | Path) -> tuple[Path, Path]:
-    """``results.csv`` and ``summary.json`` in ``out_dir`` (atomically)."""
-    out_dir = Path(out_dir)
-    csv = atomic_write_text(out_dir / "results.csv", results.to_csv(index=False))
-    summ = atomic_write_json(out_dir / "summary.json", summarize(results))
+def score_table(results: pd.DataFrame, models: list[str]) -> pd.DataFrame:
+    """Task scores (rows: tasks; columns: ``models`` in that order, those present) plus ``average`` (each model
+    over its own main tasks, as ``summary.json``) and ``average (common tasks)`` (only the main tasks every
+    model has, so it compares like with like)."""
+    summary = summarize(results)
+    scores = results[results.metric == "score"].pivot_table(index="task", columns="model", values="value",
+                                                            sort=False)
+    scores = scores[[m for m in dict.fromkeys(models) if m in scores.columns]]
+    common = [t for t in scores.index if t not in DIAGNOSTICS and scores.loc[t].notna().all()]
+    scores.loc["average"] = [summary[m]["average"] for m in scores.columns]
+    scores.loc["average (common tasks)"] = scores.loc[common].mean() if common else float("nan")
+    return scores
+
+
+def write_results(results: pd.DataFrame, run_dir: str | Path) -> tuple[Path, Path]:
+    """``eval/results.csv`` and ``eval/summary.json`` of ``run_dir`` (atomically)."""
+    csv = atomic_write_csv(artifact(run_dir, "eval", "results.csv"), results)
+    summ = atomic_write_json(artifact(run_dir, "eval", "summary.json"), summarize(results))
     return csv, summ
 
 
-# ----------------------------------------------------------------------------------------------
-# leaderboard submission files
-# ----------------------------------------------------------------------------------------------
-
-SUBMISSION_NAMES = {"BoolQ": "BoolQ", "CB": "CB", "COPA": "COPA", "MultiRC": "MultiRC", "ReCoRD": "ReCoRD",
-                    "RTE": "RTE", "WiC": "WiC", "WSC": "WSC", "AX-b": "AX-b", "AX-g": "AX-g"}
-
-
-def submission_lines(task: str, examples, predictions) -> list[dict]:
-    """Records in the leaderboard's format: ``{"idx", "label"}``, booleans as "true"/"false",
-    MultiRC nested per paragraph and question."""
-    if task == "MultiRC":
-        paras: dict[int, dict[int, list]] = {}
-        for ex, p in zip(examples, predictions):
-            pi, qi, ai = ex.idx
-            paras.setdefault(pi, {}).setdefault(qi, []).append({"idx": ai, "label": int(p)})
-        return [{"idx": pi, "passage": {"questions": [{"idx": qi, "answers": ans} for qi, ans in qs.items()]}}
-                for pi, qs in paras.items()]
-    out = []
-    for ex, p in zip(examples, predictions):
-        label = str(p).lower() if isinstance(p, bool) else p
-        out.append({"idx": ex.idx, "label": label})
-    return out
-
-
-def write_submission(task: str, examples, predictions, out_dir: str | Path) -> Path:
-    """``<out_dir>/<Task>.jsonl`` for the leaderboard (zip the folder to submit)."""
-    import json
-
-    lines = submission_lines(task, examples, predictions)
-    return atomic_write_text(Path(out_dir) / f"{SUBMISSION_NAMES[task]}.jsonl",
-                             "\n".join(json.dumps(r) for r in lines) + "\n")
-
-
-def predict_test(spec: ModelSpec, tasks: list[str], out_dir, data_dir=None, batch_size: int = 16,
-                 pattern_id: int = 0, max_len: int = 256, bf16: bool = False, device=None) -> list[Path]:
-    """Test-split predictions of ``spec`` written in the submission format (tasks without a model skipped)."""
+def write_test_predictions(spec: ModelSpec, tasks: list[str], out_dir, data_dir=None, batch_size: int = 16,
+                           pattern_id: int = 0, max_len: int = 256, bf16: bool | None = None,
+                           device=None) -> list[Path]:
+    """Test-split predictions of ``spec`` in the leaderboard's format (tasks without a model skipped)."""
     written = []
-    for t in tasks:
-        path = spec.path_for(t)
-        if path is None:
-            continue
+    for path, ptasks in _by_path(spec, tasks).items():
         model, tok, vmap = load_for_eval(path, device=device)
-        exs = read_split(t, "test", data_dir)
-        clozes = build_cloze(t, exs, tok, kind=model_kind(model.config), pattern_id=pattern_id, max_len=max_len)
-        scores = score_clozes(model, clozes, vocab_map=vmap, batch_size=batch_size, bf16=bf16)
-        preds = [c.choices[int(torch.argmax(s))] for c, s in zip(clozes, scores)]
-        written.append(write_submission(t, exs, preds, out_dir))
+        for t in ptasks:
+            exs = read_split(t, "test", data_dir)
+            clozes = build_cloze(t, exs, tok, kind=model_kind(model.config), pattern_id=pattern_id, max_len=max_len)
+            preds, _ = predict_clozes(model, clozes, vocab_map=vmap, batch_size=batch_size, bf16=bf16)
+            written.append(write_submission(t, exs, preds, out_dir))
     return written
 
 
-def confusion(task: str, examples, predictions) -> pd.DataFrame:
-    """Confusion matrix (rows: gold, columns: predicted) of a classification task."""
-    labels = LABELS.get(model_task(task)) or LABELS.get(task)
-    m = pd.DataFrame(0, index=pd.Index([str(l) for l in labels], name="gold"),
-                     columns=pd.Index([str(l) for l in labels], name="predicted"))
-    for ex, p in zip(examples, predictions):
-        m.loc[str(ex.label), str(p)] += 1
-    return m
+# ----------------------------------------------------------------------------------------------
+# the stage (notebook 06)
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class EvalRun:
+    """What :func:`run_eval` computed: the long-format ``results`` (also in ``eval/results.csv``), the task
+    ``scores`` table, per-(model, task) ``details`` (examples, predictions), the models and notes, the
+    figures (also saved as PNGs in ``eval/``) and any submission files written."""
+
+    results: pd.DataFrame
+    scores: pd.DataFrame
+    details: dict
+    specs: list[ModelSpec]
+    notes: list[str]
+    figures: dict[str, Any]
+    submission: list[Path]
+
+
+def run_eval(cfg, log_fn=print) -> EvalRun:
+    """Notebook 06: evaluate the run's models (and the majority baseline) on the dev splits; write
+    ``eval/results.csv``, ``summary.json``, the figures and (``write_test_predictions``) ``eval/submission/``;
+    mark the stage complete."""
+    say = log_fn or (lambda s: None)
+    t0 = time.perf_counter()
+    cfg.save()
+    specs, notes = discover_models(cfg.run_dir, cfg.teacher, cfg.tasks, cfg.models)
+    device = get_device(cfg.device)
+    scored, details = evaluate_models(specs, cfg.tasks, cfg.superglue_dir, max_examples=cfg.max_eval_examples,
+                                      batch_size=cfg.batch_size, seed=cfg.seed, pattern_id=cfg.pattern_id,
+                                      max_len=cfg.max_seq_len, bf16=cfg.bf16, device=device, log_fn=log_fn)
+    majority, maj_details = majority_rows(cfg.tasks, cfg.superglue_dir)
+    details.update(maj_details)
+    results = pd.concat([df for df in (scored, majority) if len(df)], ignore_index=True)
+    write_results(results, cfg.run_dir)
+    scores = score_table(results, [s.name for s in specs] + ["majority"])
+    submission = []
+    if cfg.write_test_predictions:
+        by_name = {s.name: s for s in specs}
+        spec = by_name.get("teacher") or by_name.get("zero_shot")
+        if spec is None:
+            notes.append("no test predictions: they need the task teachers or the zero-shot teacher in `models`")
+        else:
+            submission = write_test_predictions(spec, cfg.tasks, cfg.out_dir / "submission", cfg.superglue_dir,
+                                                cfg.batch_size, cfg.pattern_id, cfg.max_seq_len, cfg.bf16, device)
+            say(f"{spec.name}: test predictions written: {', '.join(p.name for p in submission)}")
+    figures = {"scores_per_task": scores_figure(scores),
+               "confusion": confusion_figure(details, [s.name for s in specs], cfg.tasks)}
+    for name, fig in figures.items():
+        if fig is not None:
+            save_figure(fig, cfg.out_dir, name)
+    mark_complete(cfg.out_dir, list(STAGES["eval"].files))
+    say(f"evaluation: {time.perf_counter() - t0:.0f}s")
+    return EvalRun(results, scores, details, specs, notes, figures, submission)
+
+
+def wrong_examples(details: dict, n: int) -> pd.DataFrame:
+    """Up to ``n`` examples per model and task that the model gets wrong (texts shortened; majority left out)."""
+    rows = []
+    for (name, task), d in details.items():
+        if name == "majority":
+            continue
+        wrong = [(ex, p) for ex, p in zip(d["examples"], d["predictions"]) if p != ex.label]
+        for ex, p in wrong[:n]:
+            text = " | ".join(t if len(t) < 120 else t[:117] + "..." for t in example_texts(ex))
+            rows.append({"model": name, "task": task, "idx": str(ex.idx), "gold": ex.label, "predicted": p,
+                         "text": text})
+    return pd.DataFrame(rows, columns=["model", "task", "idx", "gold", "predicted", "text"])

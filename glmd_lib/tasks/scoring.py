@@ -1,7 +1,9 @@
-"""Scores of a language model on SuperGLUE clozes (see ``glmd_lib.superglue.patterns``).
+"""Scores of a language model on SuperGLUE clozes (see ``glmd_lib.superglue.patterns``), and THE predict path.
 
-``task_scores`` is differentiable (stage 2 back-propagates through it into the student); ``predict``
-wraps it for inference: clozes sorted by length, batched, argmax, mapped back to label values.
+``task_scores`` is differentiable (fine-tuning and stage 2 back-propagate through it); ``predict_clozes`` is the
+one way from a model to predictions everywhere (teacher dev scores, stage-2 selection, notebook 06, test
+submissions): clozes batched by length, scores under the precision rule of ``glmd_lib.device``, argmax,
+mapped back to label values.
 
 Scores are log-probabilities under the model's full softmax: the verbalizer token's log-probability
 at the answer position for single-token tasks, the sum over the candidate's tokens for candidate
@@ -21,19 +23,13 @@ from typing import Any, Sequence
 
 import torch
 
-from glmd_lib.device import autocast as _autocast, use_bf16
-from glmd_lib.superglue.patterns import Cloze, build_cloze
+from glmd_lib.device import autocast, use_bf16
+from glmd_lib.superglue.patterns import Cloze
 
 # architectures whose base model's last hidden state goes straight into the output layer: for them
 # the (large) vocabulary projection is computed only at the positions that are read
 _HIDDEN_PATH = ("llama", "gpt2", "mistral", "qwen2")
 PAD_MULTIPLE = 32  # batches are padded to a multiple of this many positions
-
-
-def autocast(device: torch.device | str | None, bf16: bool = False):
-    """bf16 on CUDA always, on CPU when ``bf16`` is asked for (``glmd_lib.device``'s rule with None for False)."""
-    device = torch.device(device or "cpu")
-    return _autocast(device, use_bf16(device, True if bf16 else None))
 
 
 def collate_sequences(seqs: Sequence[Sequence[int]], pad_id: int,
@@ -64,12 +60,6 @@ def _map_ids(vocab_map: Any, ids: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(out, dtype=torch.long).to(ids.device)
 
 
-def _model_kind(model) -> str:
-    from glmd_lib.models.teacher import model_kind
-
-    return model_kind(model.config)
-
-
 def _device_of(model) -> torch.device:
     try:
         return next(model.parameters()).device
@@ -91,6 +81,70 @@ def _read_log_probs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     return torch.log_softmax(logits.float(), dim=-1)
 
 
+def _read_plan(clozes: Sequence[Cloze], kind: str) -> tuple[list[int], list[int], list[int], list[tuple[int, int]]]:
+    """Where each score is read in the collated batch: ``(rows, cols, targets, owner)``, one entry per read.
+
+    Single-token clozes: one read at the answer position (``owner = (cloze, -1)``, the choice tokens are taken
+    there). Candidate clozes: one read per candidate token (causal LMs predict token ``t`` at ``t - 1``),
+    ``owner = (cloze, choice)`` and ``target`` the token id.
+    """
+    rows, cols, targets, owner = [], [], [], []
+    row = 0
+    for ci, c in enumerate(clozes):
+        if c.single_token:
+            rows.append(row)
+            cols.append(c.answer_positions[0])
+            owner.append((ci, -1))
+            targets.append(-1)
+            row += 1
+            continue
+        for j, ((start, _end), cand) in enumerate(zip(c.candidate_spans, c.candidate_ids)):
+            for k, t in enumerate(cand):
+                read_at = start + k - 1 if kind == "causal" else start + k
+                if read_at < 0:
+                    raise ValueError(f"{c.task} {c.idx}: a causal candidate cannot start at position 0")
+                rows.append(row + j)
+                cols.append(read_at)
+                targets.append(t)
+                owner.append((ci, j))
+        row += len(c.sequences)
+    return rows, cols, targets, owner
+
+
+def _single_token_scores(out: torch.Tensor, lp: torch.Tensor, owner: list[tuple[int, int]],
+                         clozes: Sequence[Cloze], vocab_map: Any) -> torch.Tensor:
+    """Fill the rows of single-token clozes: the choice tokens' log-probabilities at the answer position."""
+    single = [k for k, (_ci, j) in enumerate(owner) if j == -1]
+    if not single:
+        return out
+    width, dev = out.shape[1], lp.device
+    ci_list = [owner[k][0] for k in single]
+    n_ch = [clozes[ci].n_choices for ci in ci_list]
+    choice = torch.as_tensor([clozes[ci].choice_token_ids + [0] * (width - n) for ci, n in zip(ci_list, n_ch)],
+                             device=dev)
+    vals = lp[torch.as_tensor(single, device=dev)].gather(1, _map_ids(vocab_map, choice))  # [S, width]
+    valid = torch.arange(width, device=dev)[None, :] < torch.as_tensor(n_ch, device=dev)[:, None]
+    out[torch.as_tensor(ci_list, device=dev)] = torch.where(valid, vals, torch.full_like(vals, -math.inf))
+    return out
+
+
+def _candidate_scores(out: torch.Tensor, lp: torch.Tensor, owner: list[tuple[int, int]], targets: list[int],
+                      vocab_map: Any) -> torch.Tensor:
+    """Fill the candidate clozes' cells: the sum of each candidate's token log-probabilities."""
+    multi = [k for k, (_ci, j) in enumerate(owner) if j >= 0]
+    if not multi:
+        return out
+    n, width = out.shape
+    dev = lp.device
+    tgt = _map_ids(vocab_map, torch.as_tensor([targets[k] for k in multi], device=dev))
+    tok_lp = lp[torch.as_tensor(multi, device=dev), tgt]
+    slot = torch.as_tensor([owner[k][0] * width + owner[k][1] for k in multi], device=dev)
+    sums = torch.zeros(n * width, device=dev, dtype=lp.dtype).index_add(0, slot, tok_lp)
+    filled = torch.zeros(n * width, dtype=torch.bool, device=dev)
+    filled[slot] = True
+    return torch.where(filled.view(n, width), sums.view(n, width), out)
+
+
 def task_scores(model, clozes: Sequence[Cloze], vocab_map: Any = None,
                 device: torch.device | str | None = None) -> torch.Tensor:
     """Scores ``[B, max_choices]`` of ``clozes`` (one forward pass over all their sequences).
@@ -104,61 +158,16 @@ def task_scores(model, clozes: Sequence[Cloze], vocab_map: Any = None,
     kinds = {c.kind for c in clozes}
     if len(kinds) != 1:
         raise ValueError(f"clozes of mixed kinds {sorted(kinds)}")
-    kind = kinds.pop()
     seqs = [s for c in clozes for s in c.sequences]
     input_ids, attention_mask = collate_sequences(seqs, pad_id=0, pad_to_multiple_of=PAD_MULTIPLE)
     input_ids = _map_ids(vocab_map, input_ids).to(device)
-    attention_mask = attention_mask.to(device)
-
-    # which (row, position) to read and which token's log-prob to take there, and where it goes
-    rows, cols, targets, owner = [], [], [], []  # owner: (cloze, choice)
-    row = 0
-    for ci, c in enumerate(clozes):
-        if c.single_token:
-            rows.append(row)
-            cols.append(c.answer_positions[0])
-            owner.append((ci, -1))
-            targets.append(-1)
-            row += 1
-            continue
-        for j, ((start, end), cand) in enumerate(zip(c.candidate_spans, c.candidate_ids)):
-            for k, t in enumerate(cand):
-                pos = start + k
-                read_at = pos - 1 if kind == "causal" else pos
-                if read_at < 0:
-                    raise ValueError(f"{c.task} {c.idx}: a causal candidate cannot start at position 0")
-                rows.append(row + j)
-                cols.append(read_at)
-                targets.append(t)
-                owner.append((ci, j))
-        row += len(c.sequences)
-
-    lp = _read_log_probs(model, input_ids, attention_mask,
+    rows, cols, targets, owner = _read_plan(clozes, kinds.pop())
+    lp = _read_log_probs(model, input_ids, attention_mask.to(device),
                          torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device))
     width = max(c.n_choices for c in clozes)
     out = torch.full((len(clozes), width), float("-inf"), device=lp.device, dtype=lp.dtype)
-
-    single = [k for k, (ci, j) in enumerate(owner) if j == -1]
-    if single:
-        k_idx = torch.as_tensor(single, device=lp.device)
-        ci_list = [owner[k][0] for k in single]
-        n_ch = [clozes[ci].n_choices for ci in ci_list]
-        choice = torch.as_tensor([clozes[ci].choice_token_ids + [0] * (width - n) for ci, n in zip(ci_list, n_ch)],
-                                 device=lp.device)
-        vals = lp[k_idx].gather(1, _map_ids(vocab_map, choice))  # [S, width]
-        valid = torch.arange(width, device=lp.device)[None, :] < torch.as_tensor(n_ch, device=lp.device)[:, None]
-        out[torch.as_tensor(ci_list, device=lp.device)] = torch.where(valid, vals, torch.full_like(vals, -math.inf))
-    multi = [k for k, (ci, j) in enumerate(owner) if j >= 0]
-    if multi:
-        k_idx = torch.as_tensor(multi, device=lp.device)
-        tgt = _map_ids(vocab_map, torch.as_tensor([targets[k] for k in multi], device=lp.device))
-        tok_lp = lp[k_idx, tgt]
-        slot = torch.as_tensor([owner[k][0] * width + owner[k][1] for k in multi], device=lp.device)
-        sums = torch.zeros(len(clozes) * width, device=lp.device, dtype=lp.dtype).index_add(0, slot, tok_lp)
-        filled = torch.zeros(len(clozes) * width, dtype=torch.bool, device=lp.device)
-        filled[slot] = True
-        out = torch.where(filled.view(len(clozes), width), sums.view(len(clozes), width), out)
-    return out
+    out = _single_token_scores(out, lp, owner, clozes, vocab_map)
+    return _candidate_scores(out, lp, owner, targets, vocab_map)
 
 
 def batches_by_length(clozes: Sequence[Cloze], batch_size: int) -> list[list[int]]:
@@ -179,30 +188,27 @@ def batches_by_length(clozes: Sequence[Cloze], batch_size: int) -> list[list[int
 
 
 @torch.no_grad()
-def score_clozes(model, clozes: Sequence[Cloze], vocab_map: Any = None, batch_size: int = 16,
-                 device: torch.device | str | None = None, bf16: bool = False) -> list[torch.Tensor]:
-    """Inference scores of every cloze (a 1-D float32 CPU tensor of its choices each), in input order."""
+def predict_clozes(model, clozes: Sequence[Cloze], vocab_map: Any = None, batch_size: int = 16,
+                   bf16: bool | None = None) -> tuple[list[Any], list[torch.Tensor]]:
+    """THE predict path: ``(predictions, scores)`` of ``model`` on ``clozes``, in input order.
+
+    A prediction is the label value of the best-scoring choice (COPA: the choice index; ReCoRD: the entity
+    string; None for a cloze without choices); a score is a 1-D float32 CPU tensor over the cloze's choices.
+    Clozes are batched by length (at most ``batch_size`` sequences a forward pass); ``bf16`` follows
+    :func:`glmd_lib.device.use_bf16` (None: bf16 on CUDA only). The model's train/eval mode is restored.
+    """
     was_training = model.training
     model.eval()
-    out: list[torch.Tensor | None] = [None] * len(clozes)
-    dev = torch.device(device) if device is not None else _device_of(model)
+    scores: list[torch.Tensor | None] = [None] * len(clozes)
+    dev = _device_of(model)
+    half = use_bf16(dev, bf16)
     try:
         for idx in batches_by_length(clozes, batch_size):
-            with autocast(dev, bf16):
+            with autocast(dev, half):
                 s = task_scores(model, [clozes[i] for i in idx], vocab_map=vocab_map, device=dev).float().cpu()
             for row, i in enumerate(idx):
-                out[i] = s[row, :clozes[i].n_choices]
+                scores[i] = s[row, :clozes[i].n_choices]
     finally:
         model.train(was_training)
-    return out  # type: ignore[return-value]
-
-
-def predict(model, task: str, examples, tokenizer, vocab_map: Any = None, batch_size: int = 16,
-            kind: str | None = None, pattern_id: int = 0, max_len: int = 256,
-            device: torch.device | str | None = None, bf16: bool = False) -> tuple[list[Any], list[torch.Tensor]]:
-    """Predicted label values (COPA: choice index; ReCoRD: entity string) and per-example scores."""
-    kind = kind or _model_kind(model)
-    clozes = build_cloze(task, list(examples), tokenizer, kind=kind, pattern_id=pattern_id, max_len=max_len)
-    scores = score_clozes(model, clozes, vocab_map=vocab_map, batch_size=batch_size, device=device, bf16=bf16)
     preds = [c.choices[int(torch.argmax(s))] if len(s) else None for c, s in zip(clozes, scores)]
-    return preds, scores
+    return preds, scores  # type: ignore[return-value]

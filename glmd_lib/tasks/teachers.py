@@ -1,38 +1,41 @@
-"""Task teachers: fine-tune the pre-trained teacher on one SuperGLUE task's gold labels.
+"""Task teachers: fine-tune the pre-trained teacher on one SuperGLUE task's gold labels (notebook 04).
 
 This is the only place in GLMD where labels train anything: the task teachers made here are what
 stage 2 distils into the student. The loss is the cross-entropy of the gold choice under the softmax
 of the cloze scores (verbalizer log-probabilities, or candidate log-likelihoods for COPA/ReCoRD), as in
-PET/GLM. The dev score is measured before training (zero-shot) and at ``evals_per_epoch`` points per
-epoch; the best fine-tuned checkpoint is kept.
+PET/GLM. Training runs on the one training loop, :class:`glmd_lib.trainer.Trainer` (AdamW without weight
+decay, linear decay to 0, clipping at 1, NaN guard), over length-bucketed batches (less padding). The dev
+score is measured before training (zero-shot) and ``evals_per_epoch`` times per epoch by the trainer's
+best-checkpoint hook (:class:`glmd_lib.trainer.BestCheckpoint`); the best fine-tuned checkpoint is kept.
 
 To make this affordable on a CPU, only the top ``train_layers`` transformer layers (and the parameters
 after the layer stack, such as the final norm) are trained; the embeddings and lower layers stay frozen,
 so autograd records nothing below the first trainable layer.
 
-Artifacts, in ``<run_dir>/teachers/<TASK>/``: ``model/`` (``save_pretrained`` + tokenizer, written
-atomically) and ``metrics.json`` (dev metrics before and after, the history, the timings).
+Artifacts (:data:`glmd_lib.artifacts.STAGES` ``["teachers"]``): ``teachers/<TASK>/model/`` (``save_pretrained``
++ tokenizer, written atomically) and ``metrics.json`` (dev metrics before and after, the evaluations, the
+timings) per task, ``teachers/summary.json`` for the run.
 """
 from __future__ import annotations
 
-import logging
 import math
 import random
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from glmd_lib.device import get_device
+from glmd_lib.artifacts import STAGES, artifact, atomic_path, atomic_write_json, mark_complete
+from glmd_lib.device import get_device, use_bf16
 from glmd_lib.models.teacher import count_parameters, load_teacher, model_kind
-from glmd_lib.artifacts import atomic_path, atomic_write_json
-from glmd_lib.tasks.scoring import autocast, score_clozes, task_scores
-from glmd_lib.superglue.data import read_split, subsample
-from glmd_lib.superglue.metrics import task_metrics, task_score
-from glmd_lib.superglue.patterns import build_cloze
-
-log = logging.getLogger(__name__)
+from glmd_lib.superglue.data import Example, read_split, subsample
+from glmd_lib.superglue.patterns import Cloze, build_cloze
+from glmd_lib.tasks.evaluate import evaluate_clozes
+from glmd_lib.tasks.scoring import task_scores
+from glmd_lib.trainer import BestCheckpoint, IndexBatches, TrainConfig, Trainer
 
 
 def transformer_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
@@ -47,7 +50,7 @@ def transformer_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
 def freeze_lower_layers(model: torch.nn.Module, train_layers: int) -> int:
     """Train only the top ``train_layers`` layers plus the non-embedding parameters outside the layer
     stack (final norm, MLM head transform); ``train_layers=0`` trains everything. Returns the number
-    of trainable parameters."""
+    of trainable parameters (the trainer optimises exactly those: the ones that require grad)."""
     if train_layers <= 0:
         for p in model.parameters():
             p.requires_grad_(True)
@@ -64,14 +67,9 @@ def freeze_lower_layers(model: torch.nn.Module, train_layers: int) -> int:
     return count_parameters(model, trainable_only=True)
 
 
-def evaluate_clozes(model, task: str, clozes, examples, batch_size: int = 16, vocab_map: Any = None,
-                    bf16: bool = False) -> dict:
-    """Dev metrics of ``model`` on prepared clozes (with their examples): metrics, score, predictions."""
-    scores = score_clozes(model, clozes, vocab_map=vocab_map, batch_size=batch_size, bf16=bf16)
-    preds = [c.choices[int(torch.argmax(s))] if len(s) else None for c, s in zip(clozes, scores)]
-    metrics = task_metrics(task, preds, examples)
-    return {"metrics": metrics, "score": task_score(task, metrics), "predictions": preds}
-
+# --------------------------------------------------------------------------------------------
+# batches and loss
+# --------------------------------------------------------------------------------------------
 
 def length_bucketed_batches(lengths: list[int], batch_size: int, rng: random.Random,
                             bucket_batches: int = 8) -> list[list[int]]:
@@ -88,108 +86,185 @@ def length_bucketed_batches(lengths: list[int], batch_size: int, rng: random.Ran
     return batches
 
 
-def finetune_teacher(cfg, task: str, data_dir: str | Path | None = None,
-                     log_fn: Callable[[str], None] | None = print) -> dict[str, Any]:
-    """Fine-tune ``cfg.teacher`` on ``task`` (``cfg``: a ``TeacherConfig``); save model and metrics.json.
+class LengthBatches(IndexBatches):
+    """The trainer's batch source for fine-tuning: epochs of :func:`length_bucketed_batches` (every example
+    once per epoch; the last batch of a window may be short). Epoch ``e`` is drawn from ``seed + e`` and
+    ``pos`` counts batches, so the position is a checkpointable state like :class:`IndexBatches`'. One process
+    only: batches differ in size, so ranks could not move through them in step."""
 
-    Returns the metrics dict that is also written to ``<cfg.out_dir>/<task>/metrics.json``.
-    """
+    def __init__(self, lengths: list[int], batch_size: int, collate: Callable[[torch.Tensor], Any],
+                 seed: int = 0, bucket_batches: int = 8):
+        self.lengths, self.bucket_batches = [int(x) for x in lengths], bucket_batches
+        super().__init__(len(self.lengths), batch_size, collate, seed=seed)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def set_rank(self, rank: int, world_size: int) -> None:
+        if world_size != 1:
+            raise ValueError(f"length-bucketed batches run in one process, not {world_size}")
+        if self.n < 1:
+            raise ValueError("no examples to batch")
+        self.rank, self.world_size = rank, world_size
+
+    def next_batch(self) -> Any:
+        if self.pos >= self.batches_per_epoch:
+            self.epoch, self.pos, self._perm = self.epoch + 1, 0, None
+        if self._perm is None:
+            rng = random.Random(self.seed + self.epoch)
+            self._perm = length_bucketed_batches(self.lengths, self.batch_size, rng, self.bucket_batches)
+        idx = self._perm[self.pos]
+        self.pos += 1
+        return self.collate(torch.as_tensor(idx, dtype=torch.long))
+
+
+def cloze_loss(model: torch.nn.Module, clozes: list[Cloze]) -> Callable:
+    """``loss_fn(batch)`` for the trainer: cross-entropy of the gold choice under the softmax of the task
+    scores of the batch's clozes (``batch["index"]``)."""
+    def loss_fn(batch: dict[str, torch.Tensor]):
+        chosen = [clozes[i] for i in batch["index"].tolist()]
+        scores = task_scores(model, chosen).float()
+        labels = torch.as_tensor([c.label for c in chosen], device=scores.device)
+        tokens = sum(len(s) for c in chosen for s in c.sequences)
+        return torch.nn.functional.cross_entropy(scores, labels), {"tokens": tokens}
+    return loss_fn
+
+
+def eval_steps(batches_per_epoch: int, epochs: int, evals_per_epoch: int) -> set[int]:
+    """The optimizer steps after which dev is evaluated: ``evals_per_epoch`` evenly spaced points in every
+    epoch, the last at the epoch's end (at most one per step)."""
+    k = max(1, min(evals_per_epoch, batches_per_epoch))
+    within = {min(batches_per_epoch, math.ceil(batches_per_epoch * (j + 1) / k)) for j in range(k)}
+    return {e * batches_per_epoch + s for e in range(epochs) for s in within}
+
+
+# --------------------------------------------------------------------------------------------
+# one task
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class TaskData:
+    """One task's (capped) labelled train clozes and dev clozes with their examples."""
+
+    train: list[Cloze]
+    dev: list[Cloze]
+    dev_examples: list[Example]
+
+
+def task_data(cfg, task: str, tokenizer: Any, kind: str, data_dir: str | Path | None = None) -> TaskData:
+    train_ex = subsample(read_split(task, "train", data_dir), cfg.max_train_examples, seed=cfg.seed)
+    dev_ex = subsample(read_split(task, "val", data_dir), cfg.max_eval_examples, seed=cfg.seed)
+    train = [c for c in build_cloze(task, train_ex, tokenizer, kind=kind, pattern_id=cfg.pattern_id,
+                                    max_len=cfg.max_seq_len) if c.label is not None]
+    if not train:
+        raise ValueError(f"{task}: no labelled training examples")
+    dev = build_cloze(task, dev_ex, tokenizer, kind=kind, pattern_id=cfg.pattern_id, max_len=cfg.max_seq_len)
+    return TaskData(train, dev, dev_ex)
+
+
+def _train(cfg, task: str, model: torch.nn.Module, data: TaskData, evaluate: Callable, device: torch.device,
+           bf16: bool, say: Callable[[str], None], progress: bool) -> tuple[BestCheckpoint, list[dict[str, Any]]]:
+    """Fine-tune on the trainer, evaluating at :func:`eval_steps`; the best weights are loaded back.
+    Returns the selector and the evaluations, each with the epoch and the mean train loss since the last one."""
+    batches = LengthBatches([c.max_len for c in data.train], cfg.batch_size, lambda idx: {"index": idx},
+                            seed=cfg.seed)
+    per_epoch = batches.batches_per_epoch
+    steps = per_epoch * cfg.epochs
+    selector = BestCheckpoint(task, model, evaluate, steps, eval_steps(per_epoch, cfg.epochs, cfg.evals_per_epoch),
+                              select_by_dev=True)
+
+    def report(row: dict[str, Any]) -> None:
+        if selector.records and selector.records[-1]["step"] == row["step"]:
+            res = selector.records[-1]
+            say(f"{task}: step {row['step']}/{steps} dev score {res['dev_score']:.4f}")
+
+    work = artifact(cfg.run_dir, "teachers", "model", task).parent / ".work"
+    tcfg = TrainConfig(steps=steps, lr=cfg.lr, weight_decay=0.0, schedule="linear", max_grad_norm=1.0,
+                       checkpoint_every=0, seed=cfg.seed, bf16=bf16, cpu=device.type != "cuda")
+    trainer = Trainer(model, cloze_loss(model, data.train), batches, work, tcfg, progress=progress,
+                      on_log=[selector, report], desc=f"{task} teacher")
+    trainer.train(resume=False)
+    shutil.rmtree(work, ignore_errors=True)  # only the loss log is there; the evaluations go into metrics.json
+    selector.finish()
+    losses = [r["loss"] for r in trainer.history]
+    history, prev = [], 0
+    for rec in selector.records:
+        step = rec["step"]
+        history.append({"step": step, "epoch": math.ceil(step / per_epoch),
+                        "train_loss": sum(losses[prev:step]) / max(1, step - prev),
+                        **{k: v for k, v in rec.items() if k not in ("pass", "step")}})
+        prev = step
+    return selector, history
+
+
+def finetune_teacher(cfg, task: str, data_dir: str | Path | None = None,
+                     log_fn: Callable[[str], None] | None = print, progress: bool = True) -> dict[str, Any]:
+    """Fine-tune ``cfg.teacher`` on ``task`` (``cfg``: a ``TeacherConfig``); write ``teachers/<task>/model`` and
+    ``metrics.json``, and return the metrics."""
     say = log_fn or (lambda s: None)
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     device = get_device(cfg.device)
     model, tok = load_teacher(cfg.teacher, device=device)
     kind = model_kind(model.config)
-    data_dir = data_dir or getattr(cfg, "superglue_dir", None)
-
-    train_ex = subsample(read_split(task, "train", data_dir), cfg.max_train_examples, seed=cfg.seed)
-    dev_ex = subsample(read_split(task, "val", data_dir), cfg.max_eval_examples, seed=cfg.seed)
-    train_cl = [c for c in build_cloze(task, train_ex, tok, kind=kind, pattern_id=cfg.pattern_id,
-                                       max_len=cfg.max_seq_len) if c.label is not None]
-    dev_cl = build_cloze(task, dev_ex, tok, kind=kind, pattern_id=cfg.pattern_id, max_len=cfg.max_seq_len)
-    if not train_cl:
-        raise ValueError(f"{task}: no labelled training examples")
+    data = task_data(cfg, task, tok, kind, data_dir or cfg.superglue_dir)
     trainable = freeze_lower_layers(model, cfg.train_layers)
-    eval_bs = max(cfg.batch_size, 16)
-    bf16 = bool(getattr(cfg, "bf16", False))
-    say(f"{task}: {len(train_cl)} train / {len(dev_cl)} dev examples, {kind} LM, "
+    bf16 = use_bf16(device, cfg.bf16)
+    say(f"{task}: {len(data.train)} train / {len(data.dev)} dev examples, {kind} LM, "
         f"{trainable:,} of {count_parameters(model):,} parameters trained")
+    eval_time = [0.0]
 
-    t0 = time.perf_counter()
-    before = evaluate_clozes(model, task, dev_cl, dev_ex, eval_bs, bf16=bf16)
-    t_eval0 = time.perf_counter() - t0
-    say(f"{task}: dev before fine-tuning {_fmt(before['metrics'])} (score {before['score']:.4f}, {t_eval0:.1f}s)")
+    def evaluate(m: torch.nn.Module) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        res = evaluate_clozes(m, task, data.dev, data.dev_examples, max(cfg.batch_size, 16), bf16=bf16)
+        eval_time[0] += time.perf_counter() - t0
+        return res
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    steps_per_epoch = math.ceil(len(train_cl) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / max(total, 1)))
-    evals_per_epoch = max(1, min(getattr(cfg, "evals_per_epoch", 1), steps_per_epoch))
-    eval_at = {min(steps_per_epoch, math.ceil(steps_per_epoch * (k + 1) / evals_per_epoch))
-               for k in range(evals_per_epoch)}
-
-    rng = random.Random(cfg.seed)
-    best: dict[str, Any] | None = None
-    best_state: dict[str, torch.Tensor] | None = None
-    history, step, t_train, t_eval = [], 0, 0.0, 0.0
-    for epoch in range(cfg.epochs):
-        batches = length_bucketed_batches([c.max_len for c in train_cl], cfg.batch_size, rng)
-        model.train()
-        running, n_run = 0.0, 0
-        for b, idx in enumerate(batches):
-            t0 = time.perf_counter()
-            batch = [train_cl[i] for i in idx]
-            with autocast(device, bf16):
-                scores = task_scores(model, batch, device=device).float()
-            labels = torch.as_tensor([c.label for c in batch], device=scores.device)
-            loss = torch.nn.functional.cross_entropy(scores, labels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            step += 1
-            t_train += time.perf_counter() - t0
-            running, n_run = running + loss.item(), n_run + 1
-            if (b + 1) in eval_at:
-                t0 = time.perf_counter()
-                res = evaluate_clozes(model, task, dev_cl, dev_ex, eval_bs, bf16=bf16)
-                t_eval += time.perf_counter() - t0
-                history.append({"step": step, "epoch": epoch + 1, "train_loss": running / n_run,
-                                "dev_score": res["score"], **{f"dev_{k}": v for k, v in res["metrics"].items()}})
-                say(f"{task}: step {step}/{total} train loss {running / n_run:.4f} dev {_fmt(res['metrics'])}")
-                running, n_run = 0.0, 0
-                model.train()
-                if best is None or res["score"] > best["score"]:
-                    best = {**res, "step": step}
-                    best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    model.eval()
-    assert best is not None and best_state is not None
-    with torch.no_grad():
-        named = dict(model.named_parameters())
-        for n, v in best_state.items():
-            named[n].copy_(v)
-
-    out = Path(cfg.out_dir) / task
-    with atomic_path(out / "model", is_dir=True) as tmp:
+    before = evaluate(model)
+    say(f"{task}: dev before fine-tuning {_fmt(before['metrics'])} (score {before['score']:.4f})")
+    t0, eval_before = time.perf_counter(), eval_time[0]
+    selector, history = _train(cfg, task, model, data, evaluate, device, bf16, say, progress)
+    t_train = time.perf_counter() - t0 - (eval_time[0] - eval_before)
+    best = selector.best
+    with atomic_path(artifact(cfg.run_dir, "teachers", "model", task), is_dir=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
+    dev_after = {k[4:]: v for k, v in best.items() if k.startswith("dev_") and k != "dev_score"}
     metrics = {
         "task": task, "teacher": cfg.teacher, "kind": kind, "pattern_id": cfg.pattern_id,
         "score": "mean of the task's official metrics (glmd_lib.superglue.metrics.task_score)",
-        "dev_before": before["metrics"], "dev_after": best["metrics"],
-        "score_before": before["score"], "score_after": best["score"], "best_step": best["step"],
-        "steps": step, "epochs": cfg.epochs, "train_examples": len(train_cl), "dev_examples": len(dev_cl),
-        "trainable_params": trainable, "bf16": bf16, "params": count_parameters(model), "history": history,
-        "seconds": {"train": round(t_train, 1), "eval": round(t_eval0 + t_eval, 1),
+        "dev_before": before["metrics"], "dev_after": dev_after, "score_before": before["score"],
+        "score_after": best["dev_score"], "best_step": best["step"], "steps": selector.steps, "epochs": cfg.epochs,
+        "train_examples": len(data.train), "dev_examples": len(data.dev), "trainable_params": trainable,
+        "bf16": bf16, "params": count_parameters(model), "history": history,
+        "seconds": {"train": round(t_train, 1), "eval": round(eval_time[0], 1),
                     "total": round(time.perf_counter() - t_start, 1)},
     }
-    atomic_write_json(out / "metrics.json", metrics)
-    say(f"{task}: kept step {best['step']}: dev {_fmt(best['metrics'])} (score {before['score']:.4f} -> "
-        f"{best['score']:.4f}); train {t_train:.0f}s, eval {t_eval0 + t_eval:.0f}s")
+    atomic_write_json(artifact(cfg.run_dir, "teachers", "metrics.json", task), metrics)
+    say(f"{task}: kept step {best['step']}: dev {_fmt(dev_after)} (score {before['score']:.4f} -> "
+        f"{best['dev_score']:.4f}); train {t_train:.0f}s, eval {eval_time[0]:.0f}s")
     return metrics
 
 
 def _fmt(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+
+
+# --------------------------------------------------------------------------------------------
+# the stage (notebook 04)
+# --------------------------------------------------------------------------------------------
+
+SUMMARY_KEYS = ("score_before", "score_after", "dev_before", "dev_after", "seconds")
+
+
+def run_teachers(cfg, log_fn: Callable[[str], None] | None = print, progress: bool = True) -> dict[str, dict]:
+    """Notebook 04: one task teacher per task of ``cfg``; writes ``teachers/<TASK>/{model,metrics.json}`` and
+    ``teachers/summary.json``, marks the stage complete, returns ``{task: metrics}``."""
+    cfg.save()
+    results = {task: finetune_teacher(cfg, task, log_fn=log_fn, progress=progress) for task in cfg.tasks}
+    atomic_write_json(artifact(cfg.run_dir, "teachers", "summary.json"),
+                      {t: {k: m[k] for k in SUMMARY_KEYS} for t, m in results.items()})
+    spec = STAGES["teachers"]
+    mark_complete(cfg.out_dir, list(spec.files) + [f"{t}/{name}" for t in cfg.tasks for name in spec.per_task])
+    return results

@@ -1,17 +1,13 @@
 """Token frequencies of a corpus under a Hugging Face tokenizer (notebook 01).
 
 GLMD prunes the student's vocabulary to the most frequent tokens of the pre-training corpus, so the
-first question is how skewed that distribution is. This module counts it:
+first question is how skewed that distribution is. This module counts it; the corpus readers (and
+their :class:`~glmd_lib.data.corpus.CorpusError`) are in :mod:`glmd_lib.data.corpus`:
 
-* :func:`iter_corpus_lines` streams the lines of a text file, a folder of ``.txt`` files, a ``datasets``
-  dataset (in memory or saved with ``save_to_disk``) or any iterable of strings. Nothing is loaded whole;
-  bad input (missing, empty, undecodable) fails with the file and line.
 * :func:`count_tokens` tokenizes batches of lines with the *fast* (Rust) tokenizer, which spreads a
   batch over all cores, and adds the ids to a histogram with ``np.bincount``. The tokenizer (which
   releases the GIL) runs in a worker thread while the main thread reads the next batch and counts the
   previous one, so counting costs little more than the tokenizer alone (``benchmarks/bench_frequency.py``).
-* :func:`superglue_texts` gives the raw texts of a SuperGLUE task, so the task distribution can be
-  compared with the corpus one ("task-aware" counts).
 * :func:`zipf_fit`, :func:`coverage`, :func:`counts_table` / :func:`read_counts` summarise and persist.
 
 Lines are counted without their line break and without special tokens (``add_special_tokens=False``):
@@ -21,140 +17,16 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from glmd_lib.data.corpus import CorpusError, iter_corpus_lines
+
 COVERAGE_SIZES = (1024, 2048, 4096, 8192, 16384, 32768)  # "1k ... 32k" kept tokens
-
-
-class CorpusError(ValueError):
-    """The corpus is missing, empty or cannot be decoded; the message names the file (and line)."""
-
-
-# --------------------------------------------------------------------------------------------
-# reading
-# --------------------------------------------------------------------------------------------
-
-def _is_saved_dataset(path: Path) -> bool:
-    return path.is_dir() and any((path / f).exists() for f in ("dataset_info.json", "state.json", "dataset_dict.json"))
-
-
-def corpus_files(path: Path | str) -> list[Path]:
-    """The text files of a corpus path: the file itself, or the folder's ``*.txt`` files (sorted, recursive)."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise CorpusError(f"corpus {path} does not exist")
-    if path.is_file():
-        return [path]
-    files = sorted(p for p in path.rglob("*.txt") if p.is_file())
-    if not files:
-        raise CorpusError(f"corpus folder {path} contains no .txt files")
-    return files
-
-
-def _text_column(ds: Any, where: str) -> str:
-    names = list(ds.column_names)
-    if "text" in names:
-        return "text"
-    strings = [n for n, f in ds.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
-    if len(strings) == 1:
-        return strings[0]
-    raise CorpusError(f"dataset {where} has no 'text' column and not exactly one string column (columns: {names})")
-
-
-def _iter_dataset(ds: Any, where: str, batch: int = 1000) -> Iterator[str]:
-    import datasets
-
-    if isinstance(ds, datasets.DatasetDict):
-        if "train" not in ds:
-            raise CorpusError(f"dataset {where} has no 'train' split (splits: {list(ds)}); pass one split")
-        ds = ds["train"]
-    col = _text_column(ds, where)
-    for rows in ds.iter(batch_size=batch):
-        for i, text in enumerate(rows[col]):
-            if text is None:
-                continue
-            if not isinstance(text, str):
-                raise CorpusError(f"dataset {where}: column {col!r} holds {type(text).__name__}, not text")
-            yield from text.splitlines()
-
-
-def _iter_file(path: Path, block: int = 1 << 20) -> Iterator[str]:
-    # Read ~1 MB blocks cut at a line break and decode each block at once (much faster than line by line);
-    # on a decoding error, count the line breaks before the bad byte to name the line.
-    lines_before = 0
-    tail = b""
-    with open(path, "rb") as fh:
-        while True:
-            chunk = fh.read(block)
-            data = tail + chunk
-            if not chunk:
-                tail = b""
-            else:
-                cut = data.rfind(b"\n") + 1
-                data, tail = data[:cut], data[cut:]
-                if not data:  # a line longer than the block: keep reading
-                    tail = data + tail
-                    continue
-            if not data:
-                return
-            try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError as e:
-                lineno = lines_before + data.count(b"\n", 0, e.start) + 1
-                start = data.rfind(b"\n", 0, e.start) + 1
-                raise CorpusError(f"{path}, line {lineno}: not valid UTF-8 ({e.reason} at byte {e.start - start} "
-                                  f"of the line); convert the file to UTF-8 or remove that line") from None
-            lines_before += data.count(b"\n")
-            yield from (text[:-1] if text.endswith("\n") else text).split("\n")
-            if not chunk:
-                return
-
-
-def iter_corpus_lines(source: Any, max_lines: int | None = None) -> Iterator[str]:
-    """Stream the non-empty lines of a corpus (without line breaks).
-
-    ``source``: a text file, a folder of ``.txt`` files, a saved ``datasets`` folder, a ``datasets.Dataset``
-    (its ``text`` column), or any iterable of strings (each string may hold several lines).
-    Raises :class:`CorpusError` for a missing path, undecodable bytes (naming file and line) and a corpus
-    without a single non-empty line.
-    """
-    if max_lines is not None and max_lines < 1:
-        raise CorpusError(f"max_lines must be >= 1, got {max_lines}")
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source).expanduser()
-        where = str(path)
-        if not path.exists():
-            raise CorpusError(f"corpus {path} does not exist")
-        if _is_saved_dataset(path):
-            import datasets
-
-            raw: Iterable[str] = _iter_dataset(datasets.load_from_disk(str(path)), where)
-        else:
-            raw = itertools.chain.from_iterable(_iter_file(f) for f in corpus_files(path))
-    elif type(source).__module__.startswith("datasets"):
-        where = f"<{type(source).__name__}>"
-        raw = _iter_dataset(source, where)
-    else:
-        where = f"<{type(source).__name__} of texts>"
-        raw = itertools.chain.from_iterable(str(t).splitlines() for t in source)
-
-    n = 0
-    for line in raw:
-        line = line.rstrip("\r\n")
-        if not line.strip():
-            continue
-        yield line
-        n += 1
-        if max_lines is not None and n >= max_lines:
-            return
-    if n == 0:
-        raise CorpusError(f"corpus {where} is empty (no non-empty lines)")
 
 
 def _batches(lines: Iterator[str], size: int) -> Iterator[list[str]]:
@@ -188,12 +60,6 @@ def _backend(tokenizer: Any):
     if backend is None:
         raise TypeError(f"{type(tokenizer).__name__} is not a fast tokenizer; load it with use_fast=True")
     return backend
-
-
-def encode_batch_ids(backend: Any, batch: Sequence[str]) -> np.ndarray:
-    """Token ids of a batch of texts, concatenated (no special tokens)."""
-    enc = getattr(backend, "encode_batch_fast", backend.encode_batch)(list(batch), add_special_tokens=False)
-    return np.fromiter(itertools.chain.from_iterable(e.ids for e in enc), dtype=np.int64)
 
 
 def count_tokens(source: Any, tokenizer: Any, max_lines: int | None = None, batch_lines: int = 1000,
@@ -239,91 +105,6 @@ def count_tokens(source: Any, tokenizer: Any, max_lines: int | None = None, batc
     if bar is not None:
         bar.close()
     return counts[: len(tokenizer)] if size > len(tokenizer) and not counts[len(tokenizer):].any() else counts
-
-
-# --------------------------------------------------------------------------------------------
-# SuperGLUE texts (task-aware counts)
-# --------------------------------------------------------------------------------------------
-
-_TEXT_FIELDS = ("premise", "hypothesis", "question", "passage", "text", "sentence1", "sentence2",
-                "choice1", "choice2", "query")
-
-
-def _example_texts(ex: dict) -> Iterator[str]:
-    for key in _TEXT_FIELDS:
-        val = ex.get(key)
-        if isinstance(val, str):
-            yield val
-        elif isinstance(val, dict):  # MultiRC / ReCoRD: passage = {"text": ..., "questions": [...]}
-            if isinstance(val.get("text"), str):
-                yield val["text"]
-            for q in val.get("questions", []) or []:
-                if isinstance(q.get("question"), str):
-                    yield q["question"]
-                for a in q.get("answers", []) or []:
-                    if isinstance(a.get("text"), str):
-                        yield a["text"]
-    for qa in ex.get("qas", []) or []:  # ReCoRD
-        if isinstance(qa.get("query"), str):
-            yield qa["query"]
-
-
-def superglue_files(task: str, data_dir: Path | str) -> list[Path]:
-    d = Path(data_dir).expanduser() / task
-    if not d.is_dir():
-        raise CorpusError(f"SuperGLUE task folder {d} does not exist (is superglue_dir right? tasks there: "
-                          f"{sorted(p.name for p in Path(data_dir).expanduser().glob('*') if p.is_dir())})")
-    files = sorted(d.glob("*.jsonl"))
-    if not files:
-        raise CorpusError(f"SuperGLUE task folder {d} holds no .jsonl files")
-    return files
-
-
-def superglue_texts(task: str, data_dir: Path | str, max_examples: int | None = None) -> list[str]:
-    """The raw texts (premises, questions, passages, choices ...) of every split of a SuperGLUE task.
-
-    ``max_examples`` caps the examples read per split. Labels and verbalizers are not included: this is
-    the text a student has to read, not what it has to answer. Uses the project's SuperGLUE readers
-    (``glmd_lib.superglue.data``) when present, so the texts are exactly those the later notebooks see.
-    """
-    try:
-        from glmd_lib.superglue import data as sg
-    except ImportError:  # pragma: no cover - only before the readers existed
-        sg = None
-    if sg is None or task not in sg.TASKS:
-        return _superglue_texts_raw(task, data_dir, max_examples)
-    splits = ("test",) if task in sg.DIAGNOSTICS else sg.SPLITS
-    present = [s for s in splits if sg.has_split(task, s, data_dir)]
-    if not present:
-        superglue_files(task, data_dir)  # raises the "folder does not exist / no .jsonl" error
-        raise CorpusError(f"SuperGLUE task {task} in {data_dir}: none of the splits {list(splits)} exists")
-    texts: list[str] = []
-    for split in present:
-        for ex in sg.read_split(task, split, data_dir, max_examples=max_examples):
-            texts.extend(t for t in sg.example_texts(ex) if t)
-    if not texts:
-        raise CorpusError(f"SuperGLUE task {task} in {data_dir}: no texts found")
-    return texts
-
-
-def _superglue_texts_raw(task: str, data_dir: Path | str, max_examples: int | None = None) -> list[str]:
-    """Fallback reader: the usual text fields of every ``*.jsonl`` in ``<data_dir>/<task>/``."""
-    texts: list[str] = []
-    for path in superglue_files(task, data_dir):
-        with open(path, "rb") as fh:
-            for lineno, raw in enumerate(fh, start=1):
-                if max_examples is not None and lineno > max_examples:
-                    break
-                if not raw.strip():
-                    continue
-                try:
-                    ex = json.loads(raw.decode("utf-8"))
-                except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                    raise CorpusError(f"{path}, line {lineno}: not a UTF-8 JSON object ({e})") from None
-                texts.extend(_example_texts(ex))
-    if not texts:
-        raise CorpusError(f"SuperGLUE task {task} in {data_dir}: no text fields found")
-    return texts
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ GLMD's student has the teacher's tokenizer but only the ``K`` most frequent toke
 corpus as rows of its embedding and output layer (paper: half the vocabulary). A :class:`VocabMap`
 records which teacher ids are kept (``kept_ids``, in frequency order = the student's rows) and, for
 every teacher id, the student row it becomes (``teacher_to_student``: kept ids their own row, pruned ids
-the row of a *substitute*: UNK, or the kept token whose teacher input embedding is most similar).
+the row of a *substitute*: UNK, or the kept token whose teacher input embedding is most similar,
+found by :mod:`glmd_lib.vocab.substitutes`).
 
 With a map one can
 * turn teacher input ids into student ids (:meth:`VocabMap.map_ids`) and back (:meth:`VocabMap.unmap_ids`);
@@ -17,8 +18,8 @@ A map is saved as one JSON file next to the model (``vocab_map.json``) with a fi
 tokenizer; loading it against another tokenizer fails. :meth:`VocabMap.identity` keeps every token so
 full-vocabulary runs share the code path.
 
-For comparison, :class:`FactorizedEmbedding` / :func:`factorize_model` implement the alternative the paper
-argues against: keep the whole vocabulary but factorise the embedding (ALBERT: ``V x E`` then ``E -> H``).
+The alternative the paper argues against (keep the whole vocabulary, factorise the embedding) is in
+:mod:`glmd_lib.vocab.factorized`.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ import torch
 from torch import nn
 
 from glmd_lib.artifacts import atomic_write_text
+from glmd_lib.vocab.substitutes import embedding_matrix, nearest_kept
 
 FILENAME = "vocab_map.json"
 FORMAT_VERSION = 1
@@ -86,67 +88,42 @@ def kept_size(vocab_size: int, keep: float | int, multiple_of: int = 64) -> int:
     return round_up(n, max(1, int(multiple_of)))
 
 
-# --------------------------------------------------------------------------------------------
-# substitutes
-# --------------------------------------------------------------------------------------------
+def select_kept(counts: np.ndarray, protected: Sequence[int], size: int) -> np.ndarray:
+    """THE keep rule: the ``protected`` ids plus the most frequent others, ``size`` ids in all, ordered by
+    count (descending, ties by id), which is the order of the student's rows. Notebook 02's table of kept
+    sizes calls it for sizes other than the map's, so the table and the map cannot disagree."""
+    counts = np.asarray(counts)
+    is_protected = np.zeros(len(counts), dtype=bool)
+    is_protected[list(protected)] = True
+    order = np.argsort(-counts, kind="stable")
+    others = order[~is_protected[order]][: max(size - len(protected), 0)]
+    kept = np.concatenate([np.asarray(protected, dtype=np.int64), others])
+    return kept[np.lexsort((kept, -counts[kept]))]
 
-def _embedding_matrix(embeddings: Any) -> torch.Tensor:
-    if isinstance(embeddings, nn.Module) and hasattr(embeddings, "get_input_embeddings"):
-        embeddings = embeddings.get_input_embeddings().weight
-    elif isinstance(embeddings, nn.Embedding):
-        embeddings = embeddings.weight
-    return torch.as_tensor(embeddings).detach()
 
-
-@torch.no_grad()
-def nearest_kept(embeddings: torch.Tensor, query_ids: torch.Tensor, kept_ids: torch.Tensor,
-                 method: str = "cosine", chunk: int = 2048, coarse: str = "auto",
-                 candidates: int = 16) -> torch.Tensor:
-    """For each id in ``query_ids``, the position (in ``kept_ids``) of the most similar kept token.
-
-    Similarity by the teacher's input embeddings: ``dot`` (inner product), ``cosine``, or ``euclidean``
-    (smallest distance; ``argmax 2 q.k - |k|^2``, so it is one matrix product too). Queries go in chunks
-    of ``chunk`` rows, so memory stays at ``chunk x K`` scores however large the vocabulary.
-
-    ``coarse="bf16"``: score all pairs with a bf16 matrix product (about 3x faster on CPUs with bf16
-    units), keep each query's ``candidates`` best, and pick among those with exact fp32 scores. The
-    answer differs from the exhaustive fp32 search only if the true best falls outside a bf16 top-16
-    (``benchmarks/bench_vocab.py`` counts such cases). ``"fp32"``: exhaustive fp32. ``"auto"``: bf16 on
-    CPU, fp32 elsewhere (GPUs are fast enough in fp32).
-    """
-    if method not in ("dot", "cosine", "euclidean"):
-        raise VocabMapError(f"unknown similarity {method!r}; use one of dot, cosine, euclidean")
-    if coarse == "auto":
-        coarse = "bf16" if embeddings.device.type == "cpu" else "fp32"
-    E = embeddings.float()
-    keys = E.index_select(0, kept_ids.to(E.device))
-    if method == "cosine":
-        keys = torch.nn.functional.normalize(keys, dim=-1)
-    sq = (keys * keys).sum(-1) if method == "euclidean" else None
-    keys_lp = None
-    if coarse == "bf16":
-        # euclidean: append -|k|^2/2 to every key and 1 to every query, so one product gives q.k - |k|^2/2
-        keys_lp = (torch.cat([keys, -0.5 * sq[:, None]], 1) if sq is not None else keys).to(torch.bfloat16)
-    k = min(candidates, len(kept_ids))
-    out = torch.empty(len(query_ids), dtype=torch.long)
-    for start in range(0, len(query_ids), chunk):
-        q = E.index_select(0, query_ids[start:start + chunk].to(E.device))
-        if method == "cosine":
-            q = torch.nn.functional.normalize(q, dim=-1)
-        if keys_lp is None:
-            scores = q @ keys.T
-            if sq is not None:
-                scores = 2 * scores - sq
-            best = scores.argmax(-1)
-        else:
-            q_lp = (torch.cat([q, q.new_ones(len(q), 1)], 1) if sq is not None else q).to(torch.bfloat16)
-            cand = (q_lp @ keys_lp.T).topk(k, dim=-1, sorted=False).indices.sort(-1).values  # ties -> lowest id
-            exact = torch.einsum("cd,ckd->ck", q, keys[cand])
-            if sq is not None:
-                exact = 2 * exact - sq[cand]
-            best = cand.gather(1, exact.argmax(-1, keepdim=True)).squeeze(1)
-        out[start:start + chunk] = best.cpu()
-    return out
+def _checked_size(V: int, tokenizer: Any, protected: list[int], keep: float | int, multiple_of: int,
+                  substitute: str) -> int:
+    """The kept size for :meth:`VocabMap.build`, after every check that can fail before any work."""
+    if V != len(tokenizer):
+        raise VocabMapError(f"counts cover {V} ids but the tokenizer has {len(tokenizer)}: "
+                            f"were they counted with another tokenizer?")
+    if substitute not in SUBSTITUTE_METHODS:
+        raise VocabMapError(f"unknown substitute method {substitute!r}; use one of {list(SUBSTITUTE_METHODS)}")
+    bad = [i for i in protected if not 0 <= i < V]
+    if bad:
+        raise VocabMapError(f"protected ids {bad[:5]} are outside the vocabulary [0, {V})")
+    if substitute == "unk" and tokenizer.unk_token_id is None:
+        raise VocabMapError("substitute='unk' but the tokenizer has no unk token; use a similarity "
+                            "method (cosine, dot, euclidean)")
+    K = kept_size(V, keep, multiple_of)
+    if K <= len(protected):
+        raise VocabMapError(f"kept size {K} (keep={keep!r}, multiple_of={multiple_of}) is not larger than "
+                            f"the {len(protected)} protected tokens: nothing left for frequent tokens")
+    if K >= V:
+        raise VocabMapError(f"kept size {K} (keep={keep!r}, rounded up to a multiple of {multiple_of}) is not "
+                            f"smaller than the vocabulary ({V}): nothing would be pruned; use "
+                            f"VocabMap.identity(tokenizer) for a full-vocabulary student")
+    return K
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,40 +188,15 @@ class VocabMap:
 
         ``protected_ids`` are added to the tokenizer's special tokens (pass the verbalizer tokens here).
         ``embeddings``: the teacher (or its ``[V, d]`` input-embedding matrix), needed unless
-        ``substitute="unk"``; ``coarse``: see :func:`nearest_kept`. The kept ids are ordered by count (ties by id): student row 0 is the most
-        frequent token. Similarity substitutes are never special tokens.
+        ``substitute="unk"``; ``coarse``: see :func:`~glmd_lib.vocab.substitutes.nearest_kept`. The kept ids
+        are ordered by count (ties by id): student row 0 is the most frequent token (:func:`select_kept`).
+        Similarity substitutes are never special tokens.
         """
         counts = np.asarray(counts.cpu() if isinstance(counts, torch.Tensor) else counts, dtype=np.int64)
         V = len(counts)
-        if V != len(tokenizer):
-            raise VocabMapError(f"counts cover {V} ids but the tokenizer has {len(tokenizer)}: "
-                                f"were they counted with another tokenizer?")
-        if substitute not in SUBSTITUTE_METHODS:
-            raise VocabMapError(f"unknown substitute method {substitute!r}; use one of {list(SUBSTITUTE_METHODS)}")
         protected = protected_token_ids(tokenizer, protected_ids)
-        bad = [i for i in protected if not 0 <= i < V]
-        if bad:
-            raise VocabMapError(f"protected ids {bad[:5]} are outside the vocabulary [0, {V})")
-        if substitute == "unk":
-            if tokenizer.unk_token_id is None:
-                raise VocabMapError("substitute='unk' but the tokenizer has no unk token; use a similarity "
-                                    "method (cosine, dot, euclidean)")
-        K = kept_size(V, keep, multiple_of)
-        if K <= len(protected):
-            raise VocabMapError(f"kept size {K} (keep={keep!r}, multiple_of={multiple_of}) is not larger than "
-                                f"the {len(protected)} protected tokens: nothing left for frequent tokens")
-        if K >= V:
-            raise VocabMapError(f"kept size {K} (keep={keep!r}, rounded up to a multiple of {multiple_of}) is not "
-                                f"smaller than the vocabulary ({V}): nothing would be pruned; use "
-                                f"VocabMap.identity(tokenizer) for a full-vocabulary student")
-        is_protected = np.zeros(V, dtype=bool)
-        is_protected[protected] = True
-        order = np.argsort(-counts, kind="stable")
-        others = order[~is_protected[order]][: K - len(protected)]
-        kept_set = np.concatenate([np.asarray(protected, dtype=np.int64), others])
-        kept = kept_set[np.lexsort((kept_set, -counts[kept_set]))]  # by count desc, then id
-        kept_ids = torch.from_numpy(kept.copy())
-
+        K = _checked_size(V, tokenizer, protected, keep, multiple_of, substitute)
+        kept_ids = torch.from_numpy(select_kept(counts, protected, K).copy())
         t2s = torch.full((V,), -1, dtype=torch.long)
         t2s[kept_ids] = torch.arange(K)
         pruned = (t2s < 0).nonzero().squeeze(-1)
@@ -254,7 +206,7 @@ class VocabMap:
             if embeddings is None:
                 raise VocabMapError(f"substitute={substitute!r} needs the teacher's input embeddings "
                                     f"(embeddings=teacher or its [V, d] matrix); or use substitute='unk'")
-            E = _embedding_matrix(embeddings)
+            E = embedding_matrix(embeddings)
             if E.shape[0] < V:
                 raise VocabMapError(f"embedding matrix has {E.shape[0]} rows, fewer than the vocabulary ({V})")
             # special tokens (<|im_start|>, <gh_stars> ...) are kept but never stand in for ordinary text
@@ -432,77 +384,3 @@ class VocabMap:
         if tokenizer is not None:
             vm.check_tokenizer(tokenizer)
         return vm
-
-
-# --------------------------------------------------------------------------------------------
-# the alternative: ALBERT-style factorised embeddings (full vocabulary, smaller width)
-# --------------------------------------------------------------------------------------------
-
-class FactorizedEmbedding(nn.Module):
-    """``V x E`` lookup followed by an ``E -> H`` projection (ALBERT): ``V*E + E*H`` instead of ``V*H``."""
-
-    def __init__(self, vocab_size: int, embedding_size: int, hidden_size: int):
-        super().__init__()
-        self.embed = nn.Embedding(vocab_size, embedding_size)
-        self.project = nn.Linear(embedding_size, hidden_size, bias=False)
-
-    @property
-    def num_embeddings(self) -> int:
-        return self.embed.num_embeddings
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.project(self.embed(ids))
-
-    @classmethod
-    @torch.no_grad()
-    def from_weight(cls, weight: torch.Tensor, embedding_size: int) -> "FactorizedEmbedding":
-        """Best rank-``E`` approximation of an existing ``[V, H]`` embedding (truncated SVD)."""
-        V, H = weight.shape
-        U, S, Vh = torch.linalg.svd(weight.float(), full_matrices=False)
-        m = cls(V, embedding_size, H).to(weight.device, weight.dtype)
-        m.embed.weight.copy_((U[:, :embedding_size] * S[:embedding_size]).to(weight.dtype))
-        m.project.weight.copy_(Vh[:embedding_size].T.to(weight.dtype))
-        return m
-
-
-class FactorizedLMHead(nn.Module):
-    """The output side: ``H -> E`` then scores against the (shared) ``V x E`` table."""
-
-    def __init__(self, embedding: FactorizedEmbedding):
-        super().__init__()
-        self.embedding = embedding
-        self.down = nn.Linear(embedding.project.out_features, embedding.embed.embedding_dim, bias=False)
-        with torch.no_grad():  # the transpose of the input projection: a good start (exact when orthonormal)
-            self.down.weight.copy_(embedding.project.weight.T)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.down(hidden) @ self.embedding.embed.weight.T
-
-
-def factorize_model(model: nn.Module, embedding_size: int, init: str = "svd") -> nn.Module:
-    """In place: replace a model's input embedding and output layer by the factorised pair.
-
-    The vocabulary stays complete (``map_ids`` is the identity, logits keep ``V`` entries); only the width
-    of the embedding table shrinks. ``init="svd"`` starts from the truncated SVD of the current embedding,
-    ``"random"`` from scratch (as ALBERT).
-    """
-    old = model.get_input_embeddings()
-    V, H = old.weight.shape
-    if not 0 < embedding_size < H:
-        raise ValueError(f"embedding_size must be in (0, hidden={H}), got {embedding_size}")
-    if init == "svd":
-        emb = FactorizedEmbedding.from_weight(old.weight.detach(), embedding_size)
-    else:
-        emb = FactorizedEmbedding(V, embedding_size, H).to(old.weight.device, old.weight.dtype)
-    model.set_input_embeddings(emb)
-    if model.get_output_embeddings() is not None:
-        model.set_output_embeddings(FactorizedLMHead(emb).to(old.weight.device, old.weight.dtype))
-    model.config.glmd_factorized_embedding = embedding_size
-    return model
-
-
-def embedding_parameters(vocab_size: int, hidden: int, tied: bool = True, embedding_size: int | None = None) -> int:
-    """Parameters of the input embedding plus output layer for a vocabulary of ``vocab_size``."""
-    if embedding_size is None:
-        return vocab_size * hidden * (1 if tied else 2)
-    return vocab_size * embedding_size + 2 * embedding_size * hidden  # shared table, in and out projections

@@ -1,0 +1,204 @@
+"""Every producer of teacher signal for the distillation losses, in one place.
+
+The vocabulary KL (:func:`glmd_lib.distill.losses.distill_loss`) reads the teacher through a
+``teacher_fn(slice) -> logits``: the teacher's logits over the *student's* (kept) vocabulary at those
+flattened positions, made chunk by chunk so no ``[B, L, V]`` tensor is needed. Three sources:
+
+* live: :class:`TeacherRunner` runs the frozen teacher's body on the batch and applies only the kept rows
+  of its output layer per chunk (stage 1, pass 2a of stage 2);
+* cached hidden states (exact): :func:`hidden_teacher_fn`, the same kept rows applied to the final hidden
+  states stored by :mod:`glmd_lib.distill.teacher_cache`;
+* cached top-k logits (approximate): :func:`sparse_teacher_fn` with the tail fill :func:`tail_fill`, ids
+  moved into student space by :func:`student_space`.
+
+:func:`cached_teacher_fn` picks the right one for a cache. Pass 2b of stage 2 needs task scores instead of
+logits: :class:`TeacherScores`.
+
+Precision. Each producer runs under :func:`glmd_lib.device.autocast` with the teacher's own setting
+(``teacher_bf16``), which *disables* autocast when that setting is off: the loss is called inside the
+trainer's autocast region (bf16 on CUDA), and a teacher asked for fp32 must stay fp32 there.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from glmd_lib.device import autocast
+from glmd_lib.distill.losses import LossError, TeacherFn
+from glmd_lib.distill.teacher_cache import TeacherCache, TeacherCacheError
+from glmd_lib.models.teacher import linear_head
+from glmd_lib.superglue.patterns import Cloze
+from glmd_lib.tasks.scoring import task_scores
+
+
+# --------------------------------------------------------------------------------------------
+# live
+# --------------------------------------------------------------------------------------------
+
+class TeacherRunner:
+    """The frozen teacher, producing per-chunk logits over the student's vocabulary.
+
+    For causal teachers with a plain linear head only the final hidden states are computed for the batch;
+    each chunk's logits are made from the *kept rows* of the output layer (K of V columns, fewer FLOPs
+    and no ``[B, L, V]`` tensor). Other teachers run in full and are restricted chunk by chunk.
+    ``head_w``/``head_b`` (the kept rows) also turn cached hidden states into logits (:func:`cached_teacher_fn`).
+    """
+
+    def __init__(self, teacher: nn.Module, vocab_map: Any, bf16: bool):
+        self.teacher = teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        self.vocab_map = vocab_map
+        self.device = next(teacher.parameters()).device
+        self.bf16 = bool(bf16)
+        head = linear_head(teacher)
+        self.head_w = self.head_b = None
+        if head is not None:
+            w, b = head.weight.detach(), head.bias
+            if vocab_map is not None and not vocab_map.is_identity:
+                kept = vocab_map.kept_ids.to(w.device)
+                w = w.index_select(0, kept)
+                b = None if b is None else b.detach().index_select(0, kept)
+            self.head_w, self.head_b = w, b
+
+    @torch.no_grad()
+    def chunks(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TeacherFn:
+        with autocast(self.device, self.bf16):
+            if self.head_w is not None:
+                h = self.teacher.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+                return _head_fn(h.reshape(-1, h.shape[-1]), self.head_w, self.head_b, self.bf16)
+            logits = self.teacher(input_ids=input_ids, attention_mask=attention_mask).logits
+        flat = logits.reshape(-1, logits.shape[-1])
+        vm = self.vocab_map
+        return lambda sl: (flat[sl] if vm is None or vm.is_identity else vm.restrict_logits(flat[sl])).float()
+
+
+def _head_fn(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, bf16: bool) -> TeacherFn:
+    """Chunk logits ``h[sl] @ weight.T (+ bias)`` in fp32, or under bf16 autocast when the teacher runs in bf16."""
+    def fn(sl: slice) -> torch.Tensor:
+        with torch.no_grad(), autocast(weight.device, bf16):
+            return F.linear(h[sl].to(weight.device, weight.dtype), weight, bias).float()
+    return fn
+
+
+# --------------------------------------------------------------------------------------------
+# from the teacher cache
+# --------------------------------------------------------------------------------------------
+
+def hidden_teacher_fn(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                      bf16: bool = False) -> TeacherFn:
+    """A ``teacher_fn`` from cached hidden states [..., D] and the head's kept rows.
+
+    ``weight`` [K, D] (and ``bias`` [K]) are the teacher's output-layer rows at the kept ids, e.g.
+    ``TeacherRunner(teacher, vocab_map, ...).head_w``/``.head_b``. Each chunk's logits are made in fp32
+    (``bf16``: as the live teacher under bf16) from the fp16 hidden states: the live teacher's logits up to
+    fp16 rounding of the hidden state.
+    """
+    h = hidden.reshape(-1, hidden.shape[-1])
+    if h.shape[-1] != weight.shape[-1]:
+        raise TeacherCacheError(f"cached hidden states have {h.shape[-1]} values per position, the teacher's output "
+                                f"layer takes {weight.shape[-1]}: the cache belongs to another teacher")
+    w = weight.detach().float()
+    return _head_fn(h, w, None if bias is None else bias.detach().float(), bf16)
+
+
+def tail_fill(tail: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The logit given to every token outside the cached top-k: ``mu + sigma^2 / (2T)`` from ``tail`` [..., 2].
+
+    If the ``n`` tail logits were Gaussian with mean ``mu`` and std ``sigma``, ``sum_tail exp(z/T)`` would be
+    ``n * exp(mu/T + sigma^2/(2T^2))`` (log-normal moments): this fill gives the tail that total mass at
+    temperature ``T``, spread evenly. The mass estimate becomes exact as ``T -> oo``, but the spread within the
+    tail is lost, and at high T that spread is most of the gradient (see :mod:`glmd_lib.distill.teacher_cache`).
+    """
+    mu, sigma = tail[..., 0].float(), tail[..., 1].float()
+    return mu + sigma * sigma / (2.0 * float(temperature))
+
+
+def sparse_teacher_fn(values: torch.Tensor, ids: torch.Tensor, num_classes: int, tail: torch.Tensor | None = None,
+                      temperature: float | None = None) -> TeacherFn:
+    """A ``teacher_fn`` from cached top-k teacher logits: ``values``/``ids`` [..., k] in student id space (-1: dropped).
+
+    With ``tail`` [..., 2] (mean, std of the teacher's logits outside its top-k, see
+    :mod:`glmd_lib.distill.teacher_cache`) every other kept token gets the fill logit :func:`tail_fill` at
+    ``temperature`` (the loss's T; it must be given): a dense teacher whose tail carries the right mass.
+    Without ``tail`` every other token gets ``-inf`` (probability 0): plain top-k truncation, a poor
+    stand-in at high T. Pruned tokens (id -1) are dropped either way.
+    """
+    v = values.reshape(-1, values.shape[-1])
+    i = ids.reshape(-1, ids.shape[-1])
+    if tail is not None:
+        if temperature is None or temperature <= 0:
+            raise LossError(f"sparse_teacher_fn with tail moments needs the loss temperature (> 0), got {temperature}")
+        if tail.shape[:-1] != values.shape[:-1] or tail.shape[-1] != 2:
+            raise LossError(f"tail moments {tuple(tail.shape)} do not fit the top-k values {tuple(values.shape)}: "
+                            f"expected {(*values.shape[:-1], 2)}")
+        fill = tail_fill(tail.reshape(-1, 2), temperature)
+
+    def fn(sl: slice) -> torch.Tensor:
+        vv, ii = v[sl].float(), i[sl].long()
+        keep = ii >= 0
+        if tail is None:
+            dense = torch.full((vv.shape[0], num_classes + 1), -math.inf, device=vv.device)
+        else:
+            dense = fill[sl].to(vv.device)[:, None].expand(-1, num_classes + 1).contiguous()
+        # dropped entries are scattered into a spare last column, then cut off
+        dense.scatter_(-1, torch.where(keep, ii, torch.full_like(ii, num_classes)), torch.where(keep, vv, -math.inf))
+        return dense[:, :num_classes]
+
+    return fn
+
+
+def student_space(ids: torch.Tensor, vocab_map: Any) -> torch.Tensor:
+    """Teacher ids -> student rows, ``-1`` for pruned tokens (they are dropped from the cached distribution)."""
+    if vocab_map is None:
+        return ids
+    kept_row = torch.full((vocab_map.vocab_size,), -1, dtype=torch.long)
+    kept_row[vocab_map.kept_ids] = torch.arange(vocab_map.num_kept)
+    return kept_row.to(ids.device)[ids]
+
+
+def cached_teacher_fn(cache: TeacherCache, index: torch.Tensor, runner: TeacherRunner | None, vocab_map: Any,
+                      num_classes: int, temperature: float, device: torch.device) -> TeacherFn:
+    """The ``teacher_fn`` of the training blocks ``index`` read from ``cache``, on ``device``.
+
+    Hidden mode (exact): the cached final hidden states times the runner's kept rows of the teacher's output
+    layer (the rows the live path uses; the body is never run). Top-k mode: the top-k logits with the tail fill
+    at the loss's ``temperature``, over ``num_classes`` student tokens.
+    """
+    if cache.mode == "hidden":
+        return hidden_teacher_fn(cache.lookup_hidden(index).to(device), runner.head_w, runner.head_b, runner.bf16)
+    values, t_ids, tail = cache.lookup(index)
+    return sparse_teacher_fn(values.to(device), student_space(t_ids, vocab_map).to(device), num_classes,
+                             tail=tail.to(device), temperature=temperature)
+
+
+# --------------------------------------------------------------------------------------------
+# task scores (stage 2b)
+# --------------------------------------------------------------------------------------------
+
+class TeacherScores:
+    """The teacher's task scores per training cloze, computed on first use and cached (the teacher is frozen)."""
+
+    def __init__(self, teacher: nn.Module, clozes: Sequence[Cloze], bf16: bool = False):
+        self.teacher, self.clozes, self.bf16 = teacher, clozes, bool(bf16)
+        self.device = next(teacher.parameters()).device
+        self.cache: dict[int, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def __call__(self, idx: Sequence[int]) -> torch.Tensor:
+        """Scores ``[len(idx), max choices]`` (fp32, CPU), ``-inf`` beyond an example's choices."""
+        missing = [i for i in dict.fromkeys(idx) if i not in self.cache]
+        if missing:
+            with autocast(self.device, self.bf16):
+                s = task_scores(self.teacher, [self.clozes[i] for i in missing]).float().cpu()
+            for row, i in enumerate(missing):
+                self.cache[i] = s[row, :self.clozes[i].n_choices]
+        width = max(self.clozes[i].n_choices for i in idx)
+        out = torch.full((len(idx), width), -math.inf)
+        for row, i in enumerate(idx):
+            out[row, :len(self.cache[i])] = self.cache[i]
+        return out

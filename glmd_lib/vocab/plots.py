@@ -1,0 +1,151 @@
+"""The figures and the interactive explorer of notebooks 01 and 02 (drawn from their result objects).
+
+Figures are built as ``matplotlib.figure.Figure`` objects, not through ``pyplot``: nothing is drawn into a
+notebook cell by accident and nothing stays open in a long-running process. :mod:`glmd_lib.vocab.analysis`
+saves them next to the stage's artifacts; a notebook shows one with ``display(fig)``. ``res`` is a
+``FrequencyResult`` (notebook 01) or a ``VocabResult`` (notebook 02) of that module (not imported here:
+it imports this one).
+"""
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from glmd_lib.vocab.frequency import COVERAGE_SIZES, frequency_order
+
+
+class ShownFigure(Figure):
+    """A ``Figure`` that IPython shows as the PNG it saves, whatever state pyplot's backend is in.
+
+    A bare ``Figure`` is shown as an image only once the inline backend module has been loaded (which
+    happens on the first pyplot drawing, not on ``import matplotlib.pyplot``); before that, a notebook would
+    print ``<Figure size 800x400 with 1 Axes>`` instead.
+    """
+
+    def _repr_png_(self) -> bytes:
+        buf = io.BytesIO()
+        self.savefig(buf, format="png", bbox_inches="tight")
+        return buf.getvalue()
+
+
+def _figure(**kw: Any) -> tuple[Figure, Any]:
+    fig = ShownFigure(**kw)
+    return fig, fig.subplots()
+
+
+# --------------------------------------------------------------------------------------------
+# notebook 01
+# --------------------------------------------------------------------------------------------
+
+def rank_frequency(res: Any) -> Figure:
+    """Rank-frequency on log-log axes, where Zipf's law ``f(r) = C r^-s`` is a straight line; with the fit."""
+    fig, ax = _figure()
+    seen = res.counts[frequency_order(res.counts)]
+    seen = seen[seen > 0]
+    ranks = np.arange(1, len(seen) + 1)
+    ax.loglog(ranks, seen, lw=1.5, label="corpus")
+    s, c = res.summary["zipf_exponent"], res.summary["zipf_intercept"]
+    ax.loglog(ranks, np.exp(c) * ranks ** -s, "--", color="k", lw=1, label=f"Zipf fit, s = {s:.2f}")
+    task = np.sort(res.superglue)[::-1]
+    task = task[task > 0]
+    ax.loglog(np.arange(1, len(task) + 1), task, lw=1, alpha=0.7, label="SuperGLUE texts")
+    ax.set(xlabel="rank", ylabel="count", title="rank–frequency")
+    ax.legend()
+    return fig
+
+
+def coverage_curves(res: Any) -> Figure:
+    """Cumulative coverage of the corpus and of the SuperGLUE texts by the corpus's top-k tokens."""
+    fig, ax = _figure()
+    curves = res.curves()
+    V = len(res.counts)
+    k = np.arange(1, V + 1)
+    for color, (name, label) in enumerate((("corpus", "corpus"),
+                                           ("SuperGLUE (all)", "SuperGLUE (ranked by corpus counts)"))):
+        ax.plot(k, curves[name], label=label)
+        marks = [size for size in COVERAGE_SIZES if size <= V]
+        ax.plot(marks, [curves[name][m - 1] for m in marks], "o", color=f"C{color}")
+    ax.axvline(V // 2, ls=":", color="gray", label="half the vocabulary")
+    ax.set(xscale="log", xlabel="kept tokens k (most frequent first)", ylabel="share of tokens covered",
+           ylim=(0, 1.01), title="cumulative coverage")
+    ax.legend(loc="lower right")
+    return fig
+
+
+def coverage_bars(res: Any) -> Figure:
+    fig, ax = _figure(figsize=(9, 4))
+    res.coverage[["corpus", "SuperGLUE (all tasks)"]].plot.bar(ax=ax, rot=0)
+    ax.set(ylim=(min(0.5, res.coverage.values.min() - 0.05), 1.0), ylabel="coverage",
+           title="share of tokens covered by the corpus's top-k tokens")
+    return fig
+
+
+def frequency_figures(res: Any) -> dict[str, Figure]:
+    """Notebook 01's figures by file name (``<name>.png`` in ``<run_dir>/frequency/``)."""
+    return {"rank_frequency": rank_frequency(res), "coverage": coverage_curves(res),
+            "coverage_corpus_vs_superglue": coverage_bars(res)}
+
+
+def coverage_explorer(res: Any, step: int = 64):
+    """A slider over the kept size and a table of the coverage it gives on the corpus and each task.
+
+    The table is an ``HTML`` widget updated by the slider's ``observe`` callback, not an ``interactive``
+    output area: output-capturing widgets can stall headless executors (nbclient/papermill), this cannot,
+    and headless it still shows the table for the default size (half the vocabulary).
+    """
+    import ipywidgets as widgets
+    import pandas as pd
+
+    curves = res.curves()
+    V = len(res.counts)
+
+    def table(kept: int) -> str:
+        row = {name: f"{curve[kept - 1]:.2%}" for name, curve in curves.items()}
+        return pd.DataFrame(row, index=[f"top {kept:,} ({kept / V:.0%} of the vocabulary)"]).T.to_html()
+
+    slider = widgets.IntSlider(value=V // 2, min=step, max=V, step=step, continuous_update=False,
+                               description="kept size")
+    view = widgets.HTML(table(slider.value))
+    slider.observe(lambda change: setattr(view, "value", table(change["new"])), names="value")
+    return widgets.VBox([slider, view])
+
+
+# --------------------------------------------------------------------------------------------
+# notebook 02
+# --------------------------------------------------------------------------------------------
+
+def coverage_and_size(res: Any) -> Figure:
+    """Coverage (left axis) and student parameters (right axis) against the kept size."""
+    fig, ax1 = _figure()
+    sizes, s = res.sizes, res.summary
+    ax1.plot(sizes["kept"], sizes["corpus coverage"], "o-", label="corpus coverage")
+    ax1.plot(sizes["kept"], sizes["SuperGLUE coverage"], "s-", label="SuperGLUE coverage")
+    ax1.axvline(res.vocab_map.num_kept, ls=":", color="gray")
+    ax1.set(xscale="log", xlabel="kept tokens", ylabel="share of tokens kept as is",
+            title="coverage and student size against the kept size")
+    ax2 = ax1.twinx()
+    ax2.plot(sizes["kept"], sizes["student parameters"] / 1e6, "^--", color="C3", label="student parameters")
+    ax2.axhline(s["student_parameters_factorized_embedding"] / 1e6, ls="--", color="C4", lw=1,
+                label=f"full vocab, factorised E={s['factorized_embedding_size']}")
+    ax2.set_ylabel("student parameters (M)")
+    ax2.grid(False)
+    fig.legend(loc="lower right", bbox_to_anchor=(0.88, 0.15))
+    return fig
+
+
+def kept_mass(res: Any) -> Figure:
+    """Histogram of the teacher's held-out next-token mass on kept tokens, per temperature."""
+    fig, ax = _figure()
+    for t, m in res.masses.items():
+        ax.hist(m, bins=40, range=(0, 1), alpha=0.6, label=f"T = {t:g} (mean {m.mean():.3f})")
+    ax.set(xlabel="teacher probability mass on kept tokens", ylabel="positions", title="held-out next-token mass")
+    ax.legend(loc="upper left")
+    return fig
+
+
+def vocab_figures(res: Any) -> dict[str, Figure]:
+    """Notebook 02's figures by file name (``<name>.png`` in ``<run_dir>/vocab/``)."""
+    return {"coverage_and_size": coverage_and_size(res), "kept_mass": kept_mass(res)}

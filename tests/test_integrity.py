@@ -1,0 +1,269 @@
+"""Run integrity (issue #11), through the command line where a user meets it.
+
+* a failed rerun of a finished stage leaves nothing a later stage accepts (marker withdrawn first; a config
+  or artifact changed after the marker is refused by name);
+* one writer per run directory (``glmd run``, ``glmd stage1``), the holder named;
+* wrong values refused before anything runs, naming the parameter and the allowed values;
+* one-line errors for a bad parameter file, an unusable run directory, and Ctrl-C.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+
+from glmd_lib.artifacts import STAGES, ArtifactError, atomic_write_json, is_complete, mark_complete
+from glmd_lib.config.stages import FrequencyConfig
+from glmd_lib.pipeline import PipelineError, run
+from glmd_lib.runlock import ENV
+
+GLMD = [sys.executable, "-m", "glmd_lib.cli"]
+
+
+def _glmd(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    return subprocess.run([*GLMD, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _one_line_error(res: subprocess.CompletedProcess, *parts: str) -> str:
+    """The command failed with exit code 2 and exactly one line on stderr holding every part."""
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    for part in parts:
+        assert part in lines[0], lines[0]
+    return lines[0]
+
+
+def _notebook(path, params: dict, body: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    cell = nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in params.items()))
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell, nbformat.v4.new_code_cell(body)]
+    nbformat.write(nb, path)
+
+
+# --------------------------------------------------------------------------------------------
+# 1. stale results
+# --------------------------------------------------------------------------------------------
+
+# Stand-ins for notebooks 01 and 02 with their real config classes (the pipeline knows them by name): 01
+# starts as every notebook does, then fails when asked to; 02 needs 01's stage, as run_vocab does.
+FREQUENCY = """
+import pathlib
+from glmd_lib.artifacts import mark_complete
+from glmd_lib.config.stages import FrequencyConfig
+from glmd_lib.notebook import start
+cfg = start(FrequencyConfig, globals(), show=False)
+if (pathlib.Path(cfg.run_dir) / "FAIL").exists():
+    raise RuntimeError("the rerun failed")
+(cfg.out_dir / "counts.csv").write_text(f"token_id,count\\n0,{cfg.max_lines}\\n")
+mark_complete(cfg.out_dir, ["config.json", "counts.csv"])
+"""
+VOCAB = """
+from glmd_lib.artifacts import STAGES, mark_complete
+from glmd_lib.config.stages import VocabConfig
+from glmd_lib.notebook import start
+cfg = start(VocabConfig, globals(), show=False)
+STAGES["frequency"].require(cfg.run_dir)
+mark_complete(cfg.out_dir, ["config.json"])
+"""
+
+
+def test_failed_rerun_of_a_finished_stage_is_refused_downstream(tmp_path):
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    common = {"run_dir": None, "profile": None}
+    _notebook(nbs / "01_word_frequency.ipynb", {**common, "max_lines": None}, FREQUENCY)
+    _notebook(nbs / "02_vocab_pruning.ipynb", {**common, "keep_tokens": None}, VOCAB)
+    rd, quiet = tmp_path / "run", (lambda *_: None)
+    assert [r["status"] for r in run("smoke", rd, notebook_dir=nbs, log=quiet)] == ["ran", "ran"]
+    (rd / "FAIL").write_text("")
+    with pytest.raises(PipelineError, match="01_word_frequency failed.*the rerun failed"):
+        run("smoke", rd, params={"max_lines": 7}, notebook_dir=nbs, log=quiet)
+    assert json.loads((rd / "frequency" / "config.json").read_text())["config"]["max_lines"] == 7
+    # the old counts are still there, but no later stage takes them for max_lines=7
+    with pytest.raises(PipelineError, match=r"02_vocab_pruning failed.*stage 'frequency'.*run 01_word_frequency"):
+        run("smoke", rd, only=["02"], notebook_dir=nbs, log=quiet)
+    with pytest.raises(ArtifactError, match="01_word_frequency"):
+        STAGES["frequency"].require(rd)
+    (rd / "FAIL").unlink()  # the cause fixed: the same command resumes at 01 and then 02 accepts it
+    assert [r["status"] for r in run("smoke", rd, params={"max_lines": 7}, notebook_dir=nbs, log=quiet)] == \
+        ["ran", "ran"]
+
+
+def _finished_frequency(run_dir, **params) -> FrequencyConfig:
+    cfg = FrequencyConfig.resolve(profile="smoke", run_dir=str(run_dir), **params)
+    cfg.save()
+    (cfg.out_dir / "counts.csv").write_text("token_id,count\n0,1\n")
+    mark_complete(cfg.out_dir, ["config.json", "counts.csv"])
+    return cfg
+
+
+def test_config_rewritten_after_the_marker_is_refused_naming_what_differs(tmp_path):
+    """A stage that saves its new config and then fails (without withdrawing its marker first) must not pass
+    for the old results: the marker's digest of config.json no longer matches."""
+    _finished_frequency(tmp_path, max_lines=3)
+    assert STAGES["frequency"].require(tmp_path) == tmp_path / "frequency"
+    FrequencyConfig.resolve(profile="smoke", run_dir=str(tmp_path), max_lines=8).save()  # then it fails
+    assert not is_complete(tmp_path / "frequency")
+    with pytest.raises(ArtifactError, match=r"stage 'frequency' is stale.*max_lines: 3 -> 8.*Rerun "
+                                            r"01_word_frequency \(glmd run --only 01\)"):
+        STAGES["frequency"].require(tmp_path)
+
+
+def test_artifact_changed_or_lost_after_the_marker_is_refused(tmp_path):
+    cfg = _finished_frequency(tmp_path)
+    (cfg.out_dir / "counts.csv").write_text("token_id,count\n0,2\n")
+    with pytest.raises(ArtifactError, match="counts.csv that changed after it finished"):
+        STAGES["frequency"].require(tmp_path)
+    (cfg.out_dir / "counts.csv").unlink()
+    with pytest.raises(ArtifactError, match="lost counts.csv"):
+        STAGES["frequency"].require(tmp_path)
+
+
+def test_a_copied_run_stays_complete(tmp_path):
+    """Content, not modification times, identifies an artifact: a copy (new mtimes) is still complete."""
+    import shutil
+
+    _finished_frequency(tmp_path / "a")
+    (tmp_path / "a" / "frequency" / "student").mkdir()
+    shutil.copytree(tmp_path / "a", tmp_path / "b", copy_function=shutil.copy)
+    assert is_complete(tmp_path / "b" / "frequency")
+
+
+# --------------------------------------------------------------------------------------------
+# 3. strict JSON
+# --------------------------------------------------------------------------------------------
+
+def _strict(text: str):
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_is_strict_and_non_finite_metrics_become_null(tmp_path):
+    metrics = {"loss": float("nan"), "ppl": np.float32("inf"), "kl": torch.tensor(float("-inf")),
+               "curve": [1.0, float("nan")], "pair": (np.float64("nan"), 2), "steps": np.int64(3), "ok": 0.5}
+    path = atomic_write_json(tmp_path / "metrics.json", metrics)
+    assert _strict(path.read_text()) == {"loss": None, "ppl": None, "kl": None, "curve": [1.0, None],
+                                         "pair": [None, 2], "steps": 3, "ok": 0.5}
+
+
+def test_eval_summary_with_a_nan_score_is_strict_json(tmp_path):
+    """A real metrics writer (notebook 06's summary) with a score that came out NaN."""
+    import pandas as pd
+
+    from glmd_lib.tasks.evaluate import write_results
+
+    results = pd.DataFrame([{"model": "m", "task": "CB", "metric": "score", "value": math.nan, "params": 1,
+                             "n_examples": 0},
+                            {"model": "m", "task": "RTE", "metric": "score", "value": 0.5, "params": 1,
+                             "n_examples": 4}])
+    write_results(results, tmp_path)
+    summary = _strict((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["m"]["tasks"] == {"CB": None, "RTE": 0.5}
+
+
+# --------------------------------------------------------------------------------------------
+# 2. + 4. the command line: the run lock, Ctrl-C, early and one-line errors
+# --------------------------------------------------------------------------------------------
+
+SLEEPER = """
+import pathlib, time
+pathlib.Path(run_dir, "started").write_text("")
+time.sleep(120)
+"""
+
+
+def test_second_glmd_run_is_refused_and_ctrl_c_says_how_to_resume(tmp_path):
+    nbs, rd = tmp_path / "notebooks", tmp_path / "run"
+    nbs.mkdir()
+    _notebook(nbs / "01_sleep.ipynb", {"run_dir": None, "profile": None}, SLEEPER)
+    args = ["run", "--profile", "smoke", "--run-dir", str(rd), "--notebook-dir", str(nbs)]
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    first = subprocess.Popen([*GLMD, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 120
+        while not (rd / "started").exists():
+            assert first.poll() is None and time.time() < deadline, "the first glmd run did not start its notebook"
+            time.sleep(0.2)
+        line = _one_line_error(_glmd(*args), f"pid {first.pid}", "run --profile smoke", str(rd), "in use")
+        assert "--run-dir" in line  # what to do
+        first.send_signal(signal.SIGINT)
+        _, err = first.communicate(timeout=60)
+    finally:
+        first.kill()
+        first.wait()
+    assert first.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert "interrupted in notebook 01_sleep" in last and "rerun the same command" in last
+    assert not (rd / "pipeline" / "01_sleep.json").exists()  # not recorded as done: a rerun runs it again
+
+
+HOLD = ("import sys, time; from glmd_lib.runlock import run_lock\n"
+        "with run_lock(sys.argv[1], what='glmd run --profile demo'):\n    print('held', flush=True); time.sleep(60)\n")
+
+
+def test_glmd_stage1_is_refused_while_the_run_dir_is_held(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        res = _glmd("stage1", "--profile", "smoke", "--run-dir", str(tmp_path), "--no-progress")
+    finally:
+        holder.kill()
+        holder.wait()
+    _one_line_error(res, "glmd stage1: error", f"pid {holder.pid}", "glmd run --profile demo")
+    assert not (tmp_path / "stage1").exists()
+
+
+@pytest.mark.parametrize("param,parts", [
+    ("teachers.tasks=NOPE", ["'tasks'", "'NOPE' is not a SuperGLUE task", "allowed: BoolQ, CB"]),
+    ("stage2.tasks=[cb, RTE]", ["'tasks'", "did you mean 'CB'", "allowed:"]),
+    ("stage2.tasks=[AX-b]", ["'AX-b'", "without training data"]),
+    ("eval.tasks=[CB, rte]", ["did you mean 'RTE'"]),
+    ("stage1.temperature=inf", ["'temperature' must be a finite number"]),
+    ("stage2.temperature=nan", ["'temperature' must be a finite number"]),
+    ("stage1.lr=.nan", ["'lr' must be a finite number"]),
+    ("keep_tokens=-5", ["'keep_tokens' must be >= 1 (or None), got -5"]),
+    ("stage1.steps=0", ["'steps' must be >= 1"]),
+    ("stage1.mlm_probability=1.5", ["'mlm_probability' must be > 0 and < 1"]),
+    ("student_layers=0", ["'student_layers' must be >= 1"]),
+    ("eval.models=[teacher]", ["'models[0]'", "'teachers'"]),
+])
+def test_bad_values_fail_before_anything_runs(tmp_path, param, parts):
+    rd = tmp_path / "run"
+    _one_line_error(_glmd("run", "--profile", "smoke", "--run-dir", str(rd), "-p", param), "glmd run: error", *parts)
+    assert not rd.exists()
+
+
+def test_malformed_parameter_file_names_the_file_and_line(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("seed: 1\nstage1:\n  lr: [1, 2\n  steps: 3\n")
+    _one_line_error(_glmd("run", "--profile", "smoke", "--run-dir", str(tmp_path / "r"), "-f", str(f)),
+                    str(f), "line 4", "not valid YAML")
+    f.write_text("- seed\n- 1\n")
+    _one_line_error(_glmd("run", "--profile", "smoke", "--run-dir", str(tmp_path / "r"), "-f", str(f)),
+                    str(f), "mapping")
+    assert not (tmp_path / "r").exists()
+
+
+def test_unusable_run_directory_is_one_line_naming_the_path(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    _one_line_error(_glmd("run", "--profile", "smoke", "--run-dir", str(afile), "--only", "00"),
+                    str(afile), "is a file", "--run-dir")
+    _one_line_error(_glmd("run", "--profile", "smoke", "--run-dir", str(afile / "sub"), "--only", "00"),
+                    str(afile / "sub"), "cannot create", "--run-dir")
+    _one_line_error(_glmd("stage1", "--profile", "smoke", "--run-dir", str(afile)), "glmd stage1", str(afile))
