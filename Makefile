@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.glmd-installed
 RUN_DIR ?= runs/demo
 SMOKE_DIR ?= runs/ci-smoke
 
-.PHONY: install demo smoke test unit notebooks-test clean-notebooks bench lab
+.PHONY: install demo smoke test unit notebooks-test clean-notebooks bench lab browser-setup browser-test
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,5 +43,19 @@ clean-notebooks: $(STAMP)
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
+# JupyterLab on 127.0.0.1, served from the repository root (runs/ and notebooks/ both reachable), opening on
+# notebooks/; --allow-root only when run as root. The browser tests start it the same way (tools/lab.sh).
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	VENV=$(VENV) bash tools/lab.sh
+
+# The notebooks in JupyterLab in headless chromium (tests/browser): no cell shows an error, notebook 01's slider
+# drives its table, every report image loads. Installs Debian's chromium + chromium-driver (apt-get, idempotent)
+# and selenium first. Reuses $(BROWSER_RUN_DIR) (what notebooks-test leaves) and completes it if needed;
+# screenshots go to $(BROWSER_RUN_DIR)/browser/.
+BROWSER_RUN_DIR ?= $(SMOKE_DIR)
+
+browser-setup: $(STAMP)
+	VENV=$(VENV) bash tools/browser_setup.sh
+
+browser-test: browser-setup
+	GLMD_BROWSER_TEST=1 GLMD_BROWSER_RUN_DIR=$(BROWSER_RUN_DIR) $(BIN)/pytest -q -p no:cacheprovider tests/browser

@@ -215,7 +215,8 @@ STAGES: dict[str, StageArtifacts] = {s.stage: s for s in (
     StageArtifacts("teachers", "04_teacher_finetune", ("config.json", "summary.json"), ("model", "metrics.json")),
     StageArtifacts("stage2", "05_stage2_distillation", ("config.json", "summary.json"),
                    ("student", "history.csv", "metrics.json"), needs=("stage1", "teachers")),
-    StageArtifacts("eval", "06_superglue_eval", ("config.json", "results.csv", "summary.json"),
+    StageArtifacts("eval", "06_superglue_eval", ("config.json", "results.csv", "summary.json", "predictions.jsonl",
+                                                 "differences.csv", "fidelity.csv"),
                    needs=("teachers", "stage2")),
     StageArtifacts("report", "07_method_comparison", ("config.json", "report.md"), needs=("eval",)),
 )}
@@ -287,6 +288,7 @@ def mark_complete(directory: Path | str, artifacts: list[str] | None = None, **e
         record.update(config_sha256=_sha256(config), settings=_settings(config))
     needs = STAGES[directory.name].needs if directory.name in STAGES else ()
     record["inputs"] = {d: _sha256(m) for d in needs if (m := directory.parent / d / MARKER).exists()}
+    record["nonce"] = os.urandom(8).hex()  # every completion is new: a rerun in the same second still counts
     return atomic_write_json(directory / MARKER, {**record, **provenance(), **extra})
 
 

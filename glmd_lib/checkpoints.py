@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -168,3 +169,54 @@ def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
     import pandas as pd
 
     atomic_write_text(path, pd.DataFrame(rows).to_csv(index=False))
+
+
+# --------------------------------------------------------------------------------------------
+# starting over (resume=False) without losing the old run before the new one has a checkpoint
+# --------------------------------------------------------------------------------------------
+
+class PreviousRun:
+    """The old run's ``checkpoints/`` and ``history.csv``, set aside while a new run starts over.
+
+    Starting over used to delete them first, so a new run that failed early (a NaN at step 1, a parameter
+    that proved bad late, a kill) left nothing to resume. Now they move to ``.previous-run/`` (hidden: not an
+    artifact), are deleted once the new run has written its first checkpoint (:meth:`drop`, also at the end of
+    a run that writes none), and are put back if it fails before (:meth:`restore`). A run killed before that
+    (SIGKILL) leaves them aside; the next resuming run finds no checkpoint and puts them back (:meth:`recover`).
+    """
+
+    def __init__(self, ckpt_dir: Path, history_path: Path):
+        self.ckpt_dir, self.history_path = Path(ckpt_dir), Path(history_path)
+        self.aside = self.ckpt_dir.parent / ".previous-run"
+
+    def set_aside(self) -> None:
+        """Move the old checkpoints and history aside (an earlier attempt's aside copy is kept if there is
+        nothing newer: it is then still the last run that wrote a checkpoint)."""
+        if not list_checkpoints(self.ckpt_dir):
+            shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+            self.history_path.unlink(missing_ok=True)
+            return
+        shutil.rmtree(self.aside, ignore_errors=True)
+        self.aside.mkdir(parents=True)
+        self.ckpt_dir.rename(self.aside / self.ckpt_dir.name)
+        if self.history_path.exists():
+            self.history_path.rename(self.aside / self.history_path.name)
+
+    def restore(self) -> None:
+        """The new run failed before its first checkpoint: its partial files go, the old run comes back."""
+        if not self.aside.exists():
+            return
+        shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+        self.history_path.unlink(missing_ok=True)
+        for name in (self.ckpt_dir.name, self.history_path.name):
+            if (self.aside / name).exists():
+                (self.aside / name).rename(self.ckpt_dir.parent / name)
+        shutil.rmtree(self.aside, ignore_errors=True)
+
+    def recover(self) -> None:
+        """Before resuming: an aside copy with no checkpoint of a newer run means that run was killed early."""
+        if self.aside.exists() and not list_checkpoints(self.ckpt_dir):
+            self.restore()
+
+    def drop(self) -> None:
+        shutil.rmtree(self.aside, ignore_errors=True)

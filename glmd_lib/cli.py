@@ -58,6 +58,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _params(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from glmd_lib.config.base import allowed_range
     from glmd_lib.pipeline import addressing, discover
 
     steps = [s for s in discover() if s.config is not None]
@@ -69,10 +72,12 @@ def _params(args: argparse.Namespace) -> int:
             continue
         resolved = {p: cls.resolve(profile=p, run_dir="<run_dir>").to_dict() for p in PROFILES}
         print(f"{step.name}  ({cls.__name__}, writes <run_dir>/{cls.stage}/)")
+        ranges = {f.name: allowed_range(f) for f in dataclasses.fields(cls)}
         for key, help_text in cls.field_help().items():
             if key not in ("run_dir", "profile"):  # options of glmd run, not parameters
                 values = "  ".join(f"{p}={resolved[p][key]!r}" for p in PROFILES)
-                print(f"  {names[step.name][key]:28s} {values}\n      {help_text}")
+                allowed = f" [{ranges[key]}]" if ranges[key] else ""
+                print(f"  {names[step.name][key]:28s} {values}\n      {help_text}{allowed}")
         print()
     return 0
 
@@ -81,10 +86,11 @@ def _stage1(rest: list[str]) -> int:
     """``glmd stage1``: check the parameters, then run stage 1 holding the run-directory lock (a ``glmd run``
     on the same directory would delete its checkpoints). In a distributed launch rank 0 holds it for all."""
     from glmd_lib.config.stages import Stage1Config
-    from glmd_lib.distill.stage1 import main as stage1_main
     from glmd_lib.runlock import RunDirError, RunLockedError, run_lock
 
     if {"-h", "--help"} & set(rest):
+        from glmd_lib.distill.stage1 import main as stage1_main
+
         return stage1_main(rest)
     pre = argparse.ArgumentParser(add_help=False)  # just what names the run directory; stage1's main parses all
     pre.add_argument("--run-dir", default=None)
@@ -95,6 +101,8 @@ def _stage1(rest: list[str]) -> int:
         params = {k.removeprefix(f"{Stage1Config.stage}."): v for k, v in parse_params(known.param).items()}
         cfg = Stage1Config.resolve(known.profile, run_dir=known.run_dir, **params)
         with run_lock(cfg.run_dir, what=" ".join(["glmd stage1", *rest])):
+            from glmd_lib.distill.stage1 import main as stage1_main  # torch: seconds, after the cheap checks
+
             return stage1_main(rest)
     except (ConfigError, RunDirError, RunLockedError) as e:
         print(f"glmd stage1: error: {e}", file=sys.stderr)

@@ -1,13 +1,21 @@
-"""The run report (notebook 07, :func:`run_report`): teachers vs. GLMD students, sizes, coverage, retention.
+"""The run report (notebook 07, :func:`run_report`): every model's dev scores with their intervals, which
+differences the intervals support, how closely each student follows its teacher, sizes, coverage, retention.
 
 Everything is read from the run directory's artifacts, never from kernel state, and every path comes from
 the artifact registry (:data:`glmd_lib.artifacts.STAGES`):
 
-* ``eval/results.csv``        dev scores of every evaluated model (notebook 06), majority baselines included
-* ``stage2/<TASK>/metrics.json``  the student's dev score after passes 2a and 2b (notebook 05)
-* ``teachers/<TASK>/metrics.json`` the task teacher's dev score before/after fine-tuning (notebook 04)
-* ``vocab/summary.json``, ``frequency/summary.json``, ``stage1/metrics.json``  sizes, coverage, stage-1 quality
+* ``eval/results.csv``        dev scores of every evaluated model with 95% intervals and example counts
+  (notebook 06), the majority baseline included, and what chose each model's checkpoint
+* ``eval/differences.csv``    paired bootstrap differences with a verdict; ``eval/fidelity.csv`` the label-free
+  agreement and KL between each student and its task teacher
+* ``teachers/config.json``, ``stage2/config.json``  what labels chose the checkpoints (one generated paragraph)
+* ``stage2/<TASK>/metrics.json``, ``vocab/summary.json``, ``frequency/summary.json``, ``stage1/metrics.json``
 * every stage's PNG plots, copied into ``report/figures/``
+
+No sentence of the report claims a difference: the differences table says, per pair and task, whether the
+interval of the difference excludes 0. Models whose checkpoint dev labels chose are marked *dev-selected*.
+With several seeds (``seed-<k>/`` sub-runs, :mod:`glmd_lib.tasks.seeds`) the report adds mean ± sd per score;
+its other tables are those of the first run.
 
 :func:`write_report` renders ``report/report.md`` (and ``scores.png`` beside it); notebook 07 shows the same.
 """
@@ -17,11 +25,15 @@ import shutil
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pandas as pd
 
 from glmd_lib.artifacts import STAGES, ArtifactError, artifact, atomic_write_text, mark_complete, read_json
+from glmd_lib.tasks.intervals import interval_cell
+from glmd_lib.tasks.results import difference_table, fidelity_text
+from glmd_lib.tasks.seeds import pooled_results, seed_cells, seed_runs, seed_summary
+from glmd_lib.tasks.selection import labels_touched
 
 GROUPS = ("majority", "zero-shot teacher", "task teacher", "GLMD student")
 
@@ -48,21 +60,32 @@ def model_group(name: str) -> str:
     return "other"
 
 
+SCORE_FIELDS = ("ci_low", "ci_high", "n_examples", "n_split", "select_on")  # beside each score, where recorded
+
+
+def _field(row: Any, key: str) -> Any:
+    value = None if row is None else row.get(key)
+    return None if value is None or (isinstance(value, float) and pd.isna(value)) else value
+
+
 def task_scores(run_dir: Path | str) -> pd.DataFrame:
-    """One row per (model, task): the official task score (two-metric tasks averaged) and the parameters."""
+    """One row per (model, task): the official task score (two-metric tasks averaged), its interval and example
+    counts, what chose the model's checkpoint, and the parameters."""
     from glmd_lib.superglue.metrics import task_score
 
     path = artifact(run_dir, "eval", "results.csv")
     if not path.exists():
-        return pd.DataFrame(columns=["model", "group", "task", "score", "params"])
+        return pd.DataFrame(columns=["model", "group", "task", "score", "params", *SCORE_FIELDS])
     df = pd.read_csv(path)
     rows = []
     for (model, task), g in df.groupby(["model", "task"], sort=False):
         metrics = dict(zip(g["metric"], g["value"]))
         score = metrics["score"] if "score" in metrics else task_score(task, metrics)
+        row = g[g.metric == "score"].iloc[0].to_dict() if "score" in metrics else None
         params = g["params"].dropna()
         rows.append({"model": model, "group": model_group(model), "task": task, "score": float(score),
-                     "params": int(params.iloc[0]) if len(params) else None})
+                     "params": int(params.iloc[0]) if len(params) else None,
+                     **{k: _field(row, k) for k in SCORE_FIELDS}})
     return pd.DataFrame(rows)
 
 
@@ -93,6 +116,21 @@ def results_table(run_dir: Path | str) -> pd.DataFrame:
     return table
 
 
+def score_text(scores: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`results_table` as text: every score with its interval and n (``n=16 of 56`` where capped) and, where
+    dev labels chose the model's checkpoint, *dev-selected*; averages and retention as plain numbers."""
+    cells = {}
+    for r in scores[scores.group.isin(GROUPS)].itertuples():
+        mark = " (dev-selected)" if r.select_on == "dev" else ""
+        cells[(r.task, r.group)] = interval_cell(r.score, r.ci_low, r.ci_high, r.n_examples, r.n_split) + mark
+    out = table.astype(object).copy()
+    for task in table.index:
+        for col in table.columns:
+            value = table.loc[task, col]
+            out.loc[task, col] = cells.get((task, col)) or ("" if pd.isna(value) else f"{value:.3f}")
+    return out
+
+
 def sizes_table(run_dir: Path | str) -> pd.DataFrame:
     scores = task_scores(run_dir)
     if scores.empty:
@@ -120,7 +158,7 @@ def _kv_table(d: dict[str, Any], keys: list[str]) -> pd.DataFrame:
 
 
 STAGE2_COLUMNS = ["dev_score_stage1", "dev_score_2a", "dev_score_2b", "teacher_dev_score", "majority_dev_score",
-                  "train_inputs", "steps_2a", "steps_2b", "select_by_dev"]
+                  "train_inputs", "steps_2a", "steps_2b", "select_on", "select_by_dev"]
 
 
 def _md_cell(v: Any, floatfmt: str) -> str:
@@ -179,19 +217,57 @@ def collect_figures(run_dir: Path | str, out_dir: Path) -> list[Path]:
     return copied
 
 
-def render(run_dir: Path | str, title: str, table: pd.DataFrame, sizes: pd.DataFrame) -> str:
-    """``report.md``'s text; writes its plots (``scores.png``, ``figures/``) into the report directory."""
-    run_dir = Path(run_dir)
-    out_dir = artifact(run_dir, "report", "report.md").parent
-    s = stage_summaries(run_dir)
-    lines = [f"# {title}", "", f"Run directory: `{run_dir}`", ""]
-    lines += ["## Dev scores", "",
-              "Official SuperGLUE metrics on the dev splits (two-metric tasks averaged). *retention* = GLMD "
-              "student ÷ task teacher. Majority baselines use the full dev split; model scores may use a capped "
-              "subset (see `eval/config.json`).", "", _md_table(table)]
+SCORES_TEXT = ("Official SuperGLUE metrics on the dev splits (two-metric tasks averaged), each with its 95% bootstrap "
+               "interval and its number of examples (resampled by MultiRC question and AX-g pair); `n=16 of 56` marks "
+               "a capped subset (`max_eval_examples`). Every model and the majority baseline are scored on the same "
+               "examples, each task model in the pattern it was trained with. Averages over tasks and *retention* "
+               "(GLMD student ÷ task teacher, a ratio of point estimates) carry no interval: whether two models "
+               "differ is read from the next table, not from these numbers.")
+DIFF_TEXT = ("Paired bootstrap of the difference of task scores on the same examples (95%). A verdict names a better "
+             "model only where the interval excludes 0; *not distinguishable* means these dev examples cannot tell "
+             "the two apart.")
+FIDELITY_TEXT = ("How closely each student follows its task teacher, on unlabeled dev and test inputs no training step "
+                 "saw (no label involved): the share of inputs where both predict the same, and KL(teacher ‖ student) "
+                 "over the task's choices (0: identical). Bootstrap intervals over the inputs (MultiRC: questions).")
+
+
+def _section(title: str, text: str | None, table: pd.DataFrame) -> list[str]:
+    return [f"## {title}", ""] + ([text, ""] if text else []) + [_md_table(table)]
+
+
+def _config(run_dir: Path, stage: str) -> dict[str, Any] | None:
+    data = _read(artifact(run_dir, stage, "config.json"))
+    return data.get("config", data) if isinstance(data, dict) else None
+
+
+def _eval_sections(run_dir: Path, table: pd.DataFrame, out_dir: Path) -> list[str]:
+    """Dev scores with intervals (and their plot), the paired differences, the label-free fidelity."""
+    lines = _section("Dev scores", SCORES_TEXT, score_text(task_scores(run_dir), table))
     if plot_scores(table, out_dir / "scores.png"):
         lines += ["![dev scores](scores.png)", ""]
-    lines += ["## Sizes", "", _md_table(sizes, "{:.3f}")]
+    for name, title, text, view in (("differences.csv", "Which differences are real", DIFF_TEXT, difference_table),
+                                    ("fidelity.csv", "Label-free fidelity: student vs. task teacher", FIDELITY_TEXT,
+                                     fidelity_text)):
+        path = artifact(run_dir, "eval", name)
+        if path.exists():
+            lines += _section(title, text, view(pd.read_csv(path)))
+    return lines
+
+
+def _seed_section(runs: list[Path]) -> tuple[list[str], pd.DataFrame]:
+    cells = seed_cells(seed_summary(pooled_results([r for r in runs if artifact(r, "eval", "results.csv").exists()])))
+    if cells.empty or not cells.apply(lambda c: c.str.contains("±", regex=False)).any().any():
+        return [], cells  # one seed: nothing to add
+    text = (f"Mean ± sample standard deviation of each task score across seeds ({len(runs)} run director"
+            f"{'y' if len(runs) == 1 else 'ies'}: {', '.join(f'`{r}`' for r in runs)}): what retraining moves. "
+            f"The intervals above are those of the first run: what the choice of dev examples moves.")
+    return _section("Across seeds", text, cells), cells
+
+
+def _stage_sections(run_dir: Path, sizes: pd.DataFrame) -> list[str]:
+    """Sizes, vocabulary compression, stage 1, stage 2 per task."""
+    s = stage_summaries(run_dir)
+    lines = ["## Sizes", "", _md_table(sizes, "{:.3f}")]
     v = s.get("vocab") or {}
     if v:
         keys = ["vocab_size", "kept", "protected", "corpus_coverage", "superglue_coverage", "substitute_method"]
@@ -205,15 +281,29 @@ def render(run_dir: Path | str, title: str, table: pd.DataFrame, sizes: pd.DataF
     if s.get("stage2"):
         # orient="index" with dtype=object keeps ints as ints (steps print as 30, not 30.000)
         st2 = pd.DataFrame.from_dict({t: {k: (m or {}).get(k) for k in STAGE2_COLUMNS} for t, m in s["stage2"].items()},
-                                     orient="index", dtype=object)
+                                     orient="index", dtype=object).dropna(axis=1, how="all")
         lines += ["## Stage 2 per task", "",
-                  "Dev score of the student after stage 1 alone, after pass 2a (vocabulary KL on the task inputs) "
-                  "and after pass 2b (soft task scores), next to its task teacher and the majority class.", "",
+                  "What notebook 05 recorded: the student's scores after stage 1 alone, after pass 2a (vocabulary KL "
+                  "on the task inputs) and after pass 2b (soft task scores) on the split that chose its checkpoints "
+                  "(`select_on`), next to its task teacher and the majority class.", "",
                   _md_table(st2.rename_axis("task"))]
+    return lines
+
+
+def render(run_dir: Path | str, title: str, table: pd.DataFrame, sizes: pd.DataFrame, out_dir: Path,
+           runs: list[Path] | None = None) -> tuple[str, pd.DataFrame]:
+    """``report.md``'s text and the across-seeds table; writes the plots (``scores.png``, ``figures/``) into
+    ``out_dir``. ``run_dir``: the run whose tables are shown; ``runs``: every seed's run (default: that one)."""
+    run_dir = Path(run_dir)
+    lines = [f"# {title}", "", f"Run directory: `{run_dir}`", "",
+             labels_touched(_config(run_dir, "teachers"), _config(run_dir, "stage2")), ""]
+    lines += _eval_sections(run_dir, table, out_dir)
+    seed_lines, seeds = _seed_section(runs or [run_dir])
+    lines += seed_lines + _stage_sections(run_dir, sizes)
     figures = collect_figures(run_dir, out_dir)
     if figures:
         lines += ["## Figures", ""] + [f"![{f.stem}](figures/{f.name})" for f in figures] + [""]
-    return "\n".join(lines)
+    return "\n".join(lines), seeds
 
 
 @dataclass(repr=False)
@@ -221,8 +311,11 @@ class Report:
     """What :func:`write_report` wrote; shows itself in a notebook as the rendered ``report.md``."""
 
     path: Path
-    scores: pd.DataFrame  # :func:`results_table`
+    scores: pd.DataFrame  # :func:`results_table` (numbers)
     sizes: pd.DataFrame  # :func:`sizes_table`
+    text: pd.DataFrame  # :func:`score_text`: the scores with their intervals, as in report.md
+    seeds: pd.DataFrame  # mean ± sd per task and model across seeds (empty for one run)
+    runs: list[Path]  # the runs read (the first is the one whose tables are shown)
 
     def __repr__(self) -> str:
         return f"Report({str(self.path)!r})"
@@ -232,20 +325,24 @@ class Report:
         return self.path.read_text(encoding="utf-8").replace("](", f"]({self.path.parent}/")
 
 
-def write_report(run_dir: Path | str, title: str = "GLMD Workbench run") -> Report:
-    """Render ``<run_dir>/report/report.md`` (plots beside it) from whatever stages the run has."""
-    table, sizes = results_table(run_dir), sizes_table(run_dir)
+def write_report(run_dir: Path | str, title: str = "GLMD Workbench run", more_runs: Sequence[Path | str] = ()) -> Report:
+    """Render ``<run_dir>/report/report.md`` (plots beside it) from whatever stages the run has; with several
+    seeds (``seed-<k>/`` sub-runs, or ``more_runs``) the first one's tables and mean ± sd across all."""
+    runs = seed_runs(run_dir, more_runs) or [Path(run_dir)]
+    table, sizes = results_table(runs[0]), sizes_table(runs[0])
     path = artifact(run_dir, "report", "report.md")
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, render(run_dir, title, table, sizes))
-    return Report(path, table, sizes)
+    text, seeds = render(runs[0], title, table, sizes, path.parent, runs)
+    atomic_write_text(path, text)
+    return Report(path, table, sizes, score_text(task_scores(runs[0]), table), seeds, runs)
 
 
 def run_report(cfg) -> Report:
     """Notebook 07's work (``cfg``: a :class:`~glmd_lib.config.stages.ReportConfig`): needs a finished
-    evaluation (notebook 06), writes the report and marks the stage complete."""
-    STAGES["eval"].require(cfg.run_dir)
-    report = write_report(cfg.run_dir, cfg.title)
+    evaluation (notebook 06) in every run it reads, writes the report and marks the stage complete."""
+    for run in seed_runs(cfg.run_dir, cfg.seed_runs) or [Path(cfg.run_dir)]:
+        STAGES["eval"].require(run)
+    report = write_report(cfg.run_dir, cfg.title, tuple(cfg.seed_runs))
     cfg.save()
     mark_complete(report.path.parent, list(STAGES["report"].files))
     return report

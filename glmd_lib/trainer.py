@@ -12,15 +12,20 @@ What it does, and why:
   ``keep_checkpoints`` kept (:mod:`glmd_lib.checkpoints`). ``train(resume=True)`` continues from the newest one
   exactly: killed with SIGKILL and resumed, a run ends with bitwise the weights of an uninterrupted one (CPU).
 * A non-finite loss stops the run *before* the optimizer step, naming the step; the checkpoints on disk are
-  the last good state.
+  the last good state. Starting over (``resume=False``) sets the old run's checkpoints aside and deletes them
+  only once the new run has written its first checkpoint (:class:`glmd_lib.checkpoints.PreviousRun`).
+* A step's loss is the mean over *all* its valid tokens, across micro-batches and processes: each loss is
+  weighted by its denominator (``logs["loss_count"]``; without one every micro-batch weighs 1) and the
+  gradients are divided by the all-reduced total, so a micro-batch of padded inputs weighs by what it holds.
 * ``history.csv`` (step, loss, lr, tokens/s and whatever the loss reports) is rewritten atomically every
-  step; tqdm bars work in terminals and notebooks; ``on_log`` callbacks see every row: :class:`LiveLossPlot`
-  draws it, :class:`BestCheckpoint` evaluates on dev and keeps the best weights.
+  step; tqdm bars work in terminals and notebooks; ``on_log`` callbacks see every row: ``LiveLossPlot``
+  (:mod:`glmd_lib.distill.figures`) draws it, :class:`BestCheckpoint` evaluates on dev and keeps the best weights.
 
 The loss is a closure ``loss_fn(batch) -> (loss, logs)`` or ``loss_fn(batch, model) -> (loss, logs)``; the
 second form receives the *prepared* model (DDP-wrapped under several processes) and must call it for its
 forward pass, otherwise DDP cannot synchronise the gradients. ``logs`` is a dict of scalars (floats or
-0-dim tensors); a ``tokens`` entry counts tokens for tokens/s (default: ``batch["attention_mask"].sum()``).
+0-dim tensors); a ``tokens`` entry counts tokens for tokens/s (default: ``batch["attention_mask"].sum()``),
+a ``loss_count`` entry is the loss's denominator (a weight, not logged).
 
 The batch source is any object with ``next_batch()``, ``state_dict()`` and ``load_state_dict()``;
 :class:`IndexBatches` is the usual one (shuffled epochs over indices, sharded by rank).
@@ -29,8 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import math
-import shutil
 import time
 from collections.abc import Collection
 from dataclasses import asdict, dataclass
@@ -40,9 +43,9 @@ from typing import Any, Callable, Literal, Protocol
 import torch
 from torch import nn
 
-from glmd_lib.checkpoints import (CheckpointError, all_rng_states, latest_checkpoint, list_checkpoints, read_history,
-                                  restore_rng_state, seed_everything, trainable_state, write_checkpoint,
-                                  write_history)
+from glmd_lib.checkpoints import (CheckpointError, PreviousRun, all_rng_states, latest_checkpoint, list_checkpoints,
+                                  read_history, restore_rng_state, seed_everything, trainable_state,
+                                  write_checkpoint, write_history)
 from glmd_lib.device import use_bf16
 
 
@@ -154,6 +157,7 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.history_path = self.out_dir / "history.csv"
+        self.previous = PreviousRun(self.ckpt_dir, self.history_path)  # the old run, while one starts over
         self.config = config
         self.fingerprint = dict(fingerprint or {})
         self.progress, self.desc = progress, desc
@@ -201,6 +205,7 @@ class Trainer:
                      "world_size": acc.num_processes, "fingerprint": self.fingerprint, "config": asdict(self.config)}
             path = write_checkpoint(self.ckpt_dir, step, state, self.config.keep_checkpoints)
             write_history(self.history_path, self.history)
+            self.previous.drop()  # the new run can resume from here: the old one is no longer needed
         acc.wait_for_everyone()
         return path
 
@@ -223,37 +228,44 @@ class Trainer:
 
     # ---- one optimizer step ------------------------------------------------------------------
     def _call_loss(self, batch: Any):
-        if self._loss_takes_model:
-            return self.loss_fn(batch, self.model)
-        return self.loss_fn(batch)
+        return self.loss_fn(batch, self.model) if self._loss_takes_model else self.loss_fn(batch)
 
     def _accumulate(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-        """Forward and backward over ``grad_accum`` micro-batches: (mean loss, tokens, mean logs), reduced
-        over processes."""
+        """Forward and backward over ``grad_accum`` micro-batches: (loss, tokens, logs) of the whole step.
+
+        Each micro-batch's loss is a mean over its own ``loss_count`` valid tokens; backpropagating
+        ``loss * loss_count`` sums the per-token terms, and dividing the gradients by the global count (all
+        micro-batches, all-reduced over processes; times the number of processes, which DDP averaged over)
+        makes them the gradient of the mean over every valid token of the step."""
         from accelerate.utils import send_to_device
 
         c, acc = self.config, self.accelerator
-        loss_sum = torch.zeros((), device=acc.device)
-        n_tokens = torch.zeros((), device=acc.device)
+        loss_sum, count, n_tokens = (torch.zeros((), device=acc.device) for _ in range(3))
         logs_sum: dict[str, float] = {}
         for micro in range(c.grad_accum):
             batch = send_to_device(self.batches.next_batch(), acc.device)
-            sync = micro == c.grad_accum - 1
-            ctx = acc.no_sync(self.model) if (not sync and acc.num_processes > 1) else contextlib.nullcontext()
+            last = micro == c.grad_accum - 1  # DDP all-reduces the gradients on the last backward only
+            ctx = acc.no_sync(self.model) if (not last and acc.num_processes > 1) else contextlib.nullcontext()
             with ctx:
                 with acc.autocast():
                     loss, logs = self._call_loss(batch)
-                acc.backward(loss / c.grad_accum)
-            loss_sum += loss.detach().float()
-            tok = logs.get("tokens") if isinstance(logs, dict) else None
+                logs = dict(logs or {})
+                weight = torch.as_tensor(logs.pop("loss_count", 1.0), dtype=torch.float32, device=acc.device)
+                acc.backward(loss * weight.detach())
+            loss_sum += loss.detach().float() * weight
+            count += weight
+            tok = logs.pop("tokens", None)
             if tok is None and isinstance(batch, dict) and "attention_mask" in batch:
                 tok = batch["attention_mask"].sum()
             n_tokens += float(tok if tok is not None else 0)
-            for k, v in (logs or {}).items():
-                if k != "tokens":
-                    logs_sum[k] = logs_sum.get(k, 0.0) + float(v) / c.grad_accum
-        mean_loss = acc.reduce(loss_sum / c.grad_accum, reduction="mean")
-        return mean_loss, acc.reduce(n_tokens, reduction="sum"), logs_sum
+            for k, v in logs.items():
+                logs_sum[k] = logs_sum.get(k, 0.0) + float(v) * float(weight)
+        total = acc.reduce(count, reduction="sum").clamp(min=1e-12)  # no valid token at all: zero gradients
+        for p in self.model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(acc.num_processes / total.to(p.grad.dtype))
+        logs = {k: v / max(float(count), 1e-12) for k, v in logs_sum.items()}  # this process's token mean
+        return acc.reduce(loss_sum, reduction="sum") / total, acc.reduce(n_tokens, reduction="sum"), logs
 
     def _step(self, step: int, last_ckpt: Path | None, bar) -> dict[str, Any]:
         """One optimizer step; returns its history row (not yet appended)."""
@@ -281,38 +293,53 @@ class Trainer:
                 **({"grad_norm": float(grad_norm)} if grad_norm is not None else {}), **logs}
 
     # ---- the loop ----------------------------------------------------------------------------
-    def train(self, resume: bool = True) -> dict[str, Any]:
-        from tqdm.auto import tqdm
-
+    def _begin(self, resume: bool) -> int:
+        """Set up, and either resume (the step to continue after) or start over (0; the old run set aside)."""
         c = self.config
         seed_everything(c.seed)
         self._setup()
         acc = self.accelerator
         if acc.num_processes > 1:  # ranks draw different dropout / masking, like independent workers
             seed_everything(c.seed + acc.process_index)
-        start = self._resume() if resume else 0
-        if not resume and acc.is_main_process and self.ckpt_dir.exists():
-            shutil.rmtree(self.ckpt_dir)  # starting over: the old run's checkpoints no longer apply
-            self.history_path.unlink(missing_ok=True)
+        if acc.is_main_process and resume:
+            self.previous.recover()
+        elif acc.is_main_process:
+            self.previous.set_aside()
         acc.wait_for_everyone()
+        return self._resume() if resume else 0
+
+    def train(self, resume: bool = True) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        c = self.config
+        start = self._begin(resume)
+        acc = self.accelerator
         self.model.train()
         bar = tqdm(total=c.steps, initial=start, desc=self.desc, disable=not (self.progress and acc.is_main_process),
                    dynamic_ncols=True)
         last_ckpt = (list_checkpoints(self.ckpt_dir) or [(0, None)])[-1][1]
-        for step in range(start + 1, c.steps + 1):
-            if self.step_hook is not None:
-                self.step_hook(step)
-            row = self._step(step, last_ckpt, bar)
-            self.history.append(row)
-            if acc.is_main_process:
-                write_history(self.history_path, self.history)
-                for cb in self.on_log:
-                    cb(row)
-            bar.set_postfix(loss=f"{row['loss']:.4g}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
-            bar.update(1)
-            if c.checkpoint_every and (step % c.checkpoint_every == 0 or step == c.steps):
-                last_ckpt = self._save_checkpoint(step)
-        bar.close()
+        try:
+            for step in range(start + 1, c.steps + 1):
+                if self.step_hook is not None:
+                    self.step_hook(step)
+                row = self._step(step, last_ckpt, bar)
+                self.history.append(row)
+                if acc.is_main_process:
+                    write_history(self.history_path, self.history)
+                    for cb in self.on_log:
+                        cb(row)
+                bar.set_postfix(loss=f"{row['loss']:.4g}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
+                bar.update(1)
+                if c.checkpoint_every and (step % c.checkpoint_every == 0 or step == c.steps):
+                    last_ckpt = self._save_checkpoint(step)
+        except BaseException:
+            if acc.is_main_process:  # no-op once the new run has a checkpoint (the old one is gone then)
+                self.previous.restore()
+            raise
+        finally:
+            bar.close()
+        if acc.is_main_process:
+            self.previous.drop()  # a run without checkpoints: the old one goes once this one has finished
         self.model.eval()
         last = self.history[-1] if self.history else {}
         return {"steps": c.steps, "resumed_from": start, "tokens_seen": int(last.get("tokens_seen", 0)),
@@ -320,35 +347,8 @@ class Trainer:
 
 
 # --------------------------------------------------------------------------------------------
-# on_log hooks: a live plot for notebooks, the best-checkpoint selector
+# on_log hooks: the best-checkpoint selector (a live plot for notebooks: glmd_lib.distill.figures.LiveLossPlot)
 # --------------------------------------------------------------------------------------------
-
-class LiveLossPlot:
-    """An ``on_log`` callback that redraws the loss curve in a notebook every ``every`` steps."""
-
-    def __init__(self, keys: tuple[str, ...] = ("loss",), every: int = 5, title: str = "training loss"):
-        self.keys, self.every, self.title = keys, every, title
-        self.rows: list[dict[str, Any]] = []
-        self.handle = None
-
-    def __call__(self, row: dict[str, Any]) -> None:
-        import matplotlib.pyplot as plt
-        from IPython.display import display
-
-        self.rows.append(row)
-        if len(self.rows) % self.every and len(self.rows) > 1:
-            return
-        fig, ax = plt.subplots(figsize=(7, 3))
-        steps = [r["step"] for r in self.rows]
-        for k in self.keys:
-            ax.plot(steps, [r.get(k, math.nan) for r in self.rows], label=k)
-        ax.set_xlabel("step"), ax.set_title(self.title), ax.legend()
-        if self.handle is None:
-            self.handle = display(fig, display_id=True)
-        else:
-            self.handle.update(fig)
-        plt.close(fig)
-
 
 class BestCheckpoint:
     """The trainer's best-checkpoint hook (an ``on_log`` callback): evaluates the model after the steps in

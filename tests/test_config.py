@@ -1,4 +1,6 @@
 import json
+import re
+import typing
 
 import pytest
 
@@ -81,3 +83,74 @@ def test_data_dir_resolution(monkeypatch, tmp_path):
     assert resolve_superglue_dir().name == "superglue"
     monkeypatch.setenv("GLMD_CORPUS", str(tmp_path / "c"))
     assert resolve_corpus_dir() == tmp_path / "c"
+
+
+def _numeric_fields():
+    """(config class, field) for every number any config declares (the README's promise covers them all)."""
+    import dataclasses
+
+    from glmd_lib.pipeline import config_classes
+
+    for cls in config_classes().values():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if {int, float} & set(typing.get_args(hints[f.name]) or (hints[f.name],)):
+                yield cls, f, hints[f.name]
+
+
+def test_every_float_parameter_must_be_finite():
+    floats = [(cls, f) for cls, f, tp in _numeric_fields() if float in (typing.get_args(tp) or (tp,))]
+    assert {f.name for _, f in floats} >= {"temperature", "lr", "keep_rate", "weight_decay", "mlm_probability"}
+    for cls, f in floats:
+        for bad in ("nan", "inf", "-inf", float("nan")):
+            with pytest.raises(ConfigError, match=rf"'{f.name}' must be a finite number"):
+                cls.resolve(profile="smoke", run_dir="/tmp/x", **{f.name: bad})
+
+
+def test_every_count_declares_a_range_and_below_it_is_refused():
+    """Every int parameter says what it allows; the value just below is refused, naming the range."""
+    from glmd_lib.config.base import allowed_range
+
+    for cls, f, _ in _numeric_fields():
+        assert allowed_range(f), f"{cls.__name__}.{f.name} declares no range (ge=, gt=, le=, lt=)"
+        low = f.metadata.get("ge", f.metadata.get("gt"))
+        if low is not None and float(low).is_integer() and "ge" in f.metadata:
+            with pytest.raises(ConfigError, match=rf"'{f.name}' must be {re.escape(allowed_range(f))}"):
+                cls.resolve(profile="smoke", run_dir="/tmp/x", **{f.name: int(low) - 1})
+
+
+def test_task_names_are_checked_with_a_hint():
+    from glmd_lib.config.stages import EvalConfig, FrequencyConfig, Stage2Config, TeacherConfig
+
+    with pytest.raises(ConfigError, match=r"'cb' is not a SuperGLUE task \(did you mean 'CB'\?\); allowed: BoolQ"):
+        TeacherConfig.resolve(profile="smoke", tasks=["cb"])
+    with pytest.raises(ConfigError, match="'AX-g' is a diagnostic"):
+        Stage2Config.resolve(profile="smoke", tasks=["RTE", "AX-g"])
+    with pytest.raises(ConfigError, match="lists 'RTE' twice"):
+        EvalConfig.resolve(profile="smoke", tasks=["RTE", "RTE"])
+    with pytest.raises(ConfigError, match="at least one task"):
+        TeacherConfig.resolve(profile="smoke", tasks=[])
+    assert EvalConfig.resolve(profile="smoke", tasks=["CB", "AX-b"]).tasks == ["CB", "AX-b"]
+    assert FrequencyConfig.resolve(profile="smoke", tasks=[]).tasks == []  # counting no task texts is fine
+
+
+def test_saved_config_is_strict_json(tmp_path):
+    text = Stage1Config.resolve(profile="smoke", run_dir=str(tmp_path)).save().read_text()
+    json.loads(text, parse_constant=lambda token: pytest.fail(f"non-standard JSON token {token}"))
+
+
+def test_parameter_file_errors_name_the_file_and_line(tmp_path):
+    from glmd_lib.config.base import parse_params
+
+    f = tmp_path / "p.yaml"
+    f.write_text("seed: 1\nstage1: {lr: 2\n")
+    with pytest.raises(ConfigError, match=rf"parameter file {re.escape(str(f))}, line 3, column 1: not valid YAML"):
+        parse_params([], [str(f)])
+    f.write_bytes(b"seed: \xff\n")
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(f))} cannot be read"):
+        parse_params([], [str(f)])
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        f.write_text("[1, 2]\n")
+        parse_params([], [str(f)])
+    with pytest.raises(ConfigError, match="does-not-exist.yaml cannot be read"):
+        parse_params([], [str(tmp_path / "does-not-exist.yaml")])

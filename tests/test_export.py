@@ -13,7 +13,7 @@ import torch
 
 from glmd_lib.models.export import (EXPORT_FILE, ExportError, export_ids, export_student, load_exported,
                                     renumber_tokenizer_json, student_rows)
-from glmd_lib.models.student import build_student, load_student, save_student
+from glmd_lib.models.student import Student, build_student, load_student, save_student
 from glmd_lib.vocab.vocab_map import VocabMap
 
 VALID = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "corpus" / "gutenberg" / "valid.txt"
@@ -164,13 +164,12 @@ def test_real_student_generates_readable_text_without_glmd_lib(tmp_path):
     from glmd_lib.models.teacher import load_teacher
 
     model, tok = load_teacher("smollm2-135m")
-    counts = torch.zeros(len(tok), dtype=torch.long)
-    for line in _real_lines(TEXT_FALLBACK, 2000):
-        counts += torch.bincount(torch.tensor(tok(line)["input_ids"], dtype=torch.long), minlength=len(tok))
-    vm = VocabMap.build(counts, tok, 0.5, substitute="unk")
-    save_student(vm.shrink_model(model), tmp_path / "student", tok, vm, extra={"teacher": "smollm2-135m"})
+    ids = [i for line in tok(_real_lines(TEXT_FALLBACK, 2000))["input_ids"] for i in line]
+    vm = VocabMap.build(torch.bincount(torch.tensor(ids), minlength=len(tok)), tok, 0.5, substitute="unk")
+    student = Student(vm.shrink_model(model), tok, vm)
+    save_student(student.model, tmp_path / "student", tok, vm, extra={"teacher": "smollm2-135m"})
     prompt = "Once upon a time, in a small village,"
-    want = load_student(tmp_path / "student").generate(prompt, 12)
+    want = student.generate(prompt, 12)
     got = _plain_run(export_student(tmp_path / "student", tmp_path / "out"), prompt, tmp_path)
     assert got["text"] == prompt + want and len(want.split()) >= 5 and want.replace(" ", "").isprintable()
     assert max(got["new"]) < vm.num_kept

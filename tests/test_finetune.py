@@ -28,27 +28,52 @@ def test_freeze_lower_layers(tiny_llama):
 
 
 @pytest.mark.parametrize("task", ["CB", "COPA"])
-def test_finetune_keeps_best_dev_checkpoint_and_writes_artifacts(tmp_path, teacher_dir, task):
+def test_finetune_keeps_best_selection_checkpoint_and_never_reads_dev(tmp_path, teacher_dir, task, monkeypatch):
+    """The checkpoint is chosen on the train holdout (removed from training); dev is not read at all."""
+    from glmd_lib.tasks import selection
+    from glmd_lib.tasks.selection import split_for
+
     data = write_toy_dataset(tmp_path / "sg", n=8, tasks=[task])
     cfg = TeacherConfig.resolve("smoke", run_dir=str(tmp_path / "run"), teacher=str(teacher_dir),
                                 superglue_dir=str(data), train_layers=1, epochs=2, evals_per_epoch=2,
-                                batch_size=4, lr=1e-2)
+                                batch_size=4, lr=1e-2, selection_fraction=0.25)
+    read = []
+    real_read_split = selection.read_split
+    monkeypatch.setattr(selection, "read_split", lambda t, split, *a, **k: read.append(split) or
+                        real_read_split(t, split, *a, **k))
     m = finetune_teacher(cfg, task, log_fn=None)
+    assert "val" not in read and "train" in read
     out = tmp_path / "run" / "teachers" / task
     saved = json.loads((out / "metrics.json").read_text())
-    assert saved["score_before"] == m["score_before"] and set(saved["dev_before"]) == set(saved["dev_after"])
+    assert saved["selection_score_before"] == m["selection_score_before"]
+    assert set(saved["selection_before"]) == set(saved["selection_after"])
+    assert (m["select_on"], m["source"], m["selection_examples"], m["train_examples"]) == \
+        ("train_holdout", "train holdout", 2, 6)
     assert len(m["history"]) == 4 and m["steps"] == 4
-    assert m["score_after"] == max(h["dev_score"] for h in m["history"])
-    # the saved model is the kept checkpoint: re-evaluating it gives the same dev score
+    assert m["selection_score_after"] == max(h["selection_score"] for h in m["history"])
+    # the saved model is the kept checkpoint: re-scoring it on the selection split gives the same score
     model, tok = load_teacher(out / "model")
-    dev = subsample(read_split(task, "val", data), cfg.max_eval_examples)
-    res = evaluate_clozes(model, task, build_cloze(task, dev, tok, max_len=cfg.max_seq_len), dev)
-    assert res["score"] == pytest.approx(m["score_after"])
+    held = split_for(cfg, task).selection
+    res = evaluate_clozes(model, task, build_cloze(task, held, tok, max_len=cfg.max_seq_len), held)
+    assert res["score"] == pytest.approx(m["selection_score_after"])
     # frozen parameters did not move, trained ones did
     orig, _ = load_teacher(teacher_dir)
     assert torch.equal(orig.model.layers[0].mlp.up_proj.weight, model.model.layers[0].mlp.up_proj.weight)
     assert torch.equal(orig.model.embed_tokens.weight, model.model.embed_tokens.weight)
     assert not torch.equal(orig.model.layers[1].mlp.up_proj.weight, model.model.layers[1].mlp.up_proj.weight)
+
+
+def test_select_on_dev_and_last(tmp_path, teacher_dir):
+    """dev: the paper's practice, recorded as such; last: no selection, the last weights, no evaluation."""
+    data = write_toy_dataset(tmp_path / "sg", n=8, tasks=["RTE"])
+    common = dict(teacher=str(teacher_dir), superglue_dir=str(data), train_layers=1, batch_size=4)
+    dev = finetune_teacher(TeacherConfig.resolve("smoke", run_dir=str(tmp_path / "a"), select_on="dev", **common),
+                           "RTE", log_fn=None)
+    assert (dev["select_on"], dev["source"], dev["selection_examples"], dev["train_examples"]) == ("dev", "dev", 8, 8)
+    last = finetune_teacher(TeacherConfig.resolve("smoke", run_dir=str(tmp_path / "b"), select_on="last", epochs=2,
+                                                  **common), "RTE", log_fn=None)
+    assert last["selection_score_after"] is None and last["selection_examples"] == 0
+    assert last["best_step"] == last["steps"] == 4 and [h["step"] for h in last["history"]] == [2, 4]
 
 
 def test_training_lowers_the_loss(tmp_path, teacher_dir):
@@ -58,6 +83,7 @@ def test_training_lowers_the_loss(tmp_path, teacher_dir):
                                 superglue_dir=str(data), train_layers=0, epochs=8, batch_size=8, lr=3e-3)
     m = finetune_teacher(cfg, "RTE", log_fn=None)
     losses = [h["train_loss"] for h in m["history"]]
+    assert len(losses) == 8
     assert losses[-1] < losses[0]
 
 
@@ -109,7 +135,8 @@ def test_run_teachers_writes_the_stage(tmp_path, teacher_dir):
     STAGES["teachers"].require(cfg.run_dir)
     summary = read_json(artifact(cfg.run_dir, "teachers", "summary.json"))
     assert set(summary) == set(results) == {"CB", "RTE"}
-    assert summary["CB"]["score_after"] == results["CB"]["score_after"]
+    assert summary["CB"]["selection_score_after"] == results["CB"]["selection_score_after"]
+    assert summary["CB"]["select_on"] == "train_holdout"
     for t in ("CB", "RTE"):
         assert (artifact(cfg.run_dir, "teachers", "model", t) / "config.json").exists()
         assert not (artifact(cfg.run_dir, "teachers", "model", t).parent / ".work").exists()

@@ -25,6 +25,9 @@ class _Map:
     def restrict_logits(self, t):
         return t.index_select(-1, self.kept_ids.to(t.device))
 
+    def target_logits(self, t, temperature):  # pruned_mass="renormalize"
+        return self.restrict_logits(t)
+
 
 @pytest.fixture
 def data():
@@ -206,3 +209,15 @@ def test_mask_tokens_masks_only_real_positions():
     assert (out[sel] == 3).float().mean() > 0.6
     out2, sel2 = mask_tokens(ids, attn, 3, 100, 0.3, generator=torch.Generator().manual_seed(0), special_ids=(1,))
     assert torch.equal(out, out2) and torch.equal(sel, sel2)
+
+
+def test_the_loss_reports_its_denominator(data):
+    """``logs["count"]``: the positions the KL mean is over (mask, and rows with teacher mass), so the trainer
+    can weigh micro-batches by it (issue #10, fix 7)."""
+    s, t, mask, vm = data
+    _, logs = distill_loss(s, None, lambda sl: vm.restrict_logits(t.reshape(-1, V)[sl]), mask, 2.0)
+    assert logs["count"] == mask.sum()
+    t_flat = vm.restrict_logits(t.reshape(-1, V)).clone()
+    t_flat[0] = -math.inf  # a position without teacher mass does not count
+    _, logs = distill_loss(s, None, lambda sl: t_flat[sl], mask, 2.0)
+    assert logs["count"] == mask.sum() - 1

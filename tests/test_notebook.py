@@ -36,3 +36,28 @@ def test_start_fails_on_a_bad_parameter_before_writing(tmp_path):
     with pytest.raises(ConfigError, match="steps"):
         start(Stage1Config, {"run_dir": str(tmp_path), "profile": "smoke", "steps": "many"}, show=False)
     assert not (tmp_path / "stage1").exists()
+
+
+def test_start_refuses_a_run_dir_another_process_writes_into(tmp_path, monkeypatch):
+    """A notebook run by hand while `glmd run` works in the same directory: refused before it touches
+    anything (the finished stage keeps its marker)."""
+    import subprocess
+    import sys
+
+    from glmd_lib.runlock import ENV, RunLockedError
+
+    monkeypatch.delenv(ENV, raising=False)
+    out = tmp_path / "overview"
+    out.mkdir()
+    mark_complete(out)
+    hold = ("import sys, time; from glmd_lib.runlock import run_lock\n"
+            "with run_lock(sys.argv[1], what='glmd run'):\n    print('held', flush=True); time.sleep(60)\n")
+    p = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "held"
+        with pytest.raises(RunLockedError, match=rf"pid {p.pid}.*glmd run"):
+            start(OverviewConfig, {"run_dir": str(tmp_path), "profile": "smoke"}, show=False)
+    finally:
+        p.kill()
+        p.wait()
+    assert is_complete(out) and not (out / "config.json").exists()

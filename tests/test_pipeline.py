@@ -218,3 +218,24 @@ def test_cli_rejects_ambiguous_parameter_and_lists_qualified_names(tmp_path):
     res = subprocess.run([sys.executable, "-m", "glmd_lib.cli", "params", "03"], capture_output=True, text=True,
                          timeout=60)
     assert res.returncode == 0 and "stage1.lr" in res.stdout and "\n  teacher " in res.stdout
+
+
+def test_run_holds_the_run_directory_lock(nbdir, tmp_path):
+    """A second pipeline on a held directory fails at once, naming the holder, and runs nothing."""
+    import os
+
+    from glmd_lib.runlock import ENV, RunLockedError
+
+    rd = tmp_path / "run"
+    hold = ("import sys, time; from glmd_lib.runlock import run_lock\n"
+            "with run_lock(sys.argv[1], what='glmd run -p x=1'):\n    print('held', flush=True); time.sleep(60)\n")
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    p = subprocess.Popen([sys.executable, "-c", hold, str(rd)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert p.stdout.readline().strip() == "held"
+        with pytest.raises(RunLockedError, match=rf"pid {p.pid} .*glmd run -p x=1"):
+            run("smoke", rd, notebook_dir=nbdir, log=lambda *_: None)
+    finally:
+        p.kill()
+        p.wait()
+    assert not (rd / "notebooks").exists() and not (rd / "log.jsonl").exists()

@@ -46,3 +46,49 @@ def test_lock_is_inherited_by_children_and_released_after(tmp_path):
     p = _holder(tmp_path)  # released: a fresh process can take it
     p.kill()
     p.wait()
+
+
+def test_check_free_refuses_a_held_directory_without_taking_it(tmp_path):
+    from glmd_lib.runlock import check_free
+
+    assert check_free(tmp_path / "new") == (tmp_path / "new").resolve()  # created, not held afterwards
+    with run_lock(tmp_path / "new"):
+        pass
+    p = _holder(tmp_path)
+    try:
+        with pytest.raises(RunLockedError, match=rf"pid {p.pid}"):
+            check_free(tmp_path)
+    finally:
+        p.kill()
+        p.wait()
+    check_free(tmp_path)
+
+
+def test_children_and_other_ranks_are_exempt(tmp_path, monkeypatch):
+    from glmd_lib.runlock import check_free
+
+    p = _holder(tmp_path)
+    try:
+        monkeypatch.setenv("RANK", "1")  # rank 0 of the same launch holds it for every rank
+        check_free(tmp_path)
+        with run_lock(tmp_path):
+            pass
+        monkeypatch.setenv("RANK", "0")
+        with pytest.raises(RunLockedError):
+            check_free(tmp_path)
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_unusable_run_directory_names_the_path_and_the_remedy(tmp_path):
+    from glmd_lib.runlock import RunDirError
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(RunDirError, match=rf"{afile} is a file, not a directory: remove it or pass another"):
+        with run_lock(afile):
+            pass
+    with pytest.raises(RunDirError, match=rf"cannot create run directory {afile / 'run'} .*writable place"):
+        with run_lock(afile / "run"):
+            pass

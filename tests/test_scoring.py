@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from glmd_lib.models.teacher import linear_head
 from glmd_lib.tasks.scoring import batches_by_length, collate_sequences, predict_clozes, task_scores
 from glmd_lib.superglue.data import read_split
 from glmd_lib.superglue.toy import write_toy_dataset
@@ -152,3 +153,27 @@ def test_batches_by_length_respect_the_sequence_budget(smol_tokenizer, toy):
     assert sorted(i for b in batches for i in b) == list(range(len(cl)))
     assert all(sum(len(cl[i].sequences) for i in b) <= 4 for b in batches)
     assert len(batches) == 2
+
+
+@pytest.mark.parametrize("family", ["gemma2", "qwen3"])
+def test_scores_are_the_models_own_log_softmax(make_family_teacher, toy, family, monkeypatch):
+    """Gemma-2 soft-caps its logits after the output layer, so its scores must come from the full forward pass;
+    Qwen3 (no transform) reads the output layer at the scored positions only. Both equal model(x).logits'
+    log-softmax; the decision (a forward pass) is made once per model."""
+    import glmd_lib.tasks.scoring as scoring
+
+    # a small cap: on a tiny random model's small logits the default cap (30) is nearly the identity
+    model, tok = make_family_teacher(family, **({"final_logit_softcapping": 0.5} if family == "gemma2" else {}))
+    calls = []
+    monkeypatch.setattr(scoring, "linear_head", lambda m: calls.append(m) or linear_head(m))
+    for task in ("CB", "COPA"):
+        cl = build_cloze(task, read_split(task, "val", toy), tok)
+        s = task_scores(model, cl)
+        for i, c in enumerate(cl):
+            torch.testing.assert_close(s[i, :c.n_choices], _by_hand(model, c), atol=1e-5, rtol=1e-5)
+    assert len(calls) == 1 and scoring._LINEAR_HEAD[model] is (family == "qwen3")
+    if family == "gemma2":  # the test can tell: the output layer alone would give other scores
+        ids = torch.tensor([cl[0].sequences[0]])
+        with torch.no_grad():
+            head = model.get_output_embeddings()(model.base_model(ids).last_hidden_state)
+            assert not torch.allclose(head.log_softmax(-1), model(ids).logits.log_softmax(-1), atol=1e-2)

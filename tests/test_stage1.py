@@ -36,9 +36,9 @@ def _cfg(run_dir, corpus, **kw):
     return Stage1Config.resolve(**base)
 
 
-def _write_vocab_stage(run_dir, tokenizer, keep=0.25):
+def _write_vocab_stage(run_dir, tokenizer, keep=0.25, pruned_mass="renormalize"):
     counts = torch.arange(len(tokenizer)).flip(0)
-    vm = VocabMap.build(counts, tokenizer, keep, substitute="unk")
+    vm = VocabMap.build(counts, tokenizer, keep, substitute="unk", pruned_mass=pruned_mass)
     vm.save(run_dir / "vocab")
     mark_complete(run_dir / "vocab", ["vocab_map.json"])
     return vm
@@ -146,3 +146,97 @@ def test_command_line(tmp_path, corpus, capsys):
     assert json.loads((tmp_path / "stage1" / "config.json").read_text())["config"]["temperature"] == 2.0
     assert main(["--run-dir", str(tmp_path), "--profile", "smoke", "-p", "stepz=3"]) == 2
     assert main(["--run-dir", str(tmp_path), "--profile", "smoke", "-p", "steps=many"]) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# pruned_mass (issue #10, fix 1)
+# --------------------------------------------------------------------------------------------
+
+def test_pruned_mass_of_the_map_decides_the_target(tmp_path, corpus, smol_tokenizer):
+    """The two modes give other losses from the very first step (same data, same initial student), the mode is
+    recorded, and the approximate top-k cache refuses the substitute target before any work."""
+    first = {}
+    for mode in ("renormalize", "substitute"):
+        run = tmp_path / mode
+        _write_vocab_stage(run, smol_tokenizer, keep=0.05, pruned_mass=mode)
+        metrics = run_stage1(_cfg(run, corpus, use_vocab_map=True, steps=2), progress=False)
+        assert metrics["pruned_mass"] == mode
+        assert load_student(run / "stage1" / "student").vocab_map.pruned_mass == mode  # stage 2 follows it
+        first[mode] = pd.read_csv(run / "stage1" / "history.csv")["kl"].iloc[0]
+    assert abs(first["substitute"] / first["renormalize"] - 1) > 1e-3, first
+    with pytest.raises(Stage1Error, match="pruned_mass='substitute'.*cache_mode='hidden'"):
+        run_stage1(_cfg(tmp_path / "substitute", corpus, use_vocab_map=True, teacher_cache=True, cache_mode="topk"),
+                   progress=False)
+    assert not (tmp_path / "substitute" / "stage1" / "teacher_cache").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# the block separator (issue #10, fix 6)
+# --------------------------------------------------------------------------------------------
+
+def test_no_chat_template_token_reaches_stage1_blocks(tmp_path, corpus, smol_tokenizer):
+    """SmolLM2-Instruct's eos is the chat token <|im_end|>; blocks are separated by its pre-training document
+    separator <|endoftext|> instead (``separator="auto"``), or by newlines, or by eos when asked."""
+    from glmd_lib.data.blocks import chat_template_ids, separator_ids, token_blocks
+
+    chat = chat_template_ids(smol_tokenizer)
+    assert chat == {smol_tokenizer.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>")}
+    assert smol_tokenizer.eos_token_id in chat  # why "eos" is the wrong default for an instruct teacher
+    endoftext = smol_tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert separator_ids(smol_tokenizer, "auto") == [endoftext]
+    blocks = token_blocks(corpus[0], smol_tokenizer, 16, max_blocks=40)  # the default separator
+    assert not set(blocks.flatten().tolist()) & chat and (blocks == endoftext).any()
+    newline = token_blocks(corpus[0], smol_tokenizer, 16, max_blocks=40, separator="newline")
+    assert not set(newline.flatten().tolist()) & (chat | {endoftext})
+    eos = token_blocks(corpus[0], smol_tokenizer, 16, max_blocks=40, separator="eos")
+    assert (eos == smol_tokenizer.eos_token_id).any()  # the old behaviour, only when asked for
+    assert separator_ids(smol_tokenizer, "<|endoftext|>") == [endoftext]
+    with pytest.raises(ValueError, match="separator.*'<\\|nope\\|>'.*auto, newline, eos"):
+        separator_ids(smol_tokenizer, "<|nope|>")
+    # the stage uses the setting and records the separator it used
+    metrics = run_stage1(_cfg(tmp_path, corpus, steps=1), progress=False)
+    assert metrics["separator"] == "<|endoftext|>"
+    with pytest.raises(Stage1Error, match="separator"):
+        run_stage1(_cfg(tmp_path / "bad", corpus, steps=1, separator="<|nope|>"), progress=False)
+
+
+# --------------------------------------------------------------------------------------------
+# a failing rerun (issue #11, point 1)
+# --------------------------------------------------------------------------------------------
+
+def test_a_failing_rerun_leaves_the_stage_incomplete_and_the_old_checkpoints(tmp_path, corpus, monkeypatch):
+    """resume=False, then the loss turns NaN before the new run's first checkpoint: no COMPLETE.json (the old
+    one no longer describes the directory), and the old run's checkpoints and history are back in place."""
+    import glmd_lib.distill.stage1 as stage1_mod
+    from glmd_lib.trainer import NonFiniteLossError, list_checkpoints
+
+    cfg = _cfg(tmp_path, corpus, steps=6)
+    run_stage1(cfg, progress=False)
+    out = tmp_path / "stage1"
+    assert (out / "COMPLETE.json").exists()
+    old_ckpts = [s for s, _ in list_checkpoints(out / "checkpoints")]
+    old_history = (out / "history.csv").read_bytes()
+
+    real = stage1_mod.make_loss_fn
+
+    def nan_loss(*args, **kwargs):
+        fn = real(*args, **kwargs)
+
+        def loss_fn(batch, model):
+            loss, logs = fn(batch, model)
+            return loss * float("nan"), logs
+        return loss_fn
+
+    monkeypatch.setattr(stage1_mod, "make_loss_fn", nan_loss)
+    with pytest.raises(NonFiniteLossError, match="step 1"):
+        run_stage1(_cfg(tmp_path, corpus, steps=6, resume=False, lr=1e-3), progress=False)
+    assert not (out / "COMPLETE.json").exists()
+    assert [s for s, _ in list_checkpoints(out / "checkpoints")] == old_ckpts
+    assert (out / "history.csv").read_bytes() == old_history
+    # a bad parameter found late (after the set-up began) also withdraws the marker
+    monkeypatch.undo()
+    run_stage1(cfg, progress=False)
+    assert (out / "COMPLETE.json").exists()
+    with pytest.raises(Stage1Error, match="student_max_positions"):
+        run_stage1(_cfg(tmp_path, corpus, seq_len=64, student_max_positions=32), progress=False)
+    assert not (out / "COMPLETE.json").exists()

@@ -246,6 +246,7 @@ def test_2a_loss_is_the_vocab_kl_over_every_position_of_every_sequence(models, t
     s_logits = student(input_ids=vm.map_ids(ids), attention_mask=attn).logits
     ref = distill_kl_reference(s_logits, t_logits, attn, 15.0, vocab_map=vm)
     torch.testing.assert_close(loss, ref, rtol=1e-4, atol=1e-5)
+    assert logs["loss_count"] == attn.sum()  # the trainer weighs micro-batches by their valid tokens
     # not only the answer positions: the mean over the candidates' last tokens alone is another number
     last = torch.zeros_like(attn)
     last[torch.arange(len(attn)), attn.sum(1) - 1] = 1
@@ -299,3 +300,58 @@ def test_student_whose_map_does_not_fit_it_is_refused(models, tmp_path, run_dir)
     mark_complete(run / "stage1")
     with pytest.raises(ValueError, match="keeps 1024 tokens but the student has 512"):
         stage2.run_stage2(_cfg(run, _write_data(tmp_path / "d", "real")), progress=False, log_fn=None)
+
+
+# --------------------------------------------------------------------------------------------
+# pruned_mass="substitute" in pass 2a (issue #10, fix 1)
+# --------------------------------------------------------------------------------------------
+
+def test_2a_loss_follows_the_substitute_target_of_the_students_map(models, tmp_path):
+    """With the map's pruned_mass="substitute" the 2a target is the teacher's full distribution at T with each
+    pruned token's probability added to its substitute's row (computed here by index_add), not the renormalised
+    one; without the loss temperature the runner refuses to guess it."""
+    tok, teacher, student, vm = models
+    vm_sub = VocabMap(vm.kept_ids, vm.teacher_to_student, method=vm.method, fingerprint=vm.fingerprint,
+                      pruned_mass="substitute")
+    clozes = build_cloze("COPA", task_inputs.read_inputs("COPA", "train", _write_data(tmp_path, "real"))[:3], tok,
+                         max_len=64)
+    batch = stage2.collate_2a(clozes)(torch.tensor([0, 2]))
+    ids, attn = batch["input_ids"], batch["attention_mask"]
+    T = 2.0
+    loss, _ = stage2.make_2a_loss(TeacherRunner(teacher, vm_sub, bf16=False, temperature=T), vm_sub)(
+        batch, Distiller(student, T, None, 7, 0.0))
+    with torch.no_grad():
+        p_full = torch.softmax(teacher(input_ids=ids, attention_mask=attn).logits / T, -1)
+        log_ps = torch.log_softmax(student(input_ids=vm.map_ids(ids), attention_mask=attn).logits / T, -1)
+    q = torch.zeros(*p_full.shape[:-1], vm.num_kept).index_add_(-1, vm.teacher_to_student, p_full)
+    per_pos = (q * (q.log() - log_ps)).sum(-1)
+    ref = T * T * (per_pos * attn).sum() / attn.sum()
+    torch.testing.assert_close(loss, ref, rtol=1e-4, atol=1e-5)
+    renorm, _ = stage2.make_2a_loss(TeacherRunner(teacher, vm, bf16=False), vm)(
+        batch, Distiller(student, T, None, 7, 0.0))
+    assert abs(renorm.item() / loss.item() - 1) > 1e-3
+    with pytest.raises(ValueError, match="temperature"):
+        TeacherRunner(teacher, vm_sub, bf16=False)
+
+
+# --------------------------------------------------------------------------------------------
+# a failing rerun (issue #11, point 1)
+# --------------------------------------------------------------------------------------------
+
+def test_a_failing_rerun_leaves_no_complete_marker(run_dir, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    for d in ("teachers", "stage1"):
+        shutil.copytree(run_dir / d, run / d)
+    data = _write_data(tmp_path / "d", "real")
+    stage2.run_stage2(_cfg(run, data, tasks=["CB"]), progress=False, log_fn=None)
+    assert is_complete(run / "stage2") and is_complete(run / "stage2" / "CB")
+    real = stage2.make_2a_loss
+
+    def nan_2a(*args, **kwargs):
+        fn = real(*args, **kwargs)
+        return lambda batch, model: (lambda out: (out[0] * float("nan"), out[1]))(fn(batch, model))
+
+    monkeypatch.setattr(stage2, "make_2a_loss", nan_2a)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        stage2.run_stage2(_cfg(run, data, tasks=["CB"], steps_2a=3), progress=False, log_fn=None)
+    assert not (run / "stage2" / "COMPLETE.json").exists() and not (run / "stage2" / "CB" / "COMPLETE.json").exists()

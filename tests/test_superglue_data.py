@@ -116,6 +116,52 @@ def test_glmd_data_env_is_used(toy, monkeypatch):
     assert len(read_split("CB", "val")) == 6
 
 
+def test_non_utf8_byte_names_file_line_and_remedy(tmp_path):
+    path = tmp_path / "CB" / "train.jsonl"
+    good = json.dumps({"premise": "a", "hypothesis": "b", "label": "neutral", "idx": 0})
+    bad = b'{"premise": "caf\xe9", "hypothesis": "b", "label": "neutral", "idx": 1}'  # Latin-1 e-acute
+    path.parent.mkdir(parents=True)
+    path.write_bytes(good.encode() + b"\n\n" + bad + b"\n")
+    with pytest.raises(DataError, match=r"CB/train.jsonl, line 3: not valid UTF-8 .*convert the file to UTF-8 "
+                                        r"or re-download the task") as e:
+        read_split("CB", "train", tmp_path)
+    assert e.value.line == 3
+
+
+@pytest.mark.parametrize("task,split", [("CB", "train"), ("RTE", "test"), ("MultiRC", "val"), ("AX-b", "test")])
+@pytest.mark.parametrize("content", ["", "\n\n  \n"])
+def test_an_empty_split_is_refused_naming_the_file(tmp_path, task, split, content):
+    """No official split is empty (test files included): an empty one is a cut-short copy, not zero examples."""
+    name = f"{task}.jsonl" if task in DIAGNOSTICS else f"{split}.jsonl"
+    _write(tmp_path / task / name, [content])
+    with pytest.raises(DataError, match=rf"{task}/{name}: no records \(the file is empty\).*re-download"):
+        read_split(task, split, tmp_path)
+
+
+def test_a_duplicated_record_is_refused_with_both_lines(tmp_path):
+    rec = {"premise": "a", "hypothesis": "b", "label": "neutral"}
+    _write(tmp_path / "CB" / "val.jsonl", [json.dumps({**rec, "idx": i}) for i in (0, 1, 0)])
+    with pytest.raises(DataError, match=r"CB/val.jsonl, line 3, field 'idx': duplicate record idx 0, already on "
+                                        r"line 1") as e:
+        read_split("CB", "val", tmp_path)
+    assert e.value.line == 3
+    axb = {"label": "entailment", "sentence1": "a", "sentence2": "b"}  # AX-b's idx is a string
+    _write(tmp_path / "AX-b" / "AX-b.jsonl", [json.dumps({**axb, "idx": "7"}), "", json.dumps({**axb, "idx": "7"})])
+    with pytest.raises(DataError, match=r"line 3, field 'idx': duplicate record idx '7', already on line 1"):
+        read_split("AX-b", "test", tmp_path)
+
+
+def test_duplicates_are_checked_per_record_not_per_flattened_example(toy, tmp_path):
+    """A MultiRC paragraph or ReCoRD passage gives many examples; only a repeated *record* idx is refused."""
+    for task in ("MultiRC", "ReCoRD"):
+        lines = (toy / task / "val.jsonl").read_text().splitlines()
+        assert len(read_split(task, "val", toy)) >= len(lines)
+        _write(tmp_path / task / "val.jsonl", lines + [lines[2]])
+        with pytest.raises(DataError, match=rf"{task}/val.jsonl, line {len(lines) + 1}, field 'idx': duplicate "
+                                            rf"record idx 2, already on line 3"):
+            read_split(task, "val", tmp_path)
+
+
 @pytest.mark.skipif(not (SHARED_DATA / "superglue" / "CB").exists(), reason="shared SuperGLUE data not present")
 def test_shared_official_files_match_the_official_counts():
     root = SHARED_DATA / "superglue"
@@ -127,3 +173,9 @@ def test_shared_official_files_match_the_official_counts():
     cb = read_split("CB", "val", root)
     assert sum(ex.label == "neutral" for ex in cb) == 5
     assert len({ex.group for ex in read_split("MultiRC", "val", root)}) == 953
+    # every file present passes the empty / duplicate / encoding checks (MultiRC train+test: 456 + 166 paragraphs)
+    assert len(read_split("MultiRC", "train", root)) == 27243 and len(read_split("MultiRC", "test", root)) == 9693
+    for task in TASKS:
+        for split in (["test"] if task in DIAGNOSTICS else SPLITS):
+            if (root / task).exists() and (task, split) != ("BoolQ", "train"):
+                assert read_split(task, split, root), (task, split)

@@ -380,3 +380,56 @@ def test_stage1_refuses_hidden_mode_for_a_soft_capped_teacher(tmp_path, make_tin
     with pytest.raises(Stage1Error, match="cache_mode='hidden'.*soft-capped.*cache_mode='topk'"):
         run_stage1(cfg, progress=False)
     assert not (tmp_path / "run" / "stage1" / "teacher_cache").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# pruned_mass="substitute": every teacher producer gives the merged target (issue #10, fix 1)
+# --------------------------------------------------------------------------------------------
+
+def _seven_token_map(pruned_mass):
+    """4 of 7 teacher tokens kept; pruned 4 and 5 stand in as row 1, pruned 6 as row 2."""
+    return VocabMap(torch.arange(4), torch.tensor([0, 1, 2, 3, 1, 1, 2]), pruned_mass=pruned_mass)
+
+
+@pytest.mark.parametrize("head_path", [True, False])
+def test_teacher_producers_give_the_target_of_the_maps_pruned_mass(monkeypatch, head_path):
+    """Live runner (kept-rows head path, and the full-logits path of teachers without a plain head) and the
+    hidden cache: softmax(teacher_fn / T) is the hand-computed target of each mode, and the modes differ."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import glmd_lib.distill.teacher as teacher_mod
+
+    if not head_path:
+        monkeypatch.setattr(teacher_mod, "linear_head", lambda model: None)
+    torch.manual_seed(0)
+    teacher = LlamaForCausalLM(LlamaConfig(vocab_size=7, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                           num_attention_heads=2, num_key_value_heads=1, initializer_range=0.5,
+                                           bos_token_id=1, eos_token_id=2, pad_token_id=2)).eval()
+    ids = torch.tensor([[1, 4, 6, 0, 5, 3]])
+    T = 3.0
+    with torch.no_grad():
+        p = torch.softmax(teacher(input_ids=ids).logits.reshape(-1, 7) / T, -1)
+        h = teacher.base_model(input_ids=ids).last_hidden_state
+    expect = {"renormalize": p[:, :4] / p[:, :4].sum(-1, keepdim=True),
+              "substitute": torch.stack([p[:, 0], p[:, 1] + p[:, 4] + p[:, 5], p[:, 2] + p[:, 6], p[:, 3]], -1)}
+    got = {}
+    for mode in expect:
+        runner = TeacherRunner(teacher, _seven_token_map(mode), bf16=False, temperature=T)
+        got[mode] = torch.softmax(runner.chunks(ids, torch.ones_like(ids))(slice(0, 6)) / T, -1)
+        torch.testing.assert_close(got[mode], expect[mode], rtol=1e-5, atol=1e-6)
+        if head_path:  # the hidden cache reads the same head rows and target through the runner
+            assert runner.head_w.shape[0] == (7 if mode == "substitute" else 4)  # substitute: the full head
+            cached = hidden_teacher_fn(h, runner.head_w, runner.head_b, target=runner.target)(slice(0, 6))
+            torch.testing.assert_close(torch.softmax(cached / T, -1), expect[mode], rtol=1e-5, atol=1e-6)
+    assert (got["renormalize"] - got["substitute"]).abs().max() > 1e-2
+
+
+def test_topk_cache_refuses_the_substitute_target(tmp_path, tiny_llama, blocks, smol_tokenizer):
+    from glmd_lib.distill.teacher import cached_teacher_fn
+
+    cache, _ = ensure_teacher_cache(tmp_path / "c", tiny_llama, blocks, 4, cache_key("t", tiny_llama, blocks, 4),
+                                    progress=False)
+    vm = _quarter_map(smol_tokenizer)
+    vm.pruned_mass = "substitute"
+    with pytest.raises(LossError, match="pruned_mass='substitute'.*cache_mode='hidden'"):
+        cached_teacher_fn(cache, torch.tensor([0]), None, vm, vm.num_kept, 2.0, torch.device("cpu"))

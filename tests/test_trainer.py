@@ -278,3 +278,129 @@ def test_two_process_gloo_loss_falls_and_ranks_agree(tmp_path):
     hist = pd.read_csv(tmp_path / "out" / "history.csv")
     assert hist["loss"].iloc[-4:].mean() < 0.5 * hist["loss"].iloc[:2].mean()
     assert hist["tokens_seen"].iloc[-1] == 15 * 2 * 8  # both ranks' examples counted
+
+
+# --------------------------------------------------------------------------------------------
+# the loss of an optimizer step is the mean over all its valid tokens (issue #10, fix 7)
+# --------------------------------------------------------------------------------------------
+
+# per-token regression with padding: rows 0-7 have 1 valid token of 5, rows 8-15 all 5
+MASKED = textwrap.dedent("""
+    import torch
+
+    def masked_data():
+        g = torch.Generator().manual_seed(7)
+        X, Y = torch.randn(16, 5, 6, generator=g), torch.randn(16, 5, 1, generator=g)
+        M = torch.ones(16, 5)
+        M[:8, 1:] = 0
+        return X, Y, M
+
+    def masked_loss(batch, model):
+        m = batch["m"]
+        err = ((model(batch["x"]) - batch["y"]) ** 2).squeeze(-1)
+        count = m.sum()
+        return (err * m).sum() / count, {"loss_count": count}
+
+    def grads_before_step(store):
+        # records every parameter's gradient as the optimizer sees it (after accumulation, all-reduce)
+        def hook(opt, args, kwargs):
+            store.append([p.grad.detach().clone() for grp in opt.param_groups for p in grp["params"]])
+        from torch.optim.optimizer import register_optimizer_step_pre_hook
+        return register_optimizer_step_pre_hook(hook)
+""")
+
+
+def _masked():
+    ns: dict = {}
+    exec(MASKED, ns)
+    return ns
+
+
+def test_micro_batches_weigh_by_their_valid_tokens(tmp_path):
+    """Two micro-batches with 8 and 40 valid tokens give the gradient (and the logged loss) of the same 16
+    rows as one batch. (The old mean of the micro-batches' means weighted each of the first 8 tokens 5x.)"""
+    ns = _masked()
+    X, Y, M = ns["masked_data"]()
+    collate = lambda i: {"x": X[i], "y": Y[i], "m": M[i]}  # noqa: E731
+    grads, rows = {}, {}
+    for name, batch, accum in (("one", 16, 1), ("two", 8, 2)):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(6, 1)
+        store: list = []
+        handle = ns["grads_before_step"](store)
+        try:
+            Trainer(model, ns["masked_loss"], IndexBatches(16, batch, collate, shuffle=False), tmp_path / name,
+                    TrainConfig(steps=1, lr=0.01, max_grad_norm=None, grad_accum=accum, cpu=True),
+                    progress=False).train()
+        finally:
+            handle.remove()
+        grads[name], rows[name] = store[0], pd.read_csv(tmp_path / name / "history.csv").iloc[0]
+    for a, b in zip(grads["one"], grads["two"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert rows["one"]["loss"] == pytest.approx(rows["two"]["loss"], rel=1e-6)
+    assert "loss_count" not in rows["two"]  # a weight, not a logged metric
+
+
+@pytest.mark.distributed
+def test_two_processes_weigh_by_the_global_count_of_valid_tokens(tmp_path):
+    """Rank 0 gets the 8 one-token rows, rank 1 the 8 full ones: the all-reduced count makes the step's
+    gradient that of one process over all 16 rows."""
+    ns = _masked()
+    X, Y, M = ns["masked_data"]()
+    script = tmp_path / "ddp.py"
+    script.write_text(MASKED + textwrap.dedent("""
+        import os, sys
+        from glmd_lib.trainer import IndexBatches, TrainConfig, Trainer
+        out = sys.argv[1]
+        X, Y, M = masked_data()
+        torch.manual_seed(0)
+        model = torch.nn.Linear(6, 1)
+        store = []
+        grads_before_step(store)
+        batches = IndexBatches(16, 8, lambda i: {"x": X[i], "y": Y[i], "m": M[i]}, shuffle=False)
+        trainer = Trainer(model, masked_loss, batches, out,
+                          TrainConfig(steps=1, lr=0.01, max_grad_norm=None, cpu=True), progress=False)
+        trainer.train()
+        torch.save(store[0], os.path.join(out, f"grads-rank{trainer.accelerator.process_index}.pt"))
+    """))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(script), str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 1)
+    ref = torch.autograd.grad(ns["masked_loss"]({"x": X, "y": Y, "m": M}, model)[0], list(model.parameters()))
+    by_shape = {tuple(g.shape): g for g in ref}
+    for rank in (0, 1):
+        for g in torch.load(tmp_path / "out" / f"grads-rank{rank}.pt"):
+            torch.testing.assert_close(g, by_shape[tuple(g.shape)], rtol=1e-5, atol=1e-7)
+
+
+# --------------------------------------------------------------------------------------------
+# starting over (resume=False) keeps the old run until the new one has a checkpoint (issue #11, point 1)
+# --------------------------------------------------------------------------------------------
+
+def test_starting_over_keeps_the_old_run_until_the_first_new_checkpoint(tmp_path):
+    _train(tmp_path, steps=8, checkpoint_every=2)
+    old = {p.name: p.read_bytes() for p in (tmp_path / "checkpoints").iterdir()}
+    old_history = (tmp_path / "history.csv").read_bytes()
+
+    class Stop(Exception):
+        pass
+
+    def stop_at(n):
+        def hook(step):
+            if step == n:
+                raise Stop
+        return hook
+
+    with pytest.raises(Stop):  # fails before its first checkpoint (step 2): the old run is put back
+        _train(tmp_path, steps=8, resume=False, step_hook=stop_at(2))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "checkpoints").iterdir()} == old
+    assert (tmp_path / "history.csv").read_bytes() == old_history
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing left aside
+    with pytest.raises(Stop):  # fails after it: only the new run's checkpoints remain
+        _train(tmp_path, steps=8, resume=False, step_hook=stop_at(5))
+    assert [s for s, _ in list_checkpoints(tmp_path / "checkpoints")] == [2, 4]
+    assert pd.read_csv(tmp_path / "history.csv")["step"].max() == 4
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -1,6 +1,8 @@
 """Vocabulary maps: what is kept, substitutes, shrunk models, restricted distributions, files."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -167,7 +169,7 @@ def test_save_load_and_fingerprint(smol_tokenizer, zipf_counts, tiny_llama, bert
 
 def test_bad_sizes_are_named(smol_tokenizer, zipf_counts):
     with pytest.raises(VocabMapError, match="not larger than the 17 protected tokens"):
-        VocabMap.build(zipf_counts, smol_tokenizer, keep=10, multiple_of=1, substitute="unk")
+        VocabMap.build(zipf_counts, smol_tokenizer, keep=10, multiple_of=1, substitute="unk", protect="all_added")
     with pytest.raises(VocabMapError, match="not smaller than the vocabulary"):
         VocabMap.build(zipf_counts, smol_tokenizer, keep=1.0, substitute="unk")
     with pytest.raises(VocabMapError, match="not smaller than the vocabulary"):
@@ -197,3 +199,41 @@ def test_factorized_embedding(tiny_llama, smol_tokenizer):
     with torch.no_grad():
         out = tiny_llama(ids).logits
     assert out.shape == (1, 4, len(smol_tokenizer)) and torch.isfinite(out).all()
+
+
+# --------------------------------------------------------------------------------------------
+# pruned_mass: the target the student learns (issue #10, fix 1)
+# --------------------------------------------------------------------------------------------
+
+def _tiny_map(pruned_mass: str) -> VocabMap:
+    """7 teacher tokens, 4 kept (rows 0-3 = ids 0-3); pruned 4 and 5 stand in as 1, pruned 6 as 2."""
+    return VocabMap(torch.arange(4), torch.tensor([0, 1, 2, 3, 1, 1, 2]), pruned_mass=pruned_mass)
+
+
+def test_target_of_each_pruned_mass_mode_matches_a_hand_computed_one():
+    z = torch.tensor([[2.0, 0.5, -1.0, 1.0, 3.0, 0.0, 1.5]])
+    T = 2.0
+    e = [math.exp(v / T) for v in z[0].tolist()]
+    total = sum(e)
+    p = [x / total for x in e]  # the teacher's distribution at T over all 7 tokens
+    renorm = [x / sum(p[:4]) for x in p[:4]]
+    subst = [p[0], p[1] + p[4] + p[5], p[2] + p[6], p[3]]
+    for mode, expect in (("renormalize", renorm), ("substitute", subst)):
+        vm = _tiny_map(mode)
+        target = vm.target_logits(z, T)  # logits over the 4 rows whose softmax at T is the target
+        assert target.shape == (1, 4)
+        torch.testing.assert_close(torch.softmax(target / T, -1), torch.tensor([expect]), rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(vm.restrict_probs(z, T), torch.tensor([expect]), rtol=1e-6, atol=1e-7)
+    assert abs(renorm[1] - subst[1]) > 0.1  # the two modes are different targets
+    # the merged target depends on T (mass is added at the loss temperature), the renormalised one does not
+    assert not torch.allclose(_tiny_map("substitute").target_logits(z, 1.0), _tiny_map("substitute").target_logits(z, T))
+    torch.testing.assert_close(_tiny_map("renormalize").target_logits(z, 1.0), z[:, :4])
+
+
+def test_pruned_mass_is_saved_with_the_map(smol_tokenizer, zipf_counts, tmp_path):
+    vm = VocabMap.build(zipf_counts, smol_tokenizer, keep=1024, substitute="unk", pruned_mass="substitute")
+    back = VocabMap.load(vm.save(tmp_path), tokenizer=smol_tokenizer)
+    assert back.pruned_mass == "substitute" and "pruned_mass='substitute'" in repr(back)
+    assert VocabMap.build(zipf_counts, smol_tokenizer, keep=1024, substitute="unk").pruned_mass == "renormalize"
+    with pytest.raises(VocabMapError, match="pruned_mass"):
+        _tiny_map("drop")

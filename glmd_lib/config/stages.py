@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from glmd_lib.config.base import ConfigError, StageConfig, param
 from glmd_lib.superglue.data import DIAGNOSTICS, MAIN_TASKS, TASKS
@@ -60,6 +60,18 @@ def superglue_dir_param():
     return shared_param(None, "SuperGLUE folder (default: $GLMD_DATA, ../shared/data/superglue)")
 
 
+class TaskList:
+    """A config with a ``tasks`` list: its names are checked (:func:`check_tasks`) against ``allowed_tasks``
+    (default: the eight main tasks, which have training data)."""
+
+    allowed_tasks: ClassVar[tuple[str, ...]] = MAIN_TASKS
+    empty_tasks_ok: ClassVar[bool] = False
+
+    def validate(self) -> None:
+        super().validate()  # type: ignore[misc]  (StageConfig's, next in the configs' method order)
+        check_tasks(self.tasks, self.allowed_tasks, empty_ok=self.empty_tasks_ok)  # type: ignore[attr-defined]
+
+
 @dataclass
 class StudentShape:
     """The student's shape; shared by the vocabulary stage (for parameter counts) and stage 1, so each key
@@ -93,8 +105,10 @@ class OverviewConfig(StageConfig):
 
 
 @dataclass
-class FrequencyConfig(StageConfig):
+class FrequencyConfig(TaskList, StageConfig):
     stage = "frequency"
+    allowed_tasks = TASKS
+    empty_tasks_ok = True
     notebook = "01_word_frequency"
     profiles = {
         "smoke": {"teacher": SMOKE_TEACHER, "max_lines": 3000, "max_task_examples": 50},
@@ -109,10 +123,6 @@ class FrequencyConfig(StageConfig):
     tasks: list[str] = param(ALL_TASKS + ["AX-b", "AX-g"], "tasks whose texts are counted for comparison")
     max_task_examples: int | None = param(None, "examples per task split counted (None: all)", ge=1)
     batch_lines: int = param(1000, "lines per tokenizer batch", ge=1)
-
-    def validate(self) -> None:
-        super().validate()
-        check_tasks(self.tasks, TASKS, empty_ok=True)
 
 
 @dataclass
@@ -131,13 +141,17 @@ class VocabConfig(StudentShape, StageConfig):
     multiple_of: int = param(64, "round the kept size up to a multiple of this", ge=1)
     substitute: Literal["unk", "dot", "cosine", "euclidean"] = param(
         "cosine", "substitute for a pruned token: UNK, or the most similar kept token by teacher input embeddings")
+    protect: Literal["used", "all_added"] = param(
+        "used", "special tokens always kept: those the tokenizer and the patterns use (bos, eos, pad, unk, mask, sep, "
+                "cls), or every special token it declares (unused, image, chat ...: the old rule)")
     pruned_mass: Literal["renormalize", "substitute"] = param(
-        "renormalize", "pruned probability mass: drop and renormalise (paper) or add to the substitute")
+        "renormalize", "pruned probability mass in the targets of stages 1 and 2a (saved with the map): drop and "
+                       "renormalise over the kept tokens (paper), or add each pruned token's to its substitute's "
+                       "(the teacher then needs its full output layer; not with the top-k teacher cache)")
     mass_check_lines: int = param(64, "held-out lines used to measure the teacher's probability mass on kept "
                                       "tokens", ge=1)
     heldout: str | None = param(None, "held-out text for that check: a text file or folder (default: the shared "
                                       "corpus's valid.txt, else the SuperGLUE validation texts)")
-
 
 
 @dataclass
@@ -159,6 +173,9 @@ class Stage1Config(StudentShape, StageConfig):
     corpus: str | None = shared_param(None, "unlabeled training text (default: shared Gutenberg train shards)")
     valid_corpus: str | None = param(None, "held-out text (default: the shared corpus's valid.txt)")
     max_lines: int | None = param(None, "read at most this many corpus lines (None: as many as the steps need)", ge=1)
+    separator: str = param("auto", "what separates corpus lines in the blocks: auto (the teacher's pre-training document "
+                                   "separator: <|endoftext|> if the tokenizer has it, else a newline when eos is a "
+                                   "chat-template token, else eos), newline, eos, or one token of the tokenizer")
     use_vocab_map: bool = param(True, "use the compressed vocabulary from notebook 02 (False: full vocabulary)")
     init: Literal["random", "teacher"] = param("random", "random (paper) or from the teacher where shapes allow")
     temperature: float = param(15.0, "distillation temperature T (paper: 15); the loss is scaled by T^2", gt=0)
@@ -190,16 +207,16 @@ class Stage1Config(StudentShape, StageConfig):
                                             "only; True also on CPU, ~3x faster there; fp32 keeps runs bitwise exact)")
 
 
-
 @dataclass
-class TeacherConfig(StageConfig):
+class TeacherConfig(TaskList, StageConfig):
     stage = "teachers"
     notebook = "04_teacher_finetune"
     profiles = {
         "smoke": {"teacher": SMOKE_TEACHER, "max_train_examples": 16, "max_eval_examples": 16, "epochs": 1,
-                  "batch_size": 4, "max_seq_len": 96, "train_layers": 1},
+                  "batch_size": 4, "max_seq_len": 96, "train_layers": 1, "max_selection_examples": 16},
         "demo": {"teacher": DEMO_TEACHER, "max_train_examples": 600, "max_eval_examples": 120, "epochs": 1,
-                 "lr": 2e-4, "train_layers": 8, "evals_per_epoch": 3, "max_seq_len": 160, "bf16": True},
+                 "lr": 2e-4, "train_layers": 8, "evals_per_epoch": 3, "max_seq_len": 160, "bf16": True,
+                 "max_selection_examples": 120},
         "full": {"teacher": DEMO_TEACHER, "tasks": ALL_TASKS, "epochs": 10, "train_layers": 0, "lr": 1e-5},
     }
     teacher: str = teacher_param("pre-trained model fine-tuned into one task teacher per task")
@@ -213,17 +230,20 @@ class TeacherConfig(StageConfig):
     max_train_examples: int | None = param(None, "cap on train examples per task (None: all)", ge=1)
     max_eval_examples: int | None = param(None, "cap on dev examples per task (None: all)", ge=1)
     max_seq_len: int = param(256, "inputs longer than this are truncated from the passage side", ge=1)
-    evals_per_epoch: int = param(1, "dev evaluations per epoch; the best one is kept", ge=1)
+    evals_per_epoch: int = param(1, "evaluations on the selection split per epoch; the best one is kept", ge=1)
+    select_on: Literal["train_holdout", "dev", "last"] = shared_param(
+        "train_holdout", "labels that choose checkpoints: a holdout carved from the train split (and removed from "
+                         "training), dev (the paper's practice: its dev scores are then optimistic), or none (last)")
+    selection_fraction: float = shared_param(0.1, "share of each train split held out for selection "
+                                                  "(select_on='train_holdout')", gt=0, lt=1)
+    max_selection_examples: int | None = shared_param(500, "cap on the selection holdout per task (None: no cap)",
+                                                      ge=1)
     bf16: bool | None = param(None, "bf16 autocast (None: on CUDA only; True also on CPU, about 3x faster "
                                     "there; fp32 keeps runs bitwise repeatable)")
 
-    def validate(self) -> None:
-        super().validate()
-        check_tasks(self.tasks, MAIN_TASKS)
-
 
 @dataclass
-class Stage2Config(StageConfig):
+class Stage2Config(TaskList, StageConfig):
     stage = "stage2"
     notebook = "05_stage2_distillation"
     profiles = {
@@ -258,19 +278,16 @@ class Stage2Config(StageConfig):
                                             "True also on CPU, faster there; fp32 keeps runs bitwise exact)")
     resume: bool = param(True, "skip tasks already finished in <run_dir>/stage2 with the same settings")
 
-    def validate(self) -> None:
-        super().validate()
-        check_tasks(self.tasks, MAIN_TASKS)
-
 
 @dataclass
-class EvalConfig(StageConfig):
+class EvalConfig(TaskList, StageConfig):
     stage = "eval"
+    allowed_tasks = TASKS
     notebook = "06_superglue_eval"
     profiles = {
         "smoke": {"teacher": SMOKE_TEACHER, "max_eval_examples": 16, "tasks": CORE_TASKS + ["AX-b", "AX-g"],
-                  "max_seq_len": 96},
-        "demo": {"teacher": DEMO_TEACHER, "max_eval_examples": 120, "max_seq_len": 160, "bf16": True},
+                  "max_seq_len": 96, "max_fidelity_examples": 24, "bootstrap_samples": 200},
+        "demo": {"teacher": DEMO_TEACHER, "max_seq_len": 160, "bf16": True, "max_fidelity_examples": 300},
         "full": {"teacher": DEMO_TEACHER},
     }
     teacher: str = teacher_param("the pre-trained teacher, evaluated zero-shot")
@@ -282,15 +299,16 @@ class EvalConfig(StageConfig):
     max_eval_examples: int | None = param(None, "cap on dev examples per task for model scores (None: all)", ge=1)
     batch_size: int = param(16, "examples per forward pass (batched by length)", ge=1)
     write_test_predictions: bool = param(False, "also write test-split predictions in the leaderboard format")
-    pattern_id: int = shared_param(0, "which cloze pattern of each task", ge=0)
+    pattern_id: int = shared_param(0, "which cloze pattern of each task (notebook 06: the zero-shot teacher's; task "
+                                      "teachers and students are scored with the pattern they were trained with)",
+                                   ge=0)
     max_seq_len: int = param(256, "inputs longer than this are truncated from the passage side", ge=1)
     bf16: bool | None = param(None, "bf16 autocast (None: on CUDA only; True also on CPU, about 3x faster "
                                     "there; fp32 keeps runs bitwise repeatable)")
+    max_fidelity_examples: int | None = param(1000, "cap on the unlabeled dev + test inputs per task on which student "
+                                                    "and task teacher are compared (None: all)", ge=1)
+    bootstrap_samples: int = param(1000, "bootstrap resamples behind every interval", ge=10)
     show_errors: int = param(3, "examples each model gets wrong, shown per task", ge=0)
-
-    def validate(self) -> None:
-        super().validate()
-        check_tasks(self.tasks, TASKS)
 
 
 @dataclass
@@ -299,3 +317,5 @@ class ReportConfig(StageConfig):
     notebook = "07_method_comparison"
     profiles = {"smoke": {}, "demo": {}, "full": {}}
     title: str = param("GLMD Workbench run", "heading of report.md")
+    seed_runs: list[str] = param([], "further run directories of the same experiment with other seeds, for mean ± sd "
+                                     "(the run's own seed-<k>/ sub-directories are found without this)")

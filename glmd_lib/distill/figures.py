@@ -3,11 +3,13 @@
 The stages draw them themselves (not the notebooks), so a run from the command line or the pipeline leaves
 the same files as one from Jupyter, and the report (which collects every stage's PNGs) finds them. They are
 plain :class:`matplotlib.figure.Figure` objects, not pyplot ones: no GUI backend and no global figure state,
-so they work headless and under ``accelerate launch``.
+so they work headless and under ``accelerate launch``. :class:`LiveLossPlot` is the exception: a notebook's
+live curve while a stage trains (an ``on_log`` hook of :class:`glmd_lib.trainer.Trainer`), shown, not saved.
 """
 from __future__ import annotations
 
-from typing import Mapping
+import math
+from typing import Any, Mapping
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -53,3 +55,30 @@ def stage2_scores(table: pd.DataFrame, histories: Mapping[str, pd.DataFrame]) ->
     if histories:
         curves.legend()
     return fig
+
+
+class LiveLossPlot:
+    """An ``on_log`` callback that redraws the loss curve in a notebook every ``every`` steps."""
+
+    def __init__(self, keys: tuple[str, ...] = ("loss",), every: int = 5, title: str = "training loss"):
+        self.keys, self.every, self.title = keys, every, title
+        self.rows: list[dict[str, Any]] = []
+        self.handle = None
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        import matplotlib.pyplot as plt
+        from IPython.display import display
+
+        self.rows.append(row)
+        if len(self.rows) % self.every and len(self.rows) > 1:
+            return
+        fig, ax = plt.subplots(figsize=(7, 3))
+        steps = [r["step"] for r in self.rows]
+        for k in self.keys:
+            ax.plot(steps, [r.get(k, math.nan) for r in self.rows], label=k)
+        ax.set_xlabel("step"), ax.set_title(self.title), ax.legend()
+        if self.handle is None:
+            self.handle = display(fig, display_id=True)
+        else:
+            self.handle.update(fig)
+        plt.close(fig)

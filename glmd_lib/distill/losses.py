@@ -174,7 +174,7 @@ class _ChunkedDistill(torch.autograd.Function):
         if need_grad:
             ctx.save_for_backward(*g_kl.finish(count, g_ce))
         ctx.need_grad = need_grad
-        logs = torch.stack([kl, ce]).detach()
+        logs = torch.stack([kl, ce, count]).detach()
         ctx.mark_non_differentiable(logs)
         return loss, logs
 
@@ -202,7 +202,9 @@ def distill_loss(student_hidden: torch.Tensor, student_head: torch.nn.Module | N
     logits over the student's vocabulary for those flattened positions. ``loss_mask`` [...] says which
     positions count (attention mask, or masked positions for masked LMs). ``labels`` [...] (student ids,
     -100 = none) give the logged cross-entropy; it is added to the loss only when ``ce_weight`` > 0 (a
-    baseline, not GLMD). Returns ``(loss, {"kl": ..., "ce": ...})`` with detached logs.
+    baseline, not GLMD). Returns ``(loss, {"kl": ..., "ce": ..., "count": ...})`` with detached logs; ``count``
+    is the KL mean's denominator (counted positions with teacher mass), by which the trainer weighs
+    micro-batches (``loss_count``), so a step's loss is the mean over all its tokens.
     """
     if chunk < 1:
         raise LossError(f"chunk must be >= 1, got {chunk}")
@@ -226,10 +228,12 @@ def distill_loss(student_hidden: torch.Tensor, student_head: torch.nn.Module | N
         weight, bias = student_head.weight, student_head.bias
     loss, logs = _ChunkedDistill.apply(hidden, weight, bias, teacher_fn, pos_weight, lab, float(temperature),
                                        topk, int(chunk), float(ce_weight))
-    return loss, {"kl": logs[0], "ce": logs[1]}
+    return loss, {"kl": logs[0], "ce": logs[1], "count": logs[2]}
 
 
-def _restrictor(teacher_vocab: int, student_vocab: int, vocab_map: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+def _restrictor(teacher_vocab: int, student_vocab: int, vocab_map: Any, temperature: float
+                ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Teacher logits -> the target over the student's rows: ``vocab_map.target_logits`` (its ``pruned_mass``)."""
     if teacher_vocab == student_vocab and (vocab_map is None or vocab_map.num_kept == student_vocab):
         return lambda t: t
     if vocab_map is None:
@@ -238,7 +242,7 @@ def _restrictor(teacher_vocab: int, student_vocab: int, vocab_map: Any) -> Calla
     if vocab_map.vocab_size != teacher_vocab or vocab_map.num_kept != student_vocab:
         raise LossError(f"the VocabMap maps {vocab_map.vocab_size} teacher tokens to {vocab_map.num_kept} kept, "
                         f"but the teacher has {teacher_vocab} outputs and the student {student_vocab}")
-    return vocab_map.restrict_logits
+    return lambda t: vocab_map.target_logits(t, temperature)
 
 
 def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, attention_mask: torch.Tensor | None,
@@ -247,13 +251,14 @@ def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, atten
     """``T^2 * KL(softmax(t/T) || softmax(s/T))`` summed over the vocabulary, mean over non-padding positions.
 
     ``student_logits`` [..., K], ``teacher_logits`` [..., V]; when K < V the teacher's logits are restricted
-    to the kept ids of ``vocab_map`` (chunk by chunk). ``attention_mask`` [...] (None: every position).
+    to the student's rows by ``vocab_map`` (chunk by chunk; :meth:`~glmd_lib.vocab.vocab_map.VocabMap.target_logits`:
+    kept ids renormalised, or pruned mass added to substitutes). ``attention_mask`` [...] (None: every position).
     ``topk`` truncates the teacher's distribution to its k most likely kept tokens (renormalised).
     """
     if student_logits.shape[:-1] != teacher_logits.shape[:-1]:
         raise LossError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                         f"{tuple(teacher_logits.shape)} cover different positions")
-    restrict = _restrictor(teacher_logits.shape[-1], student_logits.shape[-1], vocab_map)
+    restrict = _restrictor(teacher_logits.shape[-1], student_logits.shape[-1], vocab_map, temperature)
     t_flat = teacher_logits.detach().reshape(-1, teacher_logits.shape[-1])
     if attention_mask is None:
         attention_mask = torch.ones(student_logits.shape[:-1], dtype=torch.long, device=student_logits.device)
@@ -266,7 +271,8 @@ def distill_kl_reference(student_logits: torch.Tensor, teacher_logits: torch.Ten
                          attention_mask: torch.Tensor | None, temperature: float, vocab_map: Any = None,
                          topk: int | None = None) -> torch.Tensor:
     """The naive, unchunked loss with plain autograd (for tests and the memory benchmark)."""
-    t = _restrictor(teacher_logits.shape[-1], student_logits.shape[-1], vocab_map)(teacher_logits.detach()).float()
+    t = _restrictor(teacher_logits.shape[-1], student_logits.shape[-1], vocab_map, temperature)(
+        teacher_logits.detach()).float()
     T = float(temperature)
     z = t / T
     if topk is not None and topk < z.shape[-1]:

@@ -2,8 +2,13 @@
 
 ``run_stage1(cfg)`` is the whole stage (notebook 03 and ``glmd stage1`` both call it):
 
+0. withdraw the stage's completion marker (:func:`glmd_lib.artifacts.begin_stage`): a run that fails from
+   here on leaves the stage incomplete, never an old ``COMPLETE.json`` beside new settings;
 1. load the teacher and (if ``use_vocab_map``) the ``VocabMap`` of notebook 02, and check they fit the config;
-2. cut the corpus into token blocks (training: the train shards; metrics: ``valid.txt``);
+   the map's ``pruned_mass`` (notebook 02's setting) decides the target: kept tokens renormalised, or each
+   pruned token's probability added to its substitute's (:meth:`glmd_lib.vocab.vocab_map.VocabMap.target_logits`);
+2. cut the corpus into token blocks (training: the train shards; metrics: ``valid.txt``), lines separated as
+   in the teacher's pre-training (``separator``, :func:`glmd_lib.data.blocks.separator_ids`);
 3. build the student (teacher's config with the shape overrides, kept vocabulary, random or teacher init);
 4. train with the chunked ``T^2 KL`` loss (:mod:`glmd_lib.distill.losses`) on the resumable trainer
    (:mod:`glmd_lib.trainer`), the teacher's logits made on the fly or from its cached final hidden states
@@ -28,16 +33,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glmd_lib.artifacts import STAGES, ArtifactError, artifact, atomic_write_json, mark_complete, save_figure
+from glmd_lib.artifacts import STAGES, ArtifactError, artifact, atomic_write_json, begin_stage, mark_complete, \
+    save_figure
 from glmd_lib.config.base import ConfigError, parse_params
 from glmd_lib.config.stages import Stage1Config
-from glmd_lib.data.blocks import require_blocks, token_blocks
+from glmd_lib.data.blocks import require_blocks, separator_ids, token_blocks
 from glmd_lib.data.corpus import default_corpus
 from glmd_lib.device import autocast, get_device, set_threads, use_bf16
 from glmd_lib.distill.figures import stage1_curves
 from glmd_lib.distill.distiller import Distiller
 from glmd_lib.distill.losses import mask_tokens
-from glmd_lib.distill.teacher import TeacherRunner, cached_teacher_fn
+from glmd_lib.distill.teacher import TeacherRunner, cached_teacher_fn, topk_cache_problem
 from glmd_lib.distill.teacher_cache import TeacherCache, cache_key, ensure_teacher_cache, hidden_mode_problem
 from glmd_lib.models.student import build_student, save_student
 from glmd_lib.models.teacher import count_parameters, load_teacher, model_kind
@@ -94,7 +100,7 @@ def make_loss_fn(cfg: Stage1Config, runner: TeacherRunner | None, vocab_map: Voc
         else:
             teacher_fn = runner.chunks(ids_in, attn)
         loss, logs = model(to_student(ids_in), attn, teacher_fn, loss_mask, labels)
-        return loss, {"kl": logs["kl"], "ce": logs["ce"], "tokens": attn.sum()}
+        return loss, {"kl": logs["kl"], "ce": logs["ce"], "tokens": attn.sum(), "loss_count": logs["count"]}
 
     return loss_fn
 
@@ -108,7 +114,8 @@ def evaluate(student: nn.Module, teacher: nn.Module, vocab_map: VocabMap | None,
              batch_size: int, temperature: float, bf16_teacher: bool = False) -> dict[str, float]:
     """Held-out KL (T = 1 and the training T), top-1 agreement, both perplexities, both models' tokens/s.
 
-    Agreement and KL are over the kept vocabulary (the teacher restricted and renormalised). Perplexities:
+    Agreement and KL are over the student's rows, against the target it is trained on (the map's
+    ``pruned_mass``: kept tokens renormalised, or pruned mass added to substitutes). Perplexities:
     the teacher over its full vocabulary; the student over its kept rows with pruned next tokens counted
     as their substitutes (what it can write), so the two are close but not identical measures.
     """
@@ -129,11 +136,12 @@ def evaluate(student: nn.Module, teacher: nn.Module, vocab_map: VocabMap | None,
         s_logits = student(input_ids=s_ids, attention_mask=attn).logits.float()
         t2 = time.perf_counter()
         t_time, s_time = t_time + (t1 - t0), s_time + (t2 - t1)
-        t_kept = vocab_map.restrict_logits(t_logits) if vocab_map is not None else t_logits
+        t_kept = vocab_map.target_logits(t_logits, 1.0) if vocab_map is not None else t_logits
+        t_at_T = vocab_map.target_logits(t_logits, temperature) if vocab_map is not None else t_logits
         log_pt = torch.log_softmax(t_kept, -1)
         log_ps = torch.log_softmax(s_logits, -1)
         sums["kl"] += float((log_pt.exp() * (log_pt - log_ps)).sum())
-        lpt_T, lps_T = torch.log_softmax(t_kept / temperature, -1), torch.log_softmax(s_logits / temperature, -1)
+        lpt_T, lps_T = torch.log_softmax(t_at_T / temperature, -1), torch.log_softmax(s_logits / temperature, -1)
         sums["kl_T"] += temperature ** 2 * float((lpt_T.exp() * (lpt_T - lps_T)).sum())
         sums["agree"] += float((t_kept.argmax(-1) == s_logits.argmax(-1)).sum())
         sums["n"] += ids.numel()
@@ -163,6 +171,11 @@ class _Teacher:
     bf16: bool  # the teacher's precision (glmd_lib.device.use_bf16 of cfg.teacher_bf16)
     vocab_map: VocabMap | None
     device: torch.device
+    separator: list[int]  # the ids between two corpus lines (cfg.separator resolved for this tokenizer)
+
+    @property
+    def pruned_mass(self) -> str:
+        return self.vocab_map.pruned_mass if self.vocab_map is not None else "renormalize"
 
 
 def load_stage1_vocab_map(cfg: Stage1Config, tokenizer: Any) -> VocabMap | None:
@@ -189,17 +202,21 @@ def _load_teacher(cfg: Stage1Config) -> _Teacher:
     if vocab_map is not None and vocab_map.vocab_size != int(teacher.config.vocab_size):
         raise Stage1Error(f"the vocabulary map covers {vocab_map.vocab_size} ids, the teacher has "
                           f"{teacher.config.vocab_size}: it belongs to another teacher")
-    return _Teacher(teacher, tokenizer, kind, use_bf16(device, cfg.teacher_bf16), vocab_map, device)
+    try:
+        separator = separator_ids(tokenizer, cfg.separator)
+    except ValueError as e:
+        raise Stage1Error(str(e)) from None
+    return _Teacher(teacher, tokenizer, kind, use_bf16(device, cfg.teacher_bf16), vocab_map, device, separator)
 
 
 def _blocks(cfg: Stage1Config, tokenizer: Any, world: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Training blocks (as many as the steps consume) and held-out blocks, both ``[n, seq_len]``."""
     per_step = cfg.batch_size * cfg.grad_accum * world
     blocks = token_blocks(cfg.corpus or default_corpus("train"), tokenizer, cfg.seq_len,
-                          max_blocks=cfg.steps * per_step, max_lines=cfg.max_lines)
+                          max_blocks=cfg.steps * per_step, max_lines=cfg.max_lines, separator=cfg.separator)
     require_blocks(blocks, cfg.batch_size * world, "training", cfg.corpus or "default (train shards)")
     valid = token_blocks(cfg.valid_corpus or default_corpus("valid"), tokenizer, cfg.seq_len,
-                         max_blocks=cfg.eval_batches * cfg.batch_size)
+                         max_blocks=cfg.eval_batches * cfg.batch_size, separator=cfg.separator)
     require_blocks(valid, 1, "validation", cfg.valid_corpus or "default (valid.txt)")
     log.info("stage 1: %d training blocks, %d held-out blocks of %d tokens", len(blocks), len(valid), cfg.seq_len)
     return blocks, valid
@@ -211,6 +228,8 @@ def _teacher_cache(cfg: Stage1Config, t: _Teacher, blocks: torch.Tensor, progres
         return None
     if t.kind == "masked":
         raise Stage1Error("teacher_cache works with causal-LM teachers only (masked LMs draw new masks each step)")
+    if cfg.cache_mode == "topk" and topk_cache_problem(t.vocab_map):
+        raise Stage1Error(f"cache_mode='topk': {topk_cache_problem(t.vocab_map)}")
     if cfg.cache_mode == "hidden":
         problem = hidden_mode_problem(t.model)
         if problem:
@@ -230,7 +249,8 @@ def _train(cfg: Stage1Config, t: _Teacher, student: nn.Module, blocks: torch.Ten
     # The live path and the hidden-state cache both need the runner: the cache for the kept rows of the
     # teacher's output layer (head_w/head_b). The whole teacher stays in memory either way (the body is
     # not run from the cache, but evaluate() and the parameter count still use it).
-    runner = None if cache is not None and cache.mode == "topk" else TeacherRunner(t.model, t.vocab_map, t.bf16)
+    runner = (None if cache is not None and cache.mode == "topk"
+              else TeacherRunner(t.model, t.vocab_map, t.bf16, cfg.temperature))
     distiller = Distiller(student, cfg.temperature, cfg.teacher_topk, cfg.loss_chunk, cfg.ce_weight)
     loss_fn = make_loss_fn(cfg, runner, t.vocab_map, t.kind, t.tokenizer, cache, int(student.config.vocab_size))
     batches = IndexBatches(len(blocks), cfg.batch_size,
@@ -240,8 +260,8 @@ def _train(cfg: Stage1Config, t: _Teacher, student: nn.Module, blocks: torch.Ten
                        max_grad_norm=cfg.max_grad_norm, grad_accum=cfg.grad_accum,
                        checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints, seed=cfg.seed,
                        cpu=t.device.type == "cpu")
-    trainer = Trainer(distiller, loss_fn, batches, cfg.out_dir, tcfg, fingerprint=fingerprint(cfg), progress=progress,
-                      on_log=on_log, desc="stage 1")
+    trainer = Trainer(distiller, loss_fn, batches, cfg.out_dir, tcfg, fingerprint=fingerprint(cfg, t.pruned_mass),
+                      progress=progress, on_log=on_log, desc="stage 1")
     t0 = time.perf_counter()
     summary = trainer.train(resume=cfg.resume)
     return trainer, {**summary, "train_time_s": time.perf_counter() - t0}
@@ -254,7 +274,8 @@ def _finish(cfg: Stage1Config, t: _Teacher, student: nn.Module, summary: dict[st
                "final_loss": summary["final_loss"], "train_time_s": summary["train_time_s"],
                "student_params": count_parameters(student), "teacher_params": count_parameters(t.model),
                "num_kept": int(student.config.vocab_size), "vocab_size": int(t.model.config.vocab_size),
-               "temperature": cfg.temperature, "teacher_cache": cfg.teacher_cache, "processes": world}
+               "temperature": cfg.temperature, "teacher_cache": cfg.teacher_cache, "processes": world,
+               "pruned_mass": t.pruned_mass, "separator": t.tokenizer.decode(t.separator)}
     if t.kind == "causal":
         metrics.update(evaluate(student, t.model, t.vocab_map, valid, cfg.batch_size, cfg.temperature, t.bf16))
     save_student(student, artifact(cfg.run_dir, cfg.stage, "student"), t.tokenizer, t.vocab_map,
@@ -267,18 +288,23 @@ def _finish(cfg: Stage1Config, t: _Teacher, student: nn.Module, summary: dict[st
     return metrics
 
 
-def fingerprint(cfg: Stage1Config) -> dict[str, Any]:
-    return {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IN_FINGERPRINT}
+def fingerprint(cfg: Stage1Config, pruned_mass: str = "renormalize") -> dict[str, Any]:
+    """What a checkpoint must have been trained with to be resumed: the settings and the map's target."""
+    return {**{k: v for k, v in cfg.to_dict().items() if k not in _NOT_IN_FINGERPRINT}, "pruned_mass": pruned_mass}
 
 
 def run_stage1(cfg: Stage1Config, progress: bool = True, on_log: Any = None) -> dict[str, Any]:
     """Run stage 1 as configured; returns the metrics (also written to ``<run_dir>/stage1/metrics.json``).
 
     Writes every artifact of ``STAGES["stage1"]`` plus ``curves.png`` and marks the stage complete; a rerun
-    resumes from the last checkpoint (``resume=True``). Other processes than the main one return ``{}``.
+    resumes from the last checkpoint (``resume=True``) or starts over (the old checkpoints are deleted only
+    once the new run has one). The marker is withdrawn first, so a failing rerun leaves the stage incomplete.
+    Other processes than the main one return ``{}``.
     """
     set_threads()
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if os.environ.get("RANK", "0") == "0":  # one process withdraws the marker and saves the config
+        begin_stage(cfg)
     t = _load_teacher(cfg)
     blocks, valid = _blocks(cfg, t.tokenizer, world)
     student = build_student(t.model.config, cfg, t.vocab_map, arch=cfg.student_arch, init=cfg.init,

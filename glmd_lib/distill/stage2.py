@@ -9,8 +9,9 @@
    dropped as they are read (:func:`glmd_lib.distill.task_inputs.read_inputs`), so no student loss can see a gold label, and a train
    file without labels works just as well. The inputs become cloze sequences with the teacher's pattern;
 3. **pass 2a**, word-prediction distillation on task inputs: the vocabulary KL of stage 1
-   (``T^2 KL(softmax(t/T) || softmax(s/T))`` over the kept vocabulary, averaged over the non-padding
-   positions) on the *whole* cloze-formatted input, not only the answer position. For COPA/ReCoRD every
+   (``T^2 KL(softmax(t/T) || softmax(s/T))`` over the kept vocabulary, with the pruned mass as the
+   stage-1 student's map says, averaged over the non-padding positions of all the step's sequences) on the
+   *whole* cloze-formatted input, not only the answer position. For COPA/ReCoRD every
    candidate-filled sequence is distilled;
 4. **pass 2b**, task-level soft targets, from 2a's selected checkpoint: soft cross-entropy at T = 1 between
    the teacher's and the student's task scores (softmax over the verbalizer logits, or over the candidates'
@@ -38,8 +39,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from glmd_lib.artifacts import STAGES, ArtifactError, artifact, atomic_write_csv, atomic_write_json, is_complete, \
-    mark_complete, read_json, save_figure
+from glmd_lib.artifacts import STAGES, ArtifactError, artifact, atomic_write_csv, atomic_write_json, begin_stage, \
+    is_complete, mark_complete, mark_incomplete, read_json, save_figure
 from glmd_lib.config.stages import Stage2Config
 from glmd_lib.device import get_device, set_threads, use_bf16
 from glmd_lib.distill.figures import stage2_scores
@@ -111,7 +112,7 @@ def make_2a_loss(runner: TeacherRunner, vocab_map: Any) -> Callable:
             return teacher_fn(sl).to(dev)
 
         loss, logs = model(vocab_map.map_ids(ids), attn, on_student_device, attn.bool(), None)
-        return loss, {"kl": logs["kl"], "tokens": attn.sum()}
+        return loss, {"kl": logs["kl"], "tokens": attn.sum(), "loss_count": logs["count"]}
     return loss_fn
 
 
@@ -129,7 +130,7 @@ def make_2b_loss(student: nn.Module, clozes: Sequence[Cloze], teacher_scores: Te
         loss = soft_cross_entropy(s, t, temperature=1.0)
         agree = (s.argmax(-1) == t.argmax(-1)).float().mean()
         tokens = sum(len(seq) for i in idx for seq in clozes[i].sequences)
-        return loss, {"teacher_agreement": agree, "tokens": tokens}
+        return loss, {"teacher_agreement": agree, "tokens": tokens, "loss_count": len(idx)}
     return loss_fn
 
 
@@ -258,6 +259,7 @@ def distill_task(cfg: Stage2Config, task: str, progress: bool = True, on_log: An
     """Passes 2a and 2b for one task; writes ``<run_dir>/stage2/<task>/`` and returns its metrics."""
     say = log_fn or (lambda s: None)
     t_start = time.perf_counter()
+    mark_incomplete(cfg.out_dir / task)  # rerunning: its old results no longer count as finished
     job = _prepare(cfg, task)
     s_model, vm = job.student.model, job.student.vocab_map
     say(f"{task}: {job.data.n_train} train + {job.data.n_unlabeled} unlabeled inputs ({job.data.n_sequences} "
@@ -267,8 +269,8 @@ def distill_task(cfg: Stage2Config, task: str, progress: bool = True, on_log: An
     before, teacher_dev = job.evaluate(s_model), _teacher_dev(job)
     t_eval = time.perf_counter() - t0
     a = _run_pass(job, "2a", Distiller(s_model, cfg.temperature, None, cfg.loss_chunk, 0.0),
-                  make_2a_loss(TeacherRunner(job.teacher, vm, job.bf16), vm), collate_2a(job.data.train),
-                  cfg.steps_2a, on_log, progress)
+                  make_2a_loss(TeacherRunner(job.teacher, vm, job.bf16, cfg.temperature), vm),
+                  collate_2a(job.data.train), cfg.steps_2a, on_log, progress)
     say(f"{task}: pass 2a done in {a['seconds']:.0f}s; dev {a['best']['dev_score']:.4f} (step {a['best']['step']})")
     scores = TeacherScores(job.teacher, job.data.train, job.bf16)
     b = _run_pass(job, "2b", s_model, make_2b_loss(s_model, job.data.train, scores, vm), lambda idx: {"index": idx},
@@ -312,13 +314,14 @@ def run_stage2(cfg: Stage2Config, progress: bool = True, on_log: Any = None,
     """Run stage 2 for every task of ``cfg``; returns ``{task: metrics}`` (also in ``stage2/<TASK>/``).
 
     A task finished earlier with the same settings is skipped (``resume=True``). At the end: ``summary.json``,
-    ``stage2_scores.png``, and the stage marked complete.
+    ``stage2_scores.png``, and the stage marked complete. The stage's marker (and a redone task's) is withdrawn
+    before any work, so a failing rerun never leaves ``COMPLETE.json`` beside results it did not finish.
     """
     set_threads()
     say = log_fn or (lambda s: None)
+    begin_stage(cfg)  # the marker goes first: a failing rerun leaves stage2/ incomplete, not its old results
     STAGES["stage1"].require(cfg.run_dir)
     STAGES["teachers"].require(cfg.run_dir)
-    cfg.save()
     results = {}
     for task in cfg.tasks:
         done = artifact(cfg.run_dir, "stage2", "metrics.json", task)

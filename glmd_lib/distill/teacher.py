@@ -11,6 +11,12 @@ flattened positions, made chunk by chunk so no ``[B, L, V]`` tensor is needed. T
 * cached top-k logits (approximate): :func:`sparse_teacher_fn` with the tail fill :func:`tail_fill`, ids
   moved into student space by :func:`student_space`.
 
+The target follows the ``VocabMap``'s ``pruned_mass`` (:meth:`~glmd_lib.vocab.vocab_map.VocabMap.target_logits`):
+``renormalize`` needs only the kept logits; ``substitute`` adds each pruned token's probability at the loss
+temperature to its substitute's, so it needs *all* ``V`` logits: the live and hidden-cache paths then apply
+the teacher's full output layer per chunk (``V / K`` times the head's FLOPs of the kept-rows path: about 2x at
+the paper's keep rate 0.5), and the top-k cache cannot give it (:func:`topk_cache_problem`).
+
 :func:`cached_teacher_fn` picks the right one for a cache. Pass 2b of stage 2 needs task scores instead of
 logits: :class:`TeacherScores`.
 
@@ -33,6 +39,7 @@ from glmd_lib.distill.teacher_cache import TeacherCache, TeacherCacheError
 from glmd_lib.models.teacher import linear_head
 from glmd_lib.superglue.patterns import Cloze
 from glmd_lib.tasks.scoring import task_scores
+from glmd_lib.vocab.vocab_map import VocabMap
 
 
 # --------------------------------------------------------------------------------------------
@@ -44,25 +51,29 @@ class TeacherRunner:
 
     For causal teachers with a plain linear head only the final hidden states are computed for the batch;
     each chunk's logits are made from the *kept rows* of the output layer (K of V columns, fewer FLOPs
-    and no ``[B, L, V]`` tensor). Other teachers run in full and are restricted chunk by chunk.
-    ``head_w``/``head_b`` (the kept rows) also turn cached hidden states into logits (:func:`cached_teacher_fn`).
+    and no ``[B, L, V]`` tensor), or from all rows when the map's ``pruned_mass`` is ``substitute``. Other
+    teachers run in full and are turned into the target chunk by chunk. ``head_w``/``head_b`` (the rows used)
+    and ``target`` (rows -> the target logits) also serve cached hidden states (:func:`cached_teacher_fn`).
+    ``temperature``: the loss's T, which the ``substitute`` target depends on (refused without it).
     """
 
-    def __init__(self, teacher: nn.Module, vocab_map: Any, bf16: bool):
+    def __init__(self, teacher: nn.Module, vocab_map: Any, bf16: bool, temperature: float | None = None):
         self.teacher = teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
         self.vocab_map = vocab_map
         self.device = next(teacher.parameters()).device
         self.bf16 = bool(bf16)
+        self.target = target_fn(vocab_map, temperature)
         head = linear_head(teacher)
         self.head_w = self.head_b = None
         if head is not None:
             w, b = head.weight.detach(), head.bias
-            if vocab_map is not None and not vocab_map.is_identity:
+            if _needs_kept_rows_only(vocab_map):
                 kept = vocab_map.kept_ids.to(w.device)
                 w = w.index_select(0, kept)
                 b = None if b is None else b.detach().index_select(0, kept)
+                self.target = _as_fp32
             self.head_w, self.head_b = w, b
 
     @torch.no_grad()
@@ -70,18 +81,42 @@ class TeacherRunner:
         with autocast(self.device, self.bf16):
             if self.head_w is not None:
                 h = self.teacher.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-                return _head_fn(h.reshape(-1, h.shape[-1]), self.head_w, self.head_b, self.bf16)
+                return _head_fn(h.reshape(-1, h.shape[-1]), self.head_w, self.head_b, self.bf16, self.target)
             logits = self.teacher(input_ids=input_ids, attention_mask=attention_mask).logits
         flat = logits.reshape(-1, logits.shape[-1])
-        vm = self.vocab_map
-        return lambda sl: (flat[sl] if vm is None or vm.is_identity else vm.restrict_logits(flat[sl])).float()
+        return lambda sl: self.target(flat[sl])
 
 
-def _head_fn(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, bf16: bool) -> TeacherFn:
-    """Chunk logits ``h[sl] @ weight.T (+ bias)`` in fp32, or under bf16 autocast when the teacher runs in bf16."""
+def _as_fp32(t: torch.Tensor) -> torch.Tensor:
+    return t.float()
+
+
+def _needs_kept_rows_only(vocab_map: VocabMap | None) -> bool:
+    return vocab_map is not None and not vocab_map.is_identity and vocab_map.pruned_mass == "renormalize"
+
+
+def target_fn(vocab_map: VocabMap | None, temperature: float | None):
+    """Teacher logits over all ``V`` tokens -> the fp32 target logits over the student's rows (the map's
+    ``pruned_mass``; ``substitute`` needs the loss temperature)."""
+    if vocab_map is None or vocab_map.is_identity:
+        return _as_fp32
+    if vocab_map.pruned_mass == "substitute":
+        if temperature is None or temperature <= 0:
+            raise LossError(f"pruned_mass='substitute' adds the pruned tokens' probability at the loss temperature: "
+                            f"pass the loss's temperature (> 0), got {temperature}")
+        return lambda t: vocab_map.target_logits(t.float(), temperature)
+    return lambda t: vocab_map.restrict_logits(t).float()
+
+
+def _head_fn(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, bf16: bool, target=_as_fp32
+             ) -> TeacherFn:
+    """Chunk logits ``target(h[sl] @ weight.T (+ bias))``: the matmul in fp32, or under bf16 autocast when the
+    teacher runs in bf16; the target (a log-sum-exp over groups for ``substitute``) always in fp32."""
     def fn(sl: slice) -> torch.Tensor:
-        with torch.no_grad(), autocast(weight.device, bf16):
-            return F.linear(h[sl].to(weight.device, weight.dtype), weight, bias).float()
+        with torch.no_grad():
+            with autocast(weight.device, bf16):
+                logits = F.linear(h[sl].to(weight.device, weight.dtype), weight, bias)
+            return target(logits)
     return fn
 
 
@@ -90,20 +125,20 @@ def _head_fn(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, b
 # --------------------------------------------------------------------------------------------
 
 def hidden_teacher_fn(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                      bf16: bool = False) -> TeacherFn:
-    """A ``teacher_fn`` from cached hidden states [..., D] and the head's kept rows.
+                      bf16: bool = False, target=_as_fp32) -> TeacherFn:
+    """A ``teacher_fn`` from cached hidden states [..., D] and the head's rows.
 
-    ``weight`` [K, D] (and ``bias`` [K]) are the teacher's output-layer rows at the kept ids, e.g.
-    ``TeacherRunner(teacher, vocab_map, ...).head_w``/``.head_b``. Each chunk's logits are made in fp32
-    (``bf16``: as the live teacher under bf16) from the fp16 hidden states: the live teacher's logits up to
-    fp16 rounding of the hidden state.
+    ``weight`` [K, D] (and ``bias`` [K]) are the teacher's output-layer rows the runner uses and ``target`` its
+    rows-to-target function, e.g. ``TeacherRunner(teacher, vocab_map, ...).head_w``/``.head_b``/``.target``.
+    Each chunk's logits are made in fp32 (``bf16``: as the live teacher under bf16) from the fp16 hidden
+    states: the live teacher's logits up to fp16 rounding of the hidden state.
     """
     h = hidden.reshape(-1, hidden.shape[-1])
     if h.shape[-1] != weight.shape[-1]:
         raise TeacherCacheError(f"cached hidden states have {h.shape[-1]} values per position, the teacher's output "
                                 f"layer takes {weight.shape[-1]}: the cache belongs to another teacher")
     w = weight.detach().float()
-    return _head_fn(h, w, None if bias is None else bias.detach().float(), bf16)
+    return _head_fn(h, w, None if bias is None else bias.detach().float(), bf16, target)
 
 
 def tail_fill(tail: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -161,16 +196,29 @@ def student_space(ids: torch.Tensor, vocab_map: Any) -> torch.Tensor:
     return kept_row.to(ids.device)[ids]
 
 
+def topk_cache_problem(vocab_map: VocabMap | None) -> str | None:
+    """Why a top-k cache cannot give this map's target (None: it can)."""
+    if vocab_map is None or vocab_map.is_identity or vocab_map.pruned_mass != "substitute":
+        return None
+    return ("pruned_mass='substitute' needs the teacher's probability of every pruned token, which a top-k cache "
+            "does not hold; use cache_mode='hidden' (exact) or the live teacher (teacher_cache=False)")
+
+
 def cached_teacher_fn(cache: TeacherCache, index: torch.Tensor, runner: TeacherRunner | None, vocab_map: Any,
                       num_classes: int, temperature: float, device: torch.device) -> TeacherFn:
     """The ``teacher_fn`` of the training blocks ``index`` read from ``cache``, on ``device``.
 
-    Hidden mode (exact): the cached final hidden states times the runner's kept rows of the teacher's output
-    layer (the rows the live path uses; the body is never run). Top-k mode: the top-k logits with the tail fill
-    at the loss's ``temperature``, over ``num_classes`` student tokens.
+    Hidden mode (exact): the cached final hidden states times the runner's rows of the teacher's output
+    layer, then its target (what the live path uses; the body is never run). Top-k mode: the top-k logits
+    with the tail fill at the loss's ``temperature``, over ``num_classes`` student tokens (renormalised
+    target only: :func:`topk_cache_problem`).
     """
     if cache.mode == "hidden":
-        return hidden_teacher_fn(cache.lookup_hidden(index).to(device), runner.head_w, runner.head_b, runner.bf16)
+        return hidden_teacher_fn(cache.lookup_hidden(index).to(device), runner.head_w, runner.head_b, runner.bf16,
+                                 runner.target)
+    problem = topk_cache_problem(vocab_map)
+    if problem:
+        raise LossError(problem)
     values, t_ids, tail = cache.lookup(index)
     return sparse_teacher_fn(values.to(device), student_space(t_ids, vocab_map).to(device), num_classes,
                              tail=tail.to(device), temperature=temperature)

@@ -31,6 +31,7 @@ def find_run_dir(student_dir: Path | str) -> Path | None:
 
 
 def _read(path: Path) -> dict[str, Any]:
+    """A JSON artifact, or ``{}`` when absent or unreadable: a card with a gap beats no export at all."""
     try:
         return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     except json.JSONDecodeError:

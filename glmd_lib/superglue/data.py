@@ -25,7 +25,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from glmd_lib.data.paths import resolve_superglue_dir
 
@@ -113,6 +113,13 @@ def task_path(task: str, split: str, data_dir: str | Path | None = None) -> Path
             raise ValueError(f"{task} is a diagnostic set: it has only the 'test' split (asked for {split!r})")
         return root / task / f"{task}.jsonl"
     return root / task / f"{split}.jsonl"
+
+
+def task_splits(task: str) -> tuple[str, ...]:
+    """The splits ``task`` has on disk (the official archive's files): the diagnostics only ``test``."""
+    if task not in TASKS:
+        raise ValueError(f"unknown SuperGLUE task {task!r}; known: {list(TASKS)}")
+    return ("test",) if task in DIAGNOSTICS else SPLITS
 
 
 def has_split(task: str, split: str, data_dir: str | Path | None = None) -> bool:
@@ -246,23 +253,59 @@ def _parse_record_task(rec: dict, path: Path, line: int, is_test: bool) -> list[
     return out
 
 
-def read_file(task: str, path: Path | str, is_test: bool = False) -> list[Example]:
-    """Parse one jsonl file of ``task`` (lines may lack a final newline; blank lines are skipped)."""
-    path = Path(path)
-    out: list[Example] = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
+def _fix_hint(task: str) -> str:
+    return (f"re-download the task (glmd_lib.superglue.download.download_task({task!r}, <data dir>, "
+            f"overwrite=True)) or restore the file from the official archive")
+
+
+def _records(task: str, path: Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, parsed JSON)`` of each non-blank line; bad bytes and bad JSON raise a DataError.
+
+    Read as bytes and decoded line by line, so that a stray non-UTF-8 byte is reported with its line
+    (a text-mode read fails with a bare UnicodeDecodeError that names neither the file nor the line).
+    """
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(path, line_no, None,
+                                f"not valid UTF-8 ({e.reason} at byte {e.start} of the line); the official files "
+                                f"are UTF-8: convert the file to UTF-8 or {_fix_hint(task)}") from None
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
+                yield line_no, json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(path, line_no, None, f"invalid JSON ({e.msg} at column {e.colno})") from e
-            exs = _parse_record(task, rec, path, line_no, is_test)
-            if task == "AX-g":
-                for ex in exs:
-                    ex.group = len(out) // 2  # pairs are consecutive lines
-            out.extend(exs)
+
+
+def read_file(task: str, path: Path | str, is_test: bool = False) -> list[Example]:
+    """Parse one jsonl file of ``task`` (lines may lack a final newline; blank lines are skipped).
+
+    Refused, naming the file: an empty file (no official split is empty; an empty one is a cut-short
+    copy that would otherwise surface much later as an empty plot), and the same record ``idx`` twice
+    (a record read twice is scored twice). Duplicates are checked per *record* (MultiRC: paragraph,
+    ReCoRD: passage), before flattening.
+    """
+    path = Path(path)
+    out: list[Example] = []
+    first_line: dict[str, int] = {}  # record idx (as JSON) -> line it was first seen on
+    for line_no, rec in _records(task, path):
+        exs = _parse_record(task, rec, path, line_no, is_test)  # validates that rec is an object with an idx
+        key = json.dumps(rec["idx"], sort_keys=True)
+        if key in first_line:
+            raise DataError(path, line_no, "idx", f"duplicate record idx {rec['idx']!r}, already on line "
+                            f"{first_line[key]}; remove one of the two lines or {_fix_hint(task)}")
+        first_line[key] = line_no
+        if task == "AX-g":
+            for ex in exs:
+                ex.group = len(out) // 2  # pairs are consecutive lines
+        out.extend(exs)
+    if not out:
+        what = "no records (the file is empty)" if not first_line else f"{len(first_line)} records but no examples"
+        raise DataError(path, None, None, f"{what}; no SuperGLUE split is empty: the copy was probably cut "
+                                          f"short -- {_fix_hint(task)}")
     if task == "AX-g" and len(out) % 2:
         raise DataError(path, None, None, f"AX-g needs pairs of consecutive lines; found {len(out)} records")
     return out
@@ -280,9 +323,8 @@ def read_split(task: str, split: str, data_dir: str | Path | None = None,
     if not path.exists():
         root = resolve_superglue_dir(data_dir)
         what = "the SuperGLUE folder" if not root.exists() else f"{task} {split}"
-        raise MissingDataError(f"{what} not found: tried {path} (data_dir resolved from "
-                               f"{'the explicit parameter' if data_dir else '$GLMD_DATA / ../shared/data/superglue / data/superglue'}). "
-                               + GET_DATA_HINT)
+        source = "the explicit parameter" if data_dir else "$GLMD_DATA / ../shared/data/superglue / data/superglue"
+        raise MissingDataError(f"{what} not found: tried {path} (data_dir resolved from {source}). " + GET_DATA_HINT)
     exs = read_file(task, path, is_test=(split == "test" and task not in DIAGNOSTICS))
     if max_examples is not None:
         exs = _first_groups(exs, max_examples)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from glmd_lib.superglue.data import DIAGNOSTICS, LABELS, SPLITS, TASKS, task_path
+from glmd_lib.superglue.data import LABELS, TASKS, task_path, task_splits
 
 
 def _toy_records(task: str, split: str, n: int) -> list[dict]:
@@ -70,8 +70,7 @@ def write_toy_dataset(root: str | Path, n: int = 6, tasks=TASKS) -> Path:
     like the official test files) under ``root``; return ``root``."""
     root = Path(root)
     for task in tasks:
-        splits = ["test"] if task in DIAGNOSTICS else list(SPLITS)
-        for split in splits:
+        for split in task_splits(task):
             path = task_path(task, split, root)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("\n".join(json.dumps(r) for r in _toy_records(task, split, n)), encoding="utf-8")

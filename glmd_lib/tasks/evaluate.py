@@ -1,17 +1,21 @@
 """SuperGLUE evaluation of any set of models on the dev splits: ``run_eval(cfg)`` is notebook 06's work.
 
 Models:
-* ``zero_shot``: the pre-trained teacher, prompted with the task patterns, no training;
+* ``zero_shot``: the pre-trained teacher, prompted with the config's ``pattern_id``, no training;
 * ``teacher``: the task teachers of notebook 04, ``<run_dir>/teachers/<TASK>/model/`` (one per task);
 * ``student``: the students of notebook 05, ``<run_dir>/stage2/<TASK>/student/`` (an HF model folder,
   plus ``vocab_map.json`` when the student has a compressed vocabulary);
-* ``majority``: the most frequent training label (dev label when there is no train split, e.g. BoolQ
-  here), scored on the *full* dev split: it costs nothing.
+* ``majority``: the most frequent training label (dev label when there is no train split).
+
+Each task model is scored with the pattern it was trained with (``pattern_id`` of its ``metrics.json``) and
+its rows say which, and what chose its checkpoint (``select_on``: a ``dev`` there makes its dev score
+optimistic: the report labels it dev-selected). Every model, the majority baseline included, is scored on
+the same examples: the whole dev split unless ``max_eval_examples`` caps it (``n_examples`` of ``n_split``).
 
 AX-b and AX-g are scored with RTE's patterns and, for task models, with the RTE model. Results are
-long-format rows ``(model, task, metric, value, params, n_examples)``; one ``metric == "score"`` row per
-task holds the task score (two-metric tasks averaged), which ``summarize`` turns into per-model averages.
-Every prediction goes through :func:`glmd_lib.tasks.scoring.predict_clozes`, the one predict path.
+long-format rows (:data:`COLUMNS`), every metric with its 95% bootstrap interval (:mod:`glmd_lib.tasks.intervals`);
+one ``metric == "score"`` row per task holds the task score (two-metric tasks averaged), which ``summarize``
+turns into per-model averages. Every prediction goes through :func:`glmd_lib.tasks.scoring.predict_clozes`.
 """
 from __future__ import annotations
 
@@ -23,19 +27,23 @@ from typing import Any
 import pandas as pd
 import torch
 
-from glmd_lib.artifacts import STAGES, artifact, atomic_write_csv, atomic_write_json, is_complete, mark_complete, \
-    save_figure
+from glmd_lib.artifacts import STAGES, artifact, atomic_write_csv, is_complete, mark_complete, read_json, save_figure
 from glmd_lib.device import get_device
 from glmd_lib.models.student import load_student
 from glmd_lib.models.teacher import count_parameters, load_teacher, model_kind
-from glmd_lib.superglue.data import DIAGNOSTICS, example_texts, has_split, read_split, subsample
-from glmd_lib.superglue.metrics import majority_label, overall_score, task_metrics, task_score
+from glmd_lib.superglue.data import DIAGNOSTICS, Example, example_texts, has_split, read_split, subsample
+from glmd_lib.superglue.metrics import majority_label, task_metrics, task_score
 from glmd_lib.superglue.patterns import build_cloze
+from glmd_lib.tasks.comparisons import differences, write_predictions
+from glmd_lib.tasks.fidelity import FIDELITY_MODELS, fidelity_inputs, fidelity_table
 from glmd_lib.tasks.figures import confusion_figure, scores_figure
+from glmd_lib.tasks.intervals import N_BOOT, Interval, interval_cell, metric_intervals
+from glmd_lib.tasks.results import interval_table, score_table, write_results  # noqa: F401  (write_results: API)
 from glmd_lib.tasks.scoring import predict_clozes
 from glmd_lib.tasks.submission import write_submission
 
-COLUMNS = ["model", "task", "metric", "value", "params", "n_examples"]
+COLUMNS = ["model", "task", "metric", "value", "ci_low", "ci_high", "n_examples", "n_split", "params", "pattern_id",
+           "select_on"]
 # an entry of EvalConfig.models -> (the model's name, the stage that trains it, its per-task artifact)
 TASK_MODELS = {"teachers": ("teacher", "teachers", "model"), "students": ("student", "stage2", "student")}
 
@@ -52,16 +60,51 @@ def model_task(task: str) -> str:
 
 @dataclass
 class ModelSpec:
-    """A model to evaluate: ``paths`` maps task -> folder (``"*"``: the same model for every task)."""
+    """A model to evaluate: ``paths`` maps task -> folder (``"*"``: the same model for every task); ``patterns``
+    and ``select_on`` what the task's model was trained with and what chose its checkpoint (from its
+    ``metrics.json``; absent: the config's pattern, nothing known)."""
 
     name: str
     paths: dict[str, str] = field(default_factory=dict)
+    patterns: dict[str, int] = field(default_factory=dict)
+    select_on: dict[str, str | None] = field(default_factory=dict)
 
     def path_for(self, task: str) -> str | None:
         return self.paths.get(model_task(task)) or self.paths.get("*")
 
+    def pattern_for(self, task: str, default: int) -> int:
+        return self.patterns.get(model_task(task), default)
 
-def discover_models(run_dir: str | Path, teacher: str, tasks: list[str], which: list[str]) -> tuple[list[ModelSpec], list[str]]:
+    def select_on_for(self, task: str) -> str | None:
+        return self.select_on.get(model_task(task))
+
+
+def trained_with(run_dir: str | Path, stage: str, task: str) -> tuple[int | None, str | None]:
+    """``(pattern_id, select_on)`` a task model's ``metrics.json`` records (None where it does not). Stage 2
+    before ``select_on`` recorded ``select_by_dev``: True means dev chose, False the last checkpoint."""
+    path = artifact(run_dir, stage, "metrics.json", task)
+    m = read_json(path) if path.exists() else {}
+    select_on = m.get("select_on") or {True: "dev", False: "last"}.get(m.get("select_by_dev"))
+    return (int(m["pattern_id"]) if m.get("pattern_id") is not None else None), select_on
+
+
+def _task_model(run_dir, kind: str, tasks: list[str], pattern_id: int) -> tuple[ModelSpec, list[str]]:
+    """The task models of ``kind`` (teachers, students) that exist, and the tasks that have none."""
+    name, stage, leaf = TASK_MODELS[kind]
+    spec, missing = ModelSpec(name), []
+    for task in sorted({model_task(t) for t in tasks}):
+        folder = artifact(run_dir, stage, leaf, task)
+        if not (folder / "config.json").exists():
+            missing.append(task)
+            continue
+        pattern, select_on = trained_with(run_dir, stage, task)
+        spec.paths[task], spec.select_on[task] = str(folder), select_on
+        spec.patterns[task] = pattern_id if pattern is None else pattern
+    return spec, missing
+
+
+def discover_models(run_dir: str | Path, teacher: str, tasks: list[str], which: list[str],
+                    pattern_id: int = 0) -> tuple[list[ModelSpec], list[str]]:
     """The models asked for in ``which`` (zero_shot, teachers, students) that exist; plus notes on the rest
     (missing task models, and stages not marked complete whose models are used as found)."""
     specs, notes = [], []
@@ -69,23 +112,17 @@ def discover_models(run_dir: str | Path, teacher: str, tasks: list[str], which: 
         if kind == "zero_shot":
             specs.append(ModelSpec("zero_shot", {"*": teacher}))
             continue
-        name, stage, leaf = TASK_MODELS[kind]
-        paths, missing = {}, []
-        for task in sorted({model_task(t) for t in tasks}):
-            folder = artifact(run_dir, stage, leaf, task)
-            if (folder / "config.json").exists():
-                paths[task] = str(folder)
-            else:
-                missing.append(task)
+        spec, missing = _task_model(run_dir, kind, tasks, pattern_id)
+        stage = TASK_MODELS[kind][1]
         nb = STAGES[stage].notebook
-        if paths:
-            specs.append(ModelSpec(name, paths))
+        if spec.paths:
+            specs.append(spec)
             if not is_complete(Path(run_dir) / stage):
                 notes.append(f"{stage}/ is not marked complete (notebook {nb} interrupted?): its models are used "
                              f"as found")
         if missing:
-            notes.append(f"no {name} for {', '.join(missing)} (expected {Path(run_dir) / stage}/<TASK>/{leaf}/; "
-                         f"run notebook {nb} for them): skipped")
+            notes.append(f"no {spec.name} for {', '.join(missing)} (expected {Path(run_dir) / stage}/<TASK>/"
+                         f"{TASK_MODELS[kind][2]}/; run notebook {nb} for them): skipped")
     return specs, notes
 
 
@@ -107,18 +144,51 @@ def evaluate_clozes(model, task: str, clozes, examples, batch_size: int = 16, vo
     return {"metrics": metrics, "score": task_score(task, metrics), "predictions": preds, "scores": scores}
 
 
-def evaluate_task(model, tokenizer, task: str, examples, vocab_map: Any = None, batch_size: int = 16,
-                  pattern_id: int = 0, max_len: int = 256, bf16: bool | None = None) -> dict[str, Any]:
-    """Metrics, score, predictions and scores of one model on one task's examples."""
-    kind = model_kind(model.config)
-    clozes = build_cloze(task, examples, tokenizer, kind=kind, pattern_id=pattern_id, max_len=max_len)
-    return evaluate_clozes(model, task, clozes, examples, batch_size, vocab_map, bf16)
+@dataclass
+class EvalOptions:
+    """How every model is scored (the same for all of them)."""
+
+    batch_size: int = 16
+    seed: int = 0  # of the capped subsets and of the bootstrap
+    pattern_id: int = 0  # the zero-shot teacher's pattern (and a task model's that recorded none)
+    max_len: int = 256
+    bf16: bool | None = None
+    device: Any = None
+    n_boot: int = N_BOOT
 
 
-def _rows(name: str, task: str, metrics: dict[str, float], score: float, params: int | None, n: int) -> list[dict]:
-    rows = [dict(model=name, task=task, metric=m, value=v, params=params, n_examples=n) for m, v in metrics.items()]
-    rows.append(dict(model=name, task=task, metric="score", value=score, params=params, n_examples=n))
-    return rows
+def eval_examples(tasks: list[str], data_dir=None, max_examples: int | None = None,
+                  seed: int = 0) -> dict[str, tuple[list[Example], int]]:
+    """Per task: the examples every model is scored on (a seeded subset of whole groups when capped) and the
+    size of the split they come from. Deterministic, so models and baselines get the same examples."""
+    out = {}
+    for t in tasks:
+        full = read_split(t, eval_split(t), data_dir)
+        out[t] = (subsample(full, max_examples, seed=seed), len(full))
+    return out
+
+
+def score_rows(name: str, task: str, predictions: list, examples: list[Example], n_split: int, opts: EvalOptions,
+               **extra: Any) -> list[dict[str, Any]]:
+    """One row per metric, then the task score, each with its bootstrap interval and the example counts."""
+    ivs: dict[str, Interval] = metric_intervals(task, predictions, examples, opts.n_boot, opts.seed)
+    return [dict(model=name, task=task, metric=m, value=iv.value, ci_low=iv.low, ci_high=iv.high,
+                 n_examples=len(examples), n_split=n_split, **extra) for m, iv in ivs.items()]
+
+
+def _log_line(rows: list[dict[str, Any]], seconds: float) -> str:
+    """``student  RTE  score 0.6130 [0.5540, 0.6700] n=277  (accuracy 0.6130; 3.1s)``: the cap, if any, included."""
+    r = rows[-1]  # the task score
+    score = interval_cell(r["value"], r["ci_low"], r["ci_high"], r["n_examples"], r["n_split"], digits=4)
+    metrics = ", ".join(f"{x['metric']} {x['value']:.4f}" for x in rows[:-1])
+    return f"{r['model']:>10} {r['task']:<8} score {score}  ({metrics}; {seconds:.1f}s)"
+
+
+def _predict(loaded: tuple, task: str, examples: list[Example], pattern_id: int, opts: EvalOptions):
+    model, tok, vmap = loaded
+    clozes = build_cloze(task, examples, tok, kind=model_kind(model.config), pattern_id=pattern_id,
+                         max_len=opts.max_len)
+    return predict_clozes(model, clozes, vocab_map=vmap, batch_size=opts.batch_size, bf16=opts.bf16)
 
 
 def _by_path(spec: ModelSpec, tasks: list[str]) -> dict[str, list[str]]:
@@ -132,28 +202,31 @@ def _by_path(spec: ModelSpec, tasks: list[str]) -> dict[str, list[str]]:
 
 
 def evaluate_models(specs: list[ModelSpec], tasks: list[str], data_dir=None, max_examples: int | None = None,
-                    batch_size: int = 16, seed: int = 0, pattern_id: int = 0, max_len: int = 256,
-                    bf16: bool | None = None, device=None, log_fn=print) -> tuple[pd.DataFrame, dict]:
-    """Evaluate every spec on every task it has a model for; returns (rows, details).
-
-    ``details[(model, task)]`` holds examples, predictions and scores (for confusion matrices and errors).
-    """
-    say = log_fn or (lambda s: None)
+                    log_fn=print, unlabeled: dict[str, list[Example]] | None = None,
+                    **options: Any) -> tuple[pd.DataFrame, dict]:
+    """Evaluate every spec on every task it has a model for (``options``: :class:`EvalOptions`' fields);
+    returns (rows, details). ``details[(model, task)]`` holds examples, predictions, scores and the pattern
+    and, for task teachers and students, ``"unlabeled"``: ``(predictions, scores)`` on ``unlabeled[task]``."""
+    opts, say = EvalOptions(**options), log_fn or (lambda s: None)
     rows, details = [], {}
-    examples = {t: subsample(read_split(t, eval_split(t), data_dir), max_examples, seed=seed) for t in tasks}
+    examples = eval_examples(tasks, data_dir, max_examples, opts.seed)
     for spec in specs:
         for path, ptasks in _by_path(spec, tasks).items():
-            model, tok, vmap = load_for_eval(path, device=device)
-            params = count_parameters(model)
+            loaded = load_for_eval(path, device=opts.device)
+            params = count_parameters(loaded[0])
             for t in ptasks:
                 t0 = time.perf_counter()
-                res = evaluate_task(model, tok, t, examples[t], vmap, batch_size, pattern_id, max_len, bf16)
-                details[(spec.name, t)] = {"examples": examples[t], **res}
-                rows += _rows(spec.name, t, res["metrics"], res["score"], params, len(examples[t]))
-                say(f"{spec.name:>10} {t:<8} score {res['score']:.4f}  "
-                    + ", ".join(f"{k} {v:.4f}" for k, v in res["metrics"].items())
-                    + f"  ({len(examples[t])} ex, {time.perf_counter() - t0:.1f}s)")
-            del model
+                (exs, n_split), pid = examples[t], spec.pattern_for(t, opts.pattern_id)
+                preds, scores = _predict(loaded, t, exs, pid, opts)
+                new = score_rows(spec.name, t, preds, exs, n_split, opts, params=params, pattern_id=pid,
+                                 select_on=spec.select_on_for(t))
+                rows += new
+                details[(spec.name, t)] = {"examples": exs, "predictions": preds, "scores": scores, "pattern_id": pid,
+                                           "score": new[-1]["value"]}
+                if spec.name in FIDELITY_MODELS and t in (unlabeled or {}):
+                    details[(spec.name, t)]["unlabeled"] = _predict(loaded, t, unlabeled[t], pid, opts)
+                say(_log_line(new, time.perf_counter() - t0))
+            del loaded
     return pd.DataFrame(rows, columns=COLUMNS), details
 
 
@@ -165,66 +238,32 @@ def majority_predictions(task: str, examples, data_dir=None) -> tuple[Any, str]:
     return majority_label(examples), f"{task} {eval_split(task)} (no train split)"
 
 
-def majority_rows(tasks: list[str], data_dir=None) -> tuple[pd.DataFrame, dict]:
-    """Majority-class baseline on the full dev split of each task (ReCoRD: the first entity)."""
+def majority_rows(tasks: list[str], data_dir=None, max_examples: int | None = None,
+                  **options: Any) -> tuple[pd.DataFrame, dict]:
+    """Majority-class baseline (ReCoRD: the first entity), on the examples the models are scored on."""
+    opts = EvalOptions(**options)
     rows, details = [], {}
-    for t in tasks:
-        exs = read_split(t, eval_split(t), data_dir)
+    for t, (exs, n_split) in eval_examples(tasks, data_dir, max_examples, opts.seed).items():
         if t == "ReCoRD":
             preds, source = [ex.candidates[0] if ex.candidates else "" for ex in exs], "first entity"
         else:
             label, source = majority_predictions(t, exs, data_dir)
             preds = [label] * len(exs)
-        metrics = task_metrics(t, preds, exs)
-        details[("majority", t)] = {"examples": exs, "predictions": preds, "source": source,
-                                    "metrics": metrics, "score": task_score(t, metrics)}
-        rows += _rows("majority", t, metrics, task_score(t, metrics), 0, len(exs))
+        new = score_rows("majority", t, preds, exs, n_split, opts, params=0)
+        details[("majority", t)] = {"examples": exs, "predictions": preds, "source": source, "score": new[-1]["value"]}
+        rows += new
     return pd.DataFrame(rows, columns=COLUMNS), details
 
 
-def summarize(results: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """Per model: task scores and their average (the eight main tasks only, as the leaderboard)."""
-    out = {}
-    scores = results[results.metric == "score"]
-    for name, g in scores.groupby("model", sort=False):
-        per_task = {r.task: float(r.value) for r in g.itertuples()}
-        out[name] = {"tasks": per_task, "average": overall_score(per_task),
-                     "average_tasks": sorted(t for t in per_task if t not in DIAGNOSTICS)}
-    return out
-
-
-def score_table(results: pd.DataFrame, models: list[str]) -> pd.DataFrame:
-    """Task scores (rows: tasks; columns: ``models`` in that order, those present) plus ``average`` (each model
-    over its own main tasks, as ``summary.json``) and ``average (common tasks)`` (only the main tasks every
-    model has, so it compares like with like)."""
-    summary = summarize(results)
-    scores = results[results.metric == "score"].pivot_table(index="task", columns="model", values="value",
-                                                            sort=False)
-    scores = scores[[m for m in dict.fromkeys(models) if m in scores.columns]]
-    common = [t for t in scores.index if t not in DIAGNOSTICS and scores.loc[t].notna().all()]
-    scores.loc["average"] = [summary[m]["average"] for m in scores.columns]
-    scores.loc["average (common tasks)"] = scores.loc[common].mean() if common else float("nan")
-    return scores
-
-
-def write_results(results: pd.DataFrame, run_dir: str | Path) -> tuple[Path, Path]:
-    """``eval/results.csv`` and ``eval/summary.json`` of ``run_dir`` (atomically)."""
-    csv = atomic_write_csv(artifact(run_dir, "eval", "results.csv"), results)
-    summ = atomic_write_json(artifact(run_dir, "eval", "summary.json"), summarize(results))
-    return csv, summ
-
-
-def write_test_predictions(spec: ModelSpec, tasks: list[str], out_dir, data_dir=None, batch_size: int = 16,
-                           pattern_id: int = 0, max_len: int = 256, bf16: bool | None = None,
-                           device=None) -> list[Path]:
-    """Test-split predictions of ``spec`` in the leaderboard's format (tasks without a model skipped)."""
-    written = []
+def write_test_predictions(spec: ModelSpec, tasks: list[str], out_dir, data_dir=None, **options: Any) -> list[Path]:
+    """Test-split predictions of ``spec`` in the leaderboard's format (tasks without a model skipped), each task
+    in the pattern its model was trained with."""
+    opts, written = EvalOptions(**options), []
     for path, ptasks in _by_path(spec, tasks).items():
-        model, tok, vmap = load_for_eval(path, device=device)
+        loaded = load_for_eval(path, device=opts.device)
         for t in ptasks:
             exs = read_split(t, "test", data_dir)
-            clozes = build_cloze(t, exs, tok, kind=model_kind(model.config), pattern_id=pattern_id, max_len=max_len)
-            preds, _ = predict_clozes(model, clozes, vocab_map=vmap, batch_size=batch_size, bf16=bf16)
+            preds, _ = _predict(loaded, t, exs, spec.pattern_for(t, opts.pattern_id), opts)
             written.append(write_submission(t, exs, preds, out_dir))
     return written
 
@@ -236,53 +275,82 @@ def write_test_predictions(spec: ModelSpec, tasks: list[str], out_dir, data_dir=
 @dataclass
 class EvalRun:
     """What :func:`run_eval` computed: the long-format ``results`` (also in ``eval/results.csv``), the task
-    ``scores`` table, per-(model, task) ``details`` (examples, predictions), the models and notes, the
-    figures (also saved as PNGs in ``eval/``) and any submission files written."""
+    ``scores`` (numbers) and ``table`` (with intervals), the paired ``differences`` and the label-free
+    ``fidelity`` (also CSVs in ``eval/``), per-(model, task) ``details`` (examples, predictions), the models and
+    notes, the figures (also PNGs in ``eval/``) and any submission files written."""
 
     results: pd.DataFrame
     scores: pd.DataFrame
+    table: pd.DataFrame
+    differences: pd.DataFrame
+    fidelity: pd.DataFrame
     details: dict
     specs: list[ModelSpec]
     notes: list[str]
-    figures: dict[str, Any]
-    submission: list[Path]
+    figures: dict[str, Any] = field(default_factory=dict)
+    submission: list[Path] = field(default_factory=list)
+
+
+def _fidelity_tasks(specs: list[ModelSpec], tasks: list[str]) -> list[str]:
+    """The main tasks of ``tasks`` that have both a task teacher and a student."""
+    paths = {s.name: s.paths for s in specs}
+    return [t for t in tasks if t not in DIAGNOSTICS and all(t in paths.get(m, {}) for m in FIDELITY_MODELS)]
+
+
+def _score(cfg, specs: list[ModelSpec], opts: dict[str, Any], log_fn) -> tuple[pd.DataFrame, dict, dict]:
+    """Every model and the majority baseline on the dev examples; teachers and students also on the fidelity
+    inputs. Returns (results, details, fidelity inputs)."""
+    unlabeled = fidelity_inputs(cfg.run_dir, _fidelity_tasks(specs, cfg.tasks), cfg.superglue_dir,
+                                cfg.max_fidelity_examples, cfg.seed)
+    scored, details = evaluate_models(specs, cfg.tasks, cfg.superglue_dir, cfg.max_eval_examples, log_fn, unlabeled,
+                                      **opts)
+    majority, maj_details = majority_rows(cfg.tasks, cfg.superglue_dir, cfg.max_eval_examples, seed=cfg.seed,
+                                          n_boot=cfg.bootstrap_samples)
+    details.update(maj_details)
+    return pd.concat([df for df in (scored, majority) if len(df)], ignore_index=True), details, unlabeled
+
+
+def _submission(cfg, specs: list[ModelSpec], notes: list[str], opts: dict[str, Any], say) -> list[Path]:
+    if not cfg.write_test_predictions:
+        return []
+    by_name = {s.name: s for s in specs}
+    spec = by_name.get("teacher") or by_name.get("zero_shot")
+    if spec is None:
+        notes.append("no test predictions: they need the task teachers or the zero-shot teacher in `models`")
+        return []
+    written = write_test_predictions(spec, cfg.tasks, cfg.out_dir / "submission", cfg.superglue_dir, **opts)
+    say(f"{spec.name}: test predictions written: {', '.join(p.name for p in written)}")
+    return written
 
 
 def run_eval(cfg, log_fn=print) -> EvalRun:
     """Notebook 06: evaluate the run's models (and the majority baseline) on the dev splits; write
-    ``eval/results.csv``, ``summary.json``, the figures and (``write_test_predictions``) ``eval/submission/``;
-    mark the stage complete."""
+    ``eval/results.csv``, ``summary.json``, ``predictions.jsonl``, ``differences.csv``, ``fidelity.csv``, the
+    figures and (``write_test_predictions``) ``eval/submission/``; mark the stage complete."""
     say = log_fn or (lambda s: None)
     t0 = time.perf_counter()
     cfg.save()
-    specs, notes = discover_models(cfg.run_dir, cfg.teacher, cfg.tasks, cfg.models)
-    device = get_device(cfg.device)
-    scored, details = evaluate_models(specs, cfg.tasks, cfg.superglue_dir, max_examples=cfg.max_eval_examples,
-                                      batch_size=cfg.batch_size, seed=cfg.seed, pattern_id=cfg.pattern_id,
-                                      max_len=cfg.max_seq_len, bf16=cfg.bf16, device=device, log_fn=log_fn)
-    majority, maj_details = majority_rows(cfg.tasks, cfg.superglue_dir)
-    details.update(maj_details)
-    results = pd.concat([df for df in (scored, majority) if len(df)], ignore_index=True)
+    specs, notes = discover_models(cfg.run_dir, cfg.teacher, cfg.tasks, cfg.models, cfg.pattern_id)
+    opts = dict(batch_size=cfg.batch_size, seed=cfg.seed, pattern_id=cfg.pattern_id, max_len=cfg.max_seq_len,
+                bf16=cfg.bf16, device=get_device(cfg.device), n_boot=cfg.bootstrap_samples)
+    results, details, unlabeled = _score(cfg, specs, opts, log_fn)
     write_results(results, cfg.run_dir)
-    scores = score_table(results, [s.name for s in specs] + ["majority"])
-    submission = []
-    if cfg.write_test_predictions:
-        by_name = {s.name: s for s in specs}
-        spec = by_name.get("teacher") or by_name.get("zero_shot")
-        if spec is None:
-            notes.append("no test predictions: they need the task teachers or the zero-shot teacher in `models`")
-        else:
-            submission = write_test_predictions(spec, cfg.tasks, cfg.out_dir / "submission", cfg.superglue_dir,
-                                                cfg.batch_size, cfg.pattern_id, cfg.max_seq_len, cfg.bf16, device)
-            say(f"{spec.name}: test predictions written: {', '.join(p.name for p in submission)}")
-    figures = {"scores_per_task": scores_figure(scores),
-               "confusion": confusion_figure(details, [s.name for s in specs], cfg.tasks)}
-    for name, fig in figures.items():
+    write_predictions(details, cfg.run_dir)
+    diffs = differences(details, cfg.bootstrap_samples, cfg.seed)
+    fidelity = fidelity_table(details, unlabeled, cfg.bootstrap_samples, cfg.seed)
+    atomic_write_csv(artifact(cfg.run_dir, "eval", "differences.csv"), diffs)
+    atomic_write_csv(artifact(cfg.run_dir, "eval", "fidelity.csv"), fidelity)
+    names = [s.name for s in specs] + ["majority"]
+    run = EvalRun(results, score_table(results, names), interval_table(results, names), diffs, fidelity, details,
+                  specs, notes, submission=_submission(cfg, specs, notes, opts, say))
+    run.figures = {"scores_per_task": scores_figure(run.scores),
+                   "confusion": confusion_figure(details, [s.name for s in specs], cfg.tasks)}
+    for name, fig in run.figures.items():
         if fig is not None:
             save_figure(fig, cfg.out_dir, name)
     mark_complete(cfg.out_dir, list(STAGES["eval"].files))
     say(f"evaluation: {time.perf_counter() - t0:.0f}s")
-    return EvalRun(results, scores, details, specs, notes, figures, submission)
+    return run
 
 
 def wrong_examples(details: dict, n: int) -> pd.DataFrame:

@@ -19,16 +19,19 @@ Padding is on the right and masks come from the attention mask only: SmolLM2's p
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any, Sequence
 
 import torch
 
 from glmd_lib.device import autocast, use_bf16
+from glmd_lib.models.teacher import linear_head
 from glmd_lib.superglue.patterns import Cloze
 
-# architectures whose base model's last hidden state goes straight into the output layer: for them
-# the (large) vocabulary projection is computed only at the positions that are read
-_HIDDEN_PATH = ("llama", "gpt2", "mistral", "qwen2")
+# model -> whether its logits are its output layer applied to its base model's last hidden state (then the
+# large vocabulary projection is computed only at the positions that are read). linear_head decides it with a
+# forward pass, so once per model; weak keys: a model scored once does not stay in memory for it
+_LINEAR_HEAD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 PAD_MULTIPLE = 32  # batches are padded to a multiple of this many positions
 
 
@@ -69,13 +72,17 @@ def _device_of(model) -> torch.device:
 
 def _read_log_probs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """Log-softmax over the vocabulary at positions ``(rows[k], cols[k])``: [K, V]."""
-    mtype = getattr(model.config, "model_type", "")
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    base = getattr(model, "base_model", None)
-    if mtype in _HIDDEN_PATH and head is not None and base is not None and base is not model:
-        hidden = base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        logits = head(hidden[rows, cols])
+    """Log-softmax over the vocabulary at positions ``(rows[k], cols[k])``: [K, V].
+
+    Through the output layer at those positions only where that equals the model's own logits
+    (:func:`glmd_lib.models.teacher.linear_head`: not for soft-capped or scaled logits, nor masked LMs);
+    otherwise from the full forward pass.
+    """
+    if model not in _LINEAR_HEAD:
+        _LINEAR_HEAD[model] = linear_head(model) is not None
+    if _LINEAR_HEAD[model]:
+        hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        logits = model.get_output_embeddings()(hidden[rows, cols])
     else:
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[rows, cols]
     return torch.log_softmax(logits.float(), dim=-1)

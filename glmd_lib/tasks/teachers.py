@@ -1,20 +1,25 @@
 """Task teachers: fine-tune the pre-trained teacher on one SuperGLUE task's gold labels (notebook 04).
 
-This is the only place in GLMD where labels train anything: the task teachers made here are what
+This is the only place in GLMD where labels *train* anything: the task teachers made here are what
 stage 2 distils into the student. The loss is the cross-entropy of the gold choice under the softmax
 of the cloze scores (verbalizer log-probabilities, or candidate log-likelihoods for COPA/ReCoRD), as in
 PET/GLM. Training runs on the one training loop, :class:`glmd_lib.trainer.Trainer` (AdamW without weight
-decay, linear decay to 0, clipping at 1, NaN guard), over length-bucketed batches (less padding). The dev
-score is measured before training (zero-shot) and ``evals_per_epoch`` times per epoch by the trainer's
-best-checkpoint hook (:class:`glmd_lib.trainer.BestCheckpoint`); the best fine-tuned checkpoint is kept.
+decay, linear decay to 0, clipping at 1, NaN guard), over length-bucketed batches (less padding).
+
+Selection is not evaluation (:mod:`glmd_lib.tasks.selection`): the checkpoint is chosen on a **selection
+split**, by default a seeded holdout carved from the task's train split and removed from training
+(``select_on='train_holdout'``); it is scored before training and ``evals_per_epoch`` times per epoch by the
+trainer's best-checkpoint hook (:class:`glmd_lib.trainer.BestCheckpoint`), and the best checkpoint is kept.
+``select_on='dev'`` selects on dev as the paper does (its dev scores are then optimistic), ``'last'`` keeps the
+last weights. Dev is scored once per final model, in notebook 06.
 
 To make this affordable on a CPU, only the top ``train_layers`` transformer layers (and the parameters
 after the layer stack, such as the final norm) are trained; the embeddings and lower layers stay frozen,
 so autograd records nothing below the first trainable layer.
 
 Artifacts (:data:`glmd_lib.artifacts.STAGES` ``["teachers"]``): ``teachers/<TASK>/model/`` (``save_pretrained``
-+ tokenizer, written atomically) and ``metrics.json`` (dev metrics before and after, the evaluations, the
-timings) per task, ``teachers/summary.json`` for the run.
++ tokenizer, written atomically) and ``metrics.json`` (pattern, what selected the checkpoint, the selection
+scores before and after, the evaluations, the timings) per task, ``teachers/summary.json`` for the run.
 """
 from __future__ import annotations
 
@@ -31,10 +36,11 @@ import torch
 from glmd_lib.artifacts import STAGES, artifact, atomic_path, atomic_write_json, mark_complete
 from glmd_lib.device import get_device, use_bf16
 from glmd_lib.models.teacher import count_parameters, load_teacher, model_kind
-from glmd_lib.superglue.data import Example, read_split, subsample
+from glmd_lib.superglue.data import Example, subsample
 from glmd_lib.superglue.patterns import Cloze, build_cloze
 from glmd_lib.tasks.evaluate import evaluate_clozes
 from glmd_lib.tasks.scoring import task_scores
+from glmd_lib.tasks.selection import SelectionSplit, split_for
 from glmd_lib.trainer import BestCheckpoint, IndexBatches, TrainConfig, Trainer
 
 
@@ -145,63 +151,86 @@ def eval_steps(batches_per_epoch: int, epochs: int, evals_per_epoch: int) -> set
 
 @dataclass
 class TaskData:
-    """One task's (capped) labelled train clozes and dev clozes with their examples."""
+    """One task's (capped) labelled train clozes, and the selection clozes that choose the checkpoint (from the
+    train holdout, or dev, or none: :mod:`glmd_lib.tasks.selection`) with their examples."""
 
     train: list[Cloze]
-    dev: list[Cloze]
-    dev_examples: list[Example]
+    selection: list[Cloze]
+    selection_examples: list[Example]
+    split: SelectionSplit
 
 
 def task_data(cfg, task: str, tokenizer: Any, kind: str, data_dir: str | Path | None = None) -> TaskData:
-    train_ex = subsample(read_split(task, "train", data_dir), cfg.max_train_examples, seed=cfg.seed)
-    dev_ex = subsample(read_split(task, "val", data_dir), cfg.max_eval_examples, seed=cfg.seed)
+    """The selection split is carved from the whole train split first, then what trains is capped."""
+    split = split_for(cfg, task, data_dir)
+    train_ex = subsample(split.train, cfg.max_train_examples, seed=cfg.seed)
     train = [c for c in build_cloze(task, train_ex, tokenizer, kind=kind, pattern_id=cfg.pattern_id,
                                     max_len=cfg.max_seq_len) if c.label is not None]
     if not train:
         raise ValueError(f"{task}: no labelled training examples")
-    dev = build_cloze(task, dev_ex, tokenizer, kind=kind, pattern_id=cfg.pattern_id, max_len=cfg.max_seq_len)
-    return TaskData(train, dev, dev_ex)
+    selection = build_cloze(task, split.selection, tokenizer, kind=kind, pattern_id=cfg.pattern_id,
+                            max_len=cfg.max_seq_len)
+    return TaskData(train, selection, split.selection, split)
+
+
+def _history(records: list[dict[str, Any]], losses: list[float], per_epoch: int) -> list[dict[str, Any]]:
+    """One row per evaluation (or, without a selection split, per epoch): the step, the epoch, the mean train
+    loss since the previous row and the selection metrics (``selection_score``, ``selection_<metric>``)."""
+    history, prev = [], 0
+    for rec in records:
+        step = rec["step"]
+        history.append({"step": step, "epoch": math.ceil(step / per_epoch),
+                        "train_loss": sum(losses[prev:step]) / max(1, step - prev),
+                        **{k.replace("dev_", "selection_", 1): v for k, v in rec.items() if k not in ("pass", "step")}})
+        prev = step
+    return history
 
 
 def _train(cfg, task: str, model: torch.nn.Module, data: TaskData, evaluate: Callable, device: torch.device,
-           bf16: bool, say: Callable[[str], None], progress: bool) -> tuple[BestCheckpoint, list[dict[str, Any]]]:
-    """Fine-tune on the trainer, evaluating at :func:`eval_steps`; the best weights are loaded back.
-    Returns the selector and the evaluations, each with the epoch and the mean train loss since the last one."""
+           bf16: bool, say: Callable[[str], None], progress: bool) -> tuple[BestCheckpoint | None, list[dict]]:
+    """Fine-tune on the trainer; with a selection split, evaluate on it at :func:`eval_steps` and load the best
+    weights back (None: ``select_on='last'``, the last weights stay). Returns the selector and the history."""
     batches = LengthBatches([c.max_len for c in data.train], cfg.batch_size, lambda idx: {"index": idx},
                             seed=cfg.seed)
     per_epoch = batches.batches_per_epoch
     steps = per_epoch * cfg.epochs
-    selector = BestCheckpoint(task, model, evaluate, steps, eval_steps(per_epoch, cfg.epochs, cfg.evals_per_epoch),
-                              select_by_dev=True)
+    selector = None
+    if data.selection:
+        selector = BestCheckpoint(task, model, evaluate, steps, eval_steps(per_epoch, cfg.epochs, cfg.evals_per_epoch),
+                                  select_by_dev=True)
 
     def report(row: dict[str, Any]) -> None:
-        if selector.records and selector.records[-1]["step"] == row["step"]:
-            res = selector.records[-1]
-            say(f"{task}: step {row['step']}/{steps} dev score {res['dev_score']:.4f}")
+        if selector and selector.records and selector.records[-1]["step"] == row["step"]:
+            say(f"{task}: step {row['step']}/{steps} selection score ({data.split.source}) "
+                f"{selector.records[-1]['dev_score']:.4f}")
 
     work = artifact(cfg.run_dir, "teachers", "model", task).parent / ".work"
     tcfg = TrainConfig(steps=steps, lr=cfg.lr, weight_decay=0.0, schedule="linear", max_grad_norm=1.0,
                        checkpoint_every=0, seed=cfg.seed, bf16=bf16, cpu=device.type != "cuda")
     trainer = Trainer(model, cloze_loss(model, data.train), batches, work, tcfg, progress=progress,
-                      on_log=[selector, report], desc=f"{task} teacher")
+                      on_log=[selector, report] if selector else [], desc=f"{task} teacher")
     trainer.train(resume=False)
     shutil.rmtree(work, ignore_errors=True)  # only the loss log is there; the evaluations go into metrics.json
-    selector.finish()
-    losses = [r["loss"] for r in trainer.history]
-    history, prev = [], 0
-    for rec in selector.records:
-        step = rec["step"]
-        history.append({"step": step, "epoch": math.ceil(step / per_epoch),
-                        "train_loss": sum(losses[prev:step]) / max(1, step - prev),
-                        **{k: v for k, v in rec.items() if k not in ("pass", "step")}})
-        prev = step
-    return selector, history
+    records = selector.records if selector else [{"step": e * per_epoch} for e in range(1, cfg.epochs + 1)]
+    if selector:
+        selector.finish()
+    return selector, _history(records, [r["loss"] for r in trainer.history], per_epoch)
+
+
+def _selection_metrics(before: dict[str, Any] | None, selector: BestCheckpoint | None) -> dict[str, Any]:
+    """What the selection split said before training and at the kept step (None where nothing was selected)."""
+    best = selector.best if selector else None
+    return {"selection_before": before["metrics"] if before else None,
+            "selection_score_before": before["score"] if before else None,
+            "selection_after": {k[4:]: v for k, v in best.items() if k.startswith("dev_") and k != "dev_score"}
+            if best else None,
+            "selection_score_after": best["dev_score"] if best else None}
 
 
 def finetune_teacher(cfg, task: str, data_dir: str | Path | None = None,
                      log_fn: Callable[[str], None] | None = print, progress: bool = True) -> dict[str, Any]:
     """Fine-tune ``cfg.teacher`` on ``task`` (``cfg``: a ``TeacherConfig``); write ``teachers/<task>/model`` and
-    ``metrics.json``, and return the metrics."""
+    ``metrics.json``, and return the metrics. Dev is not scored here unless ``select_on='dev'``."""
     say = log_fn or (lambda s: None)
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -211,40 +240,42 @@ def finetune_teacher(cfg, task: str, data_dir: str | Path | None = None,
     data = task_data(cfg, task, tok, kind, data_dir or cfg.superglue_dir)
     trainable = freeze_lower_layers(model, cfg.train_layers)
     bf16 = use_bf16(device, cfg.bf16)
-    say(f"{task}: {len(data.train)} train / {len(data.dev)} dev examples, {kind} LM, "
-        f"{trainable:,} of {count_parameters(model):,} parameters trained")
+    say(f"{task}: {len(data.train)} train / {len(data.selection)} selection examples ({data.split.source}), "
+        f"{kind} LM, {trainable:,} of {count_parameters(model):,} parameters trained")
     eval_time = [0.0]
 
     def evaluate(m: torch.nn.Module) -> dict[str, Any]:
         t0 = time.perf_counter()
-        res = evaluate_clozes(m, task, data.dev, data.dev_examples, max(cfg.batch_size, 16), bf16=bf16)
+        res = evaluate_clozes(m, task, data.selection, data.selection_examples, max(cfg.batch_size, 16), bf16=bf16)
         eval_time[0] += time.perf_counter() - t0
         return res
 
-    before = evaluate(model)
-    say(f"{task}: dev before fine-tuning {_fmt(before['metrics'])} (score {before['score']:.4f})")
+    before = evaluate(model) if data.selection else None
     t0, eval_before = time.perf_counter(), eval_time[0]
     selector, history = _train(cfg, task, model, data, evaluate, device, bf16, say, progress)
     t_train = time.perf_counter() - t0 - (eval_time[0] - eval_before)
-    best = selector.best
     with atomic_path(artifact(cfg.run_dir, "teachers", "model", task), is_dir=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-    dev_after = {k[4:]: v for k, v in best.items() if k.startswith("dev_") and k != "dev_score"}
     metrics = {
-        "task": task, "teacher": cfg.teacher, "kind": kind, "pattern_id": cfg.pattern_id,
+        "task": task, "teacher": cfg.teacher, "kind": kind, "pattern_id": cfg.pattern_id, "max_seq_len": cfg.max_seq_len,
         "score": "mean of the task's official metrics (glmd_lib.superglue.metrics.task_score)",
-        "dev_before": before["metrics"], "dev_after": dev_after, "score_before": before["score"],
-        "score_after": best["dev_score"], "best_step": best["step"], "steps": selector.steps, "epochs": cfg.epochs,
-        "train_examples": len(data.train), "dev_examples": len(data.dev), "trainable_params": trainable,
-        "bf16": bf16, "params": count_parameters(model), "history": history,
-        "seconds": {"train": round(t_train, 1), "eval": round(eval_time[0], 1),
-                    "total": round(time.perf_counter() - t_start, 1)},
+        **data.split.describe(), "train_examples": len(data.train), **_selection_metrics(before, selector),
+        "best_step": selector.best["step"] if selector else history[-1]["step"], "steps": history[-1]["step"],
+        "epochs": cfg.epochs, "trainable_params": trainable, "bf16": bf16, "params": count_parameters(model),
+        "history": history, "seconds": {"train": round(t_train, 1), "eval": round(eval_time[0], 1),
+                                        "total": round(time.perf_counter() - t_start, 1)},
     }
     atomic_write_json(artifact(cfg.run_dir, "teachers", "metrics.json", task), metrics)
-    say(f"{task}: kept step {best['step']}: dev {_fmt(dev_after)} (score {before['score']:.4f} -> "
-        f"{best['dev_score']:.4f}); train {t_train:.0f}s, eval {eval_time[0]:.0f}s")
+    say(f"{task}: kept step {metrics['best_step']} ({_kept(metrics)}); train {t_train:.0f}s, eval {eval_time[0]:.0f}s")
     return metrics
+
+
+def _kept(m: dict[str, Any]) -> str:
+    if m["selection_score_after"] is None:
+        return "the last step: no selection"
+    return (f"selection score on the {m['source']} {m['selection_score_before']:.4f} -> "
+            f"{m['selection_score_after']:.4f}, {_fmt(m['selection_after'])}")
 
 
 def _fmt(metrics: dict[str, float]) -> str:
@@ -255,7 +286,7 @@ def _fmt(metrics: dict[str, float]) -> str:
 # the stage (notebook 04)
 # --------------------------------------------------------------------------------------------
 
-SUMMARY_KEYS = ("score_before", "score_after", "dev_before", "dev_after", "seconds")
+SUMMARY_KEYS = ("select_on", "source", "selection_score_before", "selection_score_after", "best_step", "seconds")
 
 
 def run_teachers(cfg, log_fn: Callable[[str], None] | None = print, progress: bool = True) -> dict[str, dict]:

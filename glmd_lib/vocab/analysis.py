@@ -4,9 +4,11 @@
   the teacher's tokenizer; Zipf fit and coverage. Writes ``<run_dir>/frequency/``: ``counts.csv``,
   ``task_counts.csv``, ``summary.json`` and the figures.
 * :func:`run_vocab` (notebook 02): the :class:`~glmd_lib.vocab.vocab_map.VocabMap` built from those counts,
-  and what it costs: coverage and student size against the kept size, the substitutes of the most frequent
-  pruned tokens, and the teacher's probability mass on kept tokens on held-out text. Writes
-  ``<run_dir>/vocab/``: ``vocab_map.json``, ``summary.json``, ``sizes.csv``, ``substitutes.csv``, figures.
+  and what it costs: coverage and student size against the kept size, the rows each choice of protected
+  tokens spends (:mod:`glmd_lib.vocab.protected`), the teacher's embedding share of its parameters, the
+  substitutes of the most frequent pruned tokens, and the teacher's probability mass on kept tokens on
+  held-out text (:mod:`glmd_lib.vocab.mass`). Writes ``<run_dir>/vocab/``: ``vocab_map.json``,
+  ``summary.json``, ``sizes.csv``, ``substitutes.csv``, figures.
 
 File names come from :data:`glmd_lib.artifacts.STAGES` (the report reads them through it). Each call drops
 the stage's ``COMPLETE.json`` first and writes it last, so an interrupted run is never taken for a finished
@@ -36,12 +38,23 @@ from glmd_lib.vocab import plots
 from glmd_lib.vocab.factorized import embedding_parameters
 from glmd_lib.vocab.frequency import (count_tokens, coverage, coverage_curve, frequency_order, read_counts, summarize,
                                       write_counts)
+from glmd_lib.vocab.mass import grid_record, mass_summary, teacher_mass
+from glmd_lib.vocab.protected import config_token_ids, protect_table
 from glmd_lib.vocab.substitutes import embedding_matrix
 from glmd_lib.vocab.vocab_map import VocabMap, kept_size, select_kept
 
 SIZE_RATES = (1 / 48, 1 / 24, 1 / 12, 1 / 6, 1 / 3, 0.5, 2 / 3)  # kept sizes of notebook 02's table
-MASS_TEMPERATURES = (1.0, 15.0)  # the teacher's kept mass at T = 1 and at the distillation temperature
 MIN_HELDOUT_WORDS = 12  # held-out paragraphs of at least this many words (skips titles and headings)
+# published shapes of two teachers, for notebook 02's embedding-share table (their weights are not needed:
+# the models are built on the meta device): a 49k vocabulary on a deep model, a 262k one on a shallow model
+REFERENCE_TEACHERS = {
+    "SmolLM2-135M": ("LlamaConfig", dict(vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                                         num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                                         tie_word_embeddings=True)),
+    "Gemma-3-270M": ("Gemma3TextConfig", dict(vocab_size=262144, hidden_size=640, intermediate_size=2048,
+                                              num_hidden_layers=18, num_attention_heads=4, num_key_value_heads=1,
+                                              head_dim=256, tie_word_embeddings=True)),
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,6 +173,9 @@ class VocabResult:
     sizes: pd.DataFrame                # sizes.csv
     substitutes: pd.DataFrame          # substitutes.csv
     masses: dict[float, np.ndarray]    # temperature -> teacher mass on kept tokens, per held-out position
+    mass_grid: pd.DataFrame            # mean kept mass per kept size (rows) and temperature (mass.grid_frame)
+    protect: pd.DataFrame              # rows each protect choice spends (protected.protect_table)
+    embedding_shares: pd.DataFrame     # the teacher's embedding share of its parameters, and two references
     example: dict[str, Any]            # a text round-tripped through the map
     figures: dict[str, Any] = field(default_factory=dict)
 
@@ -169,6 +185,32 @@ def student_parameters(teacher_config: Any, cfg: VocabConfig, vocab_size: int) -
     scfg = student_config(teacher_config, cfg, vocab_size, arch=cfg.student_arch)
     with torch.device("meta"):
         return count_parameters(model_class(scfg).from_config(scfg))
+
+
+def embedding_share(model: Any) -> dict[str, Any]:
+    """The input and output embeddings' share of a model's parameters (tied: one matrix, counted once).
+
+    This is the part of a model that vocabulary compression shrinks: about a fifth of SmolLM2-135M, about
+    three fifths of Gemma-3-270M. A student of the teacher's shape keeps roughly the teacher's share.
+    """
+    tables = {id(m.weight): m.weight.numel() for m in (model.get_input_embeddings(), model.get_output_embeddings())
+              if m is not None}
+    total = count_parameters(model)
+    return {"vocabulary": int(model.get_input_embeddings().weight.shape[0]), "parameters": total,
+            "embedding parameters": sum(tables.values()), "embedding share": sum(tables.values()) / total,
+            "tied": len(tables) == 1}
+
+
+def embedding_shares(teacher: Any, name: str) -> pd.DataFrame:
+    """:func:`embedding_share` of the teacher and of :data:`REFERENCE_TEACHERS` (built on the meta device)."""
+    import transformers
+
+    rows = {f"{name} (this run)": embedding_share(teacher)}
+    for ref, (cls_name, fields) in REFERENCE_TEACHERS.items():
+        config = getattr(transformers, cls_name)(**fields)
+        with torch.device("meta"):
+            rows[ref] = embedding_share(model_class(config).from_config(config))
+    return pd.DataFrame(rows).T.rename_axis("teacher")
 
 
 def _share(counts: np.ndarray, ids: np.ndarray) -> float:
@@ -235,37 +277,6 @@ def heldout_lines(cfg: VocabConfig) -> tuple[str, list[str]]:
     return name, kept
 
 
-@torch.no_grad()
-def teacher_mass(teacher: Any, tokenizer: Any, vmap: VocabMap, lines: list[str], device: torch.device,
-                 batch_size: int = 8) -> dict[str, Any]:
-    """The teacher's next-token probability on kept tokens, per real (non-padding) position of ``lines``.
-
-    Returns the masses per temperature, the share of positions whose argmax is kept, and the mean total
-    variation distance between the two treatments of the pruned mass (renormalize vs. substitute, T = 1).
-    """
-    lines = sorted(lines, key=len)  # similar lengths per batch: little padding
-    masses: dict[float, list[torch.Tensor]] = {t: [] for t in MASS_TEMPERATURES}
-    argmax_kept, tv = [], []
-    for start in range(0, len(lines), batch_size):
-        enc = tokenizer(lines[start:start + batch_size], add_special_tokens=False, truncation=True, max_length=128,
-                        padding=True, return_tensors="pt").to(device)
-        logits = teacher(**enc).logits.float()
-        real = enc["attention_mask"].bool()  # padding comes from the mask (pad id == eos id for SmolLM2)
-        for t in MASS_TEMPERATURES:
-            masses[t].append(vmap.kept_mass(logits, temperature=t)[real].cpu())
-        argmax_kept.append(vmap.is_kept(logits.argmax(-1))[real].cpu())
-        diff = vmap.restrict_probs(logits, pruned_mass="renormalize") - vmap.restrict_probs(logits, pruned_mass="substitute")
-        tv.append((0.5 * diff.abs().sum(-1))[real].cpu())
-    kept = torch.cat(argmax_kept)
-    return {"masses": {t: torch.cat(m).numpy() for t, m in masses.items()}, "positions": int(kept.numel()),
-            "argmax_kept": float(kept.float().mean()), "tv": float(torch.cat(tv).mean())}
-
-
-def mass_summary(masses: dict[float, np.ndarray]) -> dict[str, dict[str, float]]:
-    return {f"T={t:g}": {"mean": float(m.mean()), "median": float(np.median(m)), "p10": float(np.quantile(m, 0.1))}
-            for t, m in masses.items()}
-
-
 def example_lines(n_task: int = 40, n_corpus: int = 200) -> list[str]:
     """Lines to pick an illustration from: RTE texts and the start of the training corpus, whichever exist."""
     readers = (lambda: superglue_texts("RTE", resolve_superglue_dir(), max_examples=n_task),
@@ -302,6 +313,21 @@ def _read_frequency(run_dir: str, vocab_size: int) -> tuple[np.ndarray, np.ndarr
     return counts, tasks.drop(columns=["token_id", "corpus"]).to_numpy().sum(1)
 
 
+def _build_map(cfg: VocabConfig, teacher: Any, tokenizer: Any, counts: np.ndarray) -> tuple[VocabMap, dict[str, Any]]:
+    """The map of ``cfg`` (saved, and read back to check the file) and what it protects and costs to build."""
+    verbalizers = sorted(verbalizer_token_ids(tokenizer))
+    extra = sorted(set(verbalizers) | config_token_ids(teacher.config))  # the student's config names them
+    t0 = time.perf_counter()
+    vmap = VocabMap.build(counts, tokenizer, keep=cfg.keep_tokens if cfg.keep_tokens is not None else cfg.keep_rate,
+                          protected_ids=extra, multiple_of=cfg.multiple_of, substitute=cfg.substitute,
+                          embeddings=teacher, pruned_mass=cfg.pruned_mass, protect=cfg.protect)
+    info = {"build_seconds": time.perf_counter() - t0, "protected": len(vmap.protected_ids), "protect": cfg.protect,
+            "protect_choices": protect_table(tokenizer, extra, vmap.num_kept), "verbalizer_ids": verbalizers,
+            "verbalizer_tokens": tokenizer.convert_ids_to_tokens(verbalizers)}
+    VocabMap.load(vmap.save(cfg.out_dir), tokenizer=tokenizer)  # the file reads back, for this tokenizer
+    return vmap, info
+
+
 def run_vocab(cfg: VocabConfig) -> VocabResult:
     """Notebook 02's work: build and save the map; write ``sizes.csv``, ``substitutes.csv``, ``summary.json``."""
     _begin(cfg)
@@ -309,35 +335,30 @@ def run_vocab(cfg: VocabConfig) -> VocabResult:
     device = get_device(cfg.device)
     teacher, tokenizer = load_teacher(cfg.teacher, device=device)
     counts, superglue = _read_frequency(cfg.run_dir, len(tokenizer))
-    verbalizers = sorted(verbalizer_token_ids(tokenizer))
-    t0 = time.perf_counter()
-    vmap = VocabMap.build(counts, tokenizer, keep=cfg.keep_tokens if cfg.keep_tokens is not None else cfg.keep_rate,
-                          protected_ids=verbalizers, multiple_of=cfg.multiple_of, substitute=cfg.substitute,
-                          embeddings=teacher)
-    build_seconds = time.perf_counter() - t0
-    VocabMap.load(vmap.save(cfg.out_dir), tokenizer=tokenizer)  # the file reads back, for this tokenizer
+    vmap, built = _build_map(cfg, teacher, tokenizer, counts)
     sizes = sizes_table(cfg, teacher.config, vmap, counts, superglue)
     substitutes = substitutes_table(vmap, counts, teacher, tokenizer)
     atomic_write_csv(artifact(cfg.run_dir, "vocab", "sizes.csv"), sizes)
     atomic_write_csv(artifact(cfg.run_dir, "vocab", "substitutes.csv"), substitutes)
     heldout, lines = heldout_lines(cfg)
-    mass = teacher_mass(teacher, tokenizer, vmap, lines, device)
+    mass = teacher_mass(teacher, tokenizer, vmap, lines, device, counts=counts)
+    shares = embedding_shares(teacher, cfg.teacher)
     this, full = sizes[sizes["this map"]].iloc[0], sizes.iloc[-1]
     width, factorized = factorized_alternative(teacher.config, cfg, vmap.vocab_size, int(full["student parameters"]))
     summary = {
-        "vocab_size": vmap.vocab_size, "kept": vmap.num_kept, "kept_share": vmap.num_kept / vmap.vocab_size,
-        "protected": len(vmap.protected_ids), "verbalizer_ids": verbalizers,
-        "verbalizer_tokens": tokenizer.convert_ids_to_tokens(verbalizers),
+        "vocab_size": vmap.vocab_size, "kept": vmap.num_kept, "kept_share": vmap.num_kept / vmap.vocab_size, **built,
         "corpus_coverage": float(this["corpus coverage"]), "superglue_coverage": float(this["SuperGLUE coverage"]),
-        "substitute_method": vmap.method, "pruned_mass": cfg.pruned_mass, "fingerprint": vmap.fingerprint,
+        "substitute_method": vmap.method, "pruned_mass": vmap.pruned_mass, "fingerprint": vmap.fingerprint,
         "student_parameters_full_vocab": int(full["student parameters"]),
         "student_parameters_kept_vocab": int(this["student parameters"]),
         "student_parameters_factorized_embedding": factorized, "factorized_embedding_size": width,
+        "teacher_embedding_share": embedding_share(teacher),
         "teacher_kept_mass": mass_summary(mass["masses"]), "renormalize_vs_substitute_tv": mass["tv"],
-        "teacher_argmax_kept": mass["argmax_kept"], "heldout": heldout, "heldout_lines": len(lines),
-        "heldout_positions": mass["positions"], "build_seconds": build_seconds}
+        "kept_mass_grid": grid_record(mass["grid"]), "teacher_argmax_kept": mass["argmax_kept"],
+        "heldout": heldout, "heldout_lines": len(lines), "heldout_positions": mass["positions"]}
     atomic_write_json(artifact(cfg.run_dir, "vocab", "summary.json"), summary)
-    result = VocabResult(vmap, summary, sizes, substitutes, mass["masses"],
+    result = VocabResult(vmap, summary, sizes, substitutes, mass["masses"], mass["grid"],
+                         pd.DataFrame(built["protect_choices"]).set_index("protect"), shares,
                          roundtrip_example(vmap, tokenizer, example_lines()))
     result.figures = plots.vocab_figures(result)
     _finish(cfg, result.figures)

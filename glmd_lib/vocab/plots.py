@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from glmd_lib.vocab.frequency import COVERAGE_SIZES, frequency_order
+from glmd_lib.vocab.mass import mass_point, static_mass_table
 
 
 class ShownFigure(Figure):
@@ -146,6 +147,58 @@ def kept_mass(res: Any) -> Figure:
     return fig
 
 
+def kept_mass_grid(res: Any) -> Figure:
+    """Mean kept mass against the kept share of the vocabulary, one line per temperature; the diagonal is a
+    flat distribution's (the limit of high T)."""
+    fig, ax = _figure()
+    grid = res.mass_grid
+    share = grid["share of vocabulary"]
+    for col in (c for c in grid.columns if c.startswith("T=")):
+        ax.plot(share, grid[col], "o-", ms=3, label=col.replace("=", " = "))
+    ax.plot(share, share, ":", color="gray", label="flat distribution (K / V)")
+    ax.axvline(res.vocab_map.num_kept / res.vocab_map.vocab_size, ls="--", color="gray", lw=1)
+    ax.set(xscale="log", ylim=(0, 1.01), xlabel="kept share of the vocabulary",
+           ylabel="teacher mass on kept tokens (mean)", title="kept mass against keep rate and temperature")
+    ax.legend(fontsize="small", ncol=2, loc="lower right")
+    return fig
+
+
 def vocab_figures(res: Any) -> dict[str, Figure]:
     """Notebook 02's figures by file name (``<name>.png`` in ``<run_dir>/vocab/``)."""
-    return {"coverage_and_size": coverage_and_size(res), "kept_mass": kept_mass(res)}
+    figures = {"coverage_and_size": coverage_and_size(res), "kept_mass": kept_mass(res)}
+    if len(res.mass_grid):
+        figures["kept_mass_grid"] = kept_mass_grid(res)
+    return figures
+
+
+def mass_explorer(grid: Any, kept: int | None = None, temperature: str = "T=15"):
+    """Two sliders (kept size, temperature) over :func:`~glmd_lib.vocab.mass.teacher_mass`'s grid and the table
+    :func:`~glmd_lib.vocab.mass.mass_point` gives for them (an ``HTML`` widget, as in :func:`coverage_explorer`).
+
+    Where no widget can be drawn (a notebook executed by papermill and opened without its kernel, an HTML
+    export) the output falls back to :func:`~glmd_lib.vocab.mass.static_mass_table`, the grid at a few
+    temperatures: the widget's display data carries that table as its HTML and plain-text forms.
+    """
+    import ipywidgets as widgets
+    import pandas as pd
+
+    class Explorer(widgets.VBox):
+        def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+            static = static_mass_table(grid)
+            return {**super()._repr_mimebundle_(**kwargs), "text/plain": static.to_string(),
+                    "text/html": static.to_html(float_format="{:.4f}".format)}
+
+    def table(size: int, temp: str) -> str:
+        return pd.Series(mass_point(grid, size, temp)).to_frame("value").to_html(float_format="{:.4f}".format)
+
+    sizes = [int(k) for k in grid.index]
+    size = widgets.SelectionSlider(options=[(f"{k:,} ({grid.loc[k, 'share of vocabulary']:.1%})", k) for k in sizes],
+                                   value=kept if kept in sizes else sizes[len(sizes) // 2], description="kept",
+                                   continuous_update=False)
+    temps = [c for c in grid.columns if c.startswith("T=")]
+    temp = widgets.SelectionSlider(options=temps, value=temperature if temperature in temps else temps[0],
+                                   description="temperature", continuous_update=False)
+    view = widgets.HTML(table(size.value, temp.value))
+    for w in (size, temp):
+        w.observe(lambda _change: setattr(view, "value", table(size.value, temp.value)), names="value")
+    return Explorer([size, temp, view])

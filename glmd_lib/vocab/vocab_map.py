@@ -10,9 +10,9 @@ found by :mod:`glmd_lib.vocab.substitutes`).
 With a map one can
 * turn teacher input ids into student ids (:meth:`VocabMap.map_ids`) and back (:meth:`VocabMap.unmap_ids`);
 * shrink a model's input embedding and output layer to the kept rows (:meth:`VocabMap.shrink_model`);
-* restrict teacher logits to the kept ids and turn them into a target distribution over the student's
-  rows (:meth:`VocabMap.restrict_probs`): either drop the pruned mass and renormalise (the paper) or add
-  each pruned token's probability to its substitute.
+* turn teacher logits into the target over the student's rows (:meth:`VocabMap.target_logits`, the
+  distillation losses' teacher side): by the map's ``pruned_mass`` either drop the pruned mass and
+  renormalise over the kept tokens (the paper), or add each pruned token's probability to its substitute's.
 
 A map is saved as one JSON file next to the model (``vocab_map.json``) with a fingerprint of the
 tokenizer; loading it against another tokenizer fails. :meth:`VocabMap.identity` keeps every token so
@@ -23,6 +23,7 @@ The alternative the paper argues against (keep the whole vocabulary, factorise t
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -35,11 +36,13 @@ import torch
 from torch import nn
 
 from glmd_lib.artifacts import atomic_write_text
+from glmd_lib.vocab.protected import protected_token_ids, special_token_ids
 from glmd_lib.vocab.substitutes import embedding_matrix, nearest_kept
 
 FILENAME = "vocab_map.json"
 FORMAT_VERSION = 1
 SUBSTITUTE_METHODS = ("unk", "dot", "cosine", "euclidean")
+PRUNED_MASS = ("renormalize", "substitute")
 
 
 class VocabMapError(ValueError):
@@ -54,23 +57,8 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     """A short hash of what makes ids mean tokens: the vocabulary (token -> id) and the special tokens."""
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
     payload = json.dumps({"vocab": vocab, "len": len(tokenizer),
-                          "special": sorted(protected_token_ids(tokenizer))}, ensure_ascii=False)
+                          "special": special_token_ids(tokenizer)}, ensure_ascii=False)
     return "sha256:" + hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
-
-
-def protected_token_ids(tokenizer: Any, extra_ids: Iterable[int] = ()) -> list[int]:
-    """Ids that are always kept: the tokenizer's special / added-special tokens, plus ``extra_ids``
-    (the verbalizer and answer tokens of the task patterns). Sorted, unique."""
-    ids = set(getattr(tokenizer, "all_special_ids", []) or [])
-    for i, tok in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).items():
-        if getattr(tok, "special", False):
-            ids.add(int(i))
-    ids |= {int(i) for i in extra_ids}
-    return sorted(i for i in ids if i is not None)
-
-
-def round_up(n: int, multiple: int) -> int:
-    return int(math.ceil(n / multiple) * multiple)
 
 
 def kept_size(vocab_size: int, keep: float | int, multiple_of: int = 64) -> int:
@@ -85,7 +73,8 @@ def kept_size(vocab_size: int, keep: float | int, multiple_of: int = 64) -> int:
         n = int(keep)
         if n < 1:
             raise VocabMapError(f"keep count {n} must be >= 1")
-    return round_up(n, max(1, int(multiple_of)))
+    multiple = max(1, int(multiple_of))
+    return int(math.ceil(n / multiple) * multiple)
 
 
 def select_kept(counts: np.ndarray, protected: Sequence[int], size: int) -> np.ndarray:
@@ -140,8 +129,11 @@ class VocabMap:
     fingerprint: str = ""
     protected_ids: list[int] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    pruned_mass: str = "renormalize"  # VocabConfig.pruned_mass, saved here so stages 1 and 2 follow notebook 02
 
     def __post_init__(self) -> None:
+        if self.pruned_mass not in PRUNED_MASS:
+            raise VocabMapError(f"unknown pruned_mass {self.pruned_mass!r}; use one of {list(PRUNED_MASS)}")
         self.kept_ids = torch.as_tensor(self.kept_ids, dtype=torch.long)
         self.teacher_to_student = torch.as_tensor(self.teacher_to_student, dtype=torch.long)
         self._pruned_ids = None
@@ -176,25 +168,27 @@ class VocabMap:
 
     def __repr__(self) -> str:
         return (f"VocabMap(kept {self.num_kept:,} of {self.vocab_size:,}, substitute={self.method!r}, "
-                f"protected={len(self.protected_ids)}, tokenizer {self.fingerprint})")
+                f"pruned_mass={self.pruned_mass!r}, protected={len(self.protected_ids)}, tokenizer {self.fingerprint})")
 
     # ---- construction ----------------------------------------------------------------------
     @classmethod
     def build(cls, counts: Sequence[int] | np.ndarray | torch.Tensor, tokenizer: Any, keep: float | int,
               protected_ids: Iterable[int] = (), multiple_of: int = 64, substitute: str = "cosine",
-              embeddings: Any = None, chunk: int = 2048, coarse: str = "auto") -> "VocabMap":
+              embeddings: Any = None, chunk: int = 2048, coarse: str = "auto",
+              pruned_mass: str = "renormalize", protect: str = "used") -> "VocabMap":
         """Keep the protected tokens and the most frequent others, ``keep`` (rate or count, rounded up to
         ``multiple_of``) in all; give every pruned token a substitute.
 
-        ``protected_ids`` are added to the tokenizer's special tokens (pass the verbalizer tokens here).
+        ``protected_ids`` are added to the special tokens of the ``protect`` choice (pass the verbalizer tokens
+        here; :mod:`glmd_lib.vocab.protected`).
         ``embeddings``: the teacher (or its ``[V, d]`` input-embedding matrix), needed unless
         ``substitute="unk"``; ``coarse``: see :func:`~glmd_lib.vocab.substitutes.nearest_kept`. The kept ids
         are ordered by count (ties by id): student row 0 is the most frequent token (:func:`select_kept`).
-        Similarity substitutes are never special tokens.
+        Similarity substitutes are never special tokens. ``pruned_mass``: see :meth:`target_logits`.
         """
         counts = np.asarray(counts.cpu() if isinstance(counts, torch.Tensor) else counts, dtype=np.int64)
         V = len(counts)
-        protected = protected_token_ids(tokenizer, protected_ids)
+        protected = protected_token_ids(tokenizer, protected_ids, protect)
         K = _checked_size(V, tokenizer, protected, keep, multiple_of, substitute)
         kept_ids = torch.from_numpy(select_kept(counts, protected, K).copy())
         t2s = torch.full((V,), -1, dtype=torch.long)
@@ -210,12 +204,13 @@ class VocabMap:
             if E.shape[0] < V:
                 raise VocabMapError(f"embedding matrix has {E.shape[0]} rows, fewer than the vocabulary ({V})")
             # special tokens (<|im_start|>, <gh_stars> ...) are kept but never stand in for ordinary text
-            special = set(protected_token_ids(tokenizer))
+            special = set(special_token_ids(tokenizer))
             candidates = kept_ids[torch.tensor([int(i) not in special for i in kept_ids], dtype=torch.bool)]
             pos = nearest_kept(E[:V], pruned, candidates, substitute, chunk, coarse=coarse)
             t2s[pruned] = t2s[candidates[pos]]
         return cls(kept_ids, t2s, method=substitute, fingerprint=tokenizer_fingerprint(tokenizer),
-                   protected_ids=protected, meta={"keep": keep, "multiple_of": multiple_of})
+                   protected_ids=protected, meta={"keep": keep, "multiple_of": multiple_of, "protect": protect},
+                   pruned_mass=pruned_mass)
 
     @classmethod
     def identity(cls, tokenizer: Any, vocab_size: int | None = None) -> "VocabMap":
@@ -250,22 +245,31 @@ class VocabMap:
             raise VocabMapError(f"logits have {teacher_logits.shape[-1]} entries, the map expects {self.vocab_size}")
         return teacher_logits.index_select(-1, self._on(teacher_logits.device)[0])
 
-    def restrict_probs(self, teacher_logits: torch.Tensor, temperature: float = 1.0,
-                       pruned_mass: str = "renormalize") -> torch.Tensor:
-        """The teacher's distribution over the student's ``K`` rows.
+    def target_logits(self, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        """``[..., V] -> [..., K]``: logits whose softmax at ``temperature`` is the student's target.
 
-        ``renormalize`` (the paper): softmax over the kept logits, i.e. pruned mass dropped and the rest
-        rescaled. ``substitute``: full softmax, then each pruned token's probability added to its
-        substitute's row (the mass the student cannot express goes where its input would go).
+        ``renormalize`` (the paper): the kept logits, so the pruned mass is dropped and the rest rescaled
+        (the same at every T). ``substitute``: ``T * log sum exp(z / T)`` over each row's group (the kept
+        token and the pruned tokens it stands in for), so each pruned token's probability *at the loss
+        temperature* is added to its substitute's. That needs the teacher's full ``V`` logits: a teacher
+        computing only the kept rows of its output layer cannot give it.
         """
-        logits = teacher_logits.float() / temperature
-        if pruned_mass == "renormalize":
-            return torch.softmax(self.restrict_logits(logits), dim=-1)
-        if pruned_mass == "substitute":
-            probs = torch.softmax(logits[..., : self.vocab_size], dim=-1)
-            out = probs.new_zeros(*probs.shape[:-1], self.num_kept)
-            return out.index_add_(-1, self._on(probs.device)[1], probs)
-        raise VocabMapError(f"unknown pruned_mass {pruned_mass!r}; use 'renormalize' or 'substitute'")
+        if self.pruned_mass == "renormalize" or self.is_identity:
+            return self.restrict_logits(teacher_logits)
+        if teacher_logits.shape[-1] < self.vocab_size:
+            raise VocabMapError(f"pruned_mass='substitute' needs all {self.vocab_size} teacher logits, got "
+                                f"{teacher_logits.shape[-1]}")
+        z = teacher_logits[..., : self.vocab_size].float() / temperature
+        rows = self._on(z.device)[1]
+        top = z.new_full((*z.shape[:-1], self.num_kept), -math.inf).scatter_reduce_(-1, rows.expand_as(z), z, "amax")
+        summed = torch.zeros_like(top).index_add_(-1, rows, torch.exp(z - top.index_select(-1, rows)))
+        return temperature * (top + summed.log())
+
+    def restrict_probs(self, teacher_logits: torch.Tensor, temperature: float = 1.0,
+                       pruned_mass: str | None = None) -> torch.Tensor:
+        """The teacher's distribution over the student's ``K`` rows (``pruned_mass``: the map's by default)."""
+        vm = self if pruned_mass in (None, self.pruned_mass) else dataclasses.replace(self, pruned_mass=pruned_mass)
+        return torch.softmax(vm.target_logits(teacher_logits, temperature).float() / temperature, dim=-1)
 
     def kept_mass(self, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         """Share of the teacher's probability that falls on kept tokens, per position."""
@@ -341,6 +345,7 @@ class VocabMap:
             "format": "glmd-vocab-map", "version": FORMAT_VERSION,
             "vocab_size": self.vocab_size, "num_kept": self.num_kept, "method": self.method,
             "fingerprint": self.fingerprint, "protected_ids": list(self.protected_ids), "meta": self.meta,
+            "pruned_mass": self.pruned_mass,
             "kept_ids": self.kept_ids.tolist(),
             "pruned_ids": pruned.tolist(),
             "substitute_ids": self.substitutes[pruned].tolist(),  # teacher id replacing each pruned id
@@ -379,8 +384,9 @@ class VocabMap:
             if isinstance(e, VocabMapError):
                 raise
             raise VocabMapError(f"{path} is not a valid vocabulary map ({type(e).__name__}: {e})") from e
-        vm = cls(kept, t2s, method=d["method"], fingerprint=d["fingerprint"],
-                 protected_ids=list(d.get("protected_ids", [])), meta=d.get("meta", {}))
+        vm = cls(kept, t2s, method=d["method"], fingerprint=d["fingerprint"],  # maps before pruned_mass: renormalize
+                 protected_ids=list(d.get("protected_ids", [])), meta=d.get("meta", {}),
+                 pruned_mass=d.get("pruned_mass", "renormalize"))
         if tokenizer is not None:
             vm.check_tokenizer(tokenizer)
         return vm
