@@ -1,6 +1,7 @@
 """The ``glmd`` command.
 
   glmd run --profile demo --run-dir runs/demo [--only 03 ...] [-p key=value ...] [-f params.yaml] [--force]
+                                -p seeds=[0,1,2]: notebooks 03-06 once per seed in <run_dir>/seed-<k>/
   glmd params [NOTEBOOK]        every notebook's parameters as -p names them, with help text and profile values
   glmd stage1 --run-dir D [--profile P] [-p key=value ...]   stage 1 alone (``accelerate launch`` can start it)
 
@@ -23,7 +24,10 @@ PARAMS_HELP = """\
 (-p stage1.lr=2e-3; YAML: `stage1: {lr: 2e-3}`) and reaches only that notebook; a key only one
 notebook declares may also be written bare. A shared key (one meaning in every notebook) is written
 bare and reaches every notebook that declares it. run_dir and profile are set with --run-dir and
---profile (default: $GLMD_PROFILE, else demo).
+--profile (default: $GLMD_PROFILE, else demo). Profiles: smoke (CI), demo (CPU), gpu (a larger GPU run),
+paper (the authors' settings; README "Settings that differ from the paper").
+-p seeds=[0,1,2] (glmd run only; YAML `seeds: [0, 1, 2]`) runs notebooks 03-06 once per seed in
+<run_dir>/seed-<k>/ with seed=k (00-02 and 07 once in <run_dir>); the report shows mean ± sd.
 """
 
 

@@ -16,12 +16,19 @@
   notebook that was interrupted (:class:`Interrupted`). A rerun of the same command resumes.
 * One writer per run directory: the pipeline holds ``<run_dir>/.lock`` (:mod:`glmd_lib.runlock`) while it
   runs, so a second ``glmd run`` on the same directory fails at once, naming the first.
+* Seeds: ``-p seeds=[0,1,2]`` (YAML ``seeds: [0, 1, 2]``; a setting of the pipeline, not of a notebook) runs
+  the untrained stages (00-02) once in ``<run_dir>``, the trained ones (03-06) once per seed ``k`` in
+  ``<run_dir>/seed-<k>/`` with ``seed=k``, then 07 once in ``<run_dir>`` (its report finds the ``seed-<k>/``
+  evaluations: mean ± sd). Each seed directory links ``overview``, ``frequency`` and ``vocab`` to the shared
+  ones (relative symlinks), so every stage still reads ``<its run_dir>/<stage>/``. Resume works per
+  directory; a rerun shared stage reruns every seed, a rerun seed reruns only 07 after it.
 """
 from __future__ import annotations
 
 import difflib
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +110,30 @@ def select(steps: list[NotebookStep], only: list[str] | None) -> list[NotebookSt
 
 
 RESERVED = ("run_dir", "profile")  # given as --run-dir / --profile: one run, one profile
+SEEDS = "seeds"  # the pipeline's own key: repeat the trained stages per seed (module docstring)
+SHARED = ("00", "01", "02")  # untrained: run once, linked into every seed directory
+FINAL = ("07",)  # compares the seeds: runs once, after all of them
+
+
+def parse_seeds(value: Any) -> list[int]:
+    """``seeds`` as given (``[0, 1, 2]``, ``"0,1,2"``, ``3``, None/empty: no seeds) -> distinct seeds >= 0, or a
+    ConfigError saying what to write."""
+    if value is None or value == "" or value == []:
+        return []
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    try:
+        seeds = [int(str(v).strip()) for v in items if not isinstance(v, (bool, float))]
+    except ValueError:
+        seeds = []
+    if len(seeds) != len(items) or any(k < 0 for k in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"parameter 'seeds': expected a list of distinct integers >= 0 such as [0,1,2], "
+                          f"got {value!r}")
+    return seeds
+
+
+def seed_dir(run_dir: Path, seed: int) -> Path:
+    """Where seed ``seed``'s trained stages write (:mod:`glmd_lib.tasks.seeds` finds them there)."""
+    return run_dir / f"seed-{seed}"
 
 
 def shared_keys(steps: list[NotebookStep]) -> set[str]:
@@ -111,12 +142,14 @@ def shared_keys(steps: list[NotebookStep]) -> set[str]:
 
 
 def validate(steps: list[NotebookStep], profile: str, run_dir: str, params: dict[str, Any],
-             universe: list[NotebookStep] | None = None) -> dict[str, dict]:
+             universe: list[NotebookStep] | None = None, part: bool = False) -> dict[str, dict]:
     """Route every parameter to its notebooks and check it there before running any; return each
     notebook's parameters (typed as its config resolves them).
 
     ``universe`` (default: ``steps``) is every notebook of the pipeline: whether a bare key is ambiguous is
-    judged against all of them, so a parameter file means the same with and without ``--only``.
+    judged against all of them, so a parameter file means the same with and without ``--only``. ``part``:
+    ``steps`` are one part of a selection validated as a whole (a seed's stages), so a key for the selection's
+    other notebooks is passed over rather than refused.
     """
     if profile not in PROFILES:
         raise ConfigError(f"profile {profile!r} is not one of {list(PROFILES)}")
@@ -127,7 +160,7 @@ def validate(steps: list[NotebookStep], profile: str, run_dir: str, params: dict
     for key in sorted(params, key=lambda k: "." in k):  # bare keys first: a stage's own value wins
         name, owners = _owners(key, universe, declared, shared)
         reached = [o for o in owners if o in routed]
-        if not reached:
+        if not reached and not part:
             raise ConfigError(f"parameter {key!r} is for {', '.join(owners)}, which is not among the selected "
                               f"notebooks {list(routed)}")
         for o in reached:
@@ -192,6 +225,55 @@ def _fingerprint(step: NotebookStep, nb_params: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+@dataclass
+class Group:
+    """Notebooks run in one run directory with one set of parameters (a seed's sub-run, or the run itself)."""
+    run_dir: Path
+    steps: list[NotebookStep]
+    per_notebook: dict[str, dict]
+    seed: int | None = None
+
+
+def plan(profile: str, run_dir: Path, steps: list[NotebookStep], universe: list[NotebookStep],
+         params: dict[str, Any]) -> list[Group]:
+    """The run as groups, every parameter of every group validated: one group without ``seeds``; with them
+    the shared stages, one group per seed (``seed=k`` in ``<run_dir>/seed-<k>``) and the final one."""
+    params = dict(params)
+    seeds = parse_seeds(params.pop(SEEDS, None))
+    whole = validate(steps, profile, str(run_dir), params, universe)  # every key reaches a selected notebook
+    if not seeds:
+        return [Group(run_dir, steps, whole)]
+    trained = [s for s in steps if s.number not in SHARED + FINAL]
+    # a seed's stages get seed=k whatever seed was given (that one still reaches 00-02 and 07)
+    mine = {key: v for key, v in params.items() if key.rpartition(".")[2] != "seed"}
+    has_seed = any("seed" in s.declared() for s in trained)
+
+    def group(part: list[NotebookStep], where: Path, values: dict, seed: int | None = None) -> Group:
+        return Group(where, part, validate(part, profile, str(where), values, universe, part=True), seed)
+
+    groups = [group([s for s in steps if s.number in SHARED], run_dir, params)]
+    for k in seeds if trained else []:
+        groups.append(group(trained, seed_dir(run_dir, k), {**mine, **({"seed": k} if has_seed else {})}, k))
+    groups.append(group([s for s in steps if s.number in FINAL], run_dir, params))
+    return [g for g in groups if g.steps]
+
+
+def link_shared(run_dir: Path, sub: Path, universe: list[NotebookStep]) -> None:
+    """Make ``sub/<stage>`` a relative symlink to ``run_dir/<stage>`` for every shared stage, so a seed's
+    stages read the one vocabulary map (and overview, frequency) as ``<their run_dir>/<stage>/``."""
+    sub.mkdir(parents=True, exist_ok=True)
+    for step in (s for s in universe if s.number in SHARED):
+        link, target = sub / step.stage, Path("..") / step.stage
+        if link.is_symlink():
+            if Path(link.readlink()) == target:
+                continue
+            link.unlink()
+        elif link.exists():
+            raise PipelineError(f"{link} is a directory of its own, not a link to the shared {run_dir / step.stage}: "
+                                f"move it away to run seeds in {run_dir}")
+        link.symlink_to(target, target_is_directory=True)
+
+
 def run(profile: str, run_dir: str | Path, only: list[str] | None = None, params: dict[str, Any] | None = None,
         force: bool = False, notebook_dir: Path = NOTEBOOK_DIR, log=print,
         cell_timeout: int | None = None) -> list[dict]:
@@ -199,31 +281,49 @@ def run(profile: str, run_dir: str | Path, only: list[str] | None = None, params
 
     Every parameter is checked before the run directory is touched; then the directory is locked for the
     whole run (:class:`~glmd_lib.runlock.RunLockedError` if another process holds it,
-    :class:`~glmd_lib.runlock.RunDirError` if it cannot be used)."""
+    :class:`~glmd_lib.runlock.RunDirError` if it cannot be used). With ``seeds`` each result also names its
+    ``seed``; the seed directories inside ``run_dir`` are covered by its lock."""
     run_dir = Path(run_dir).expanduser().resolve()
     universe = discover(notebook_dir)
     steps = select(universe, only)
     if not steps:
         raise PipelineError(f"no notebooks found in {notebook_dir}")
-    per_notebook = validate(steps, profile, str(run_dir), dict(params or {}), universe)
-    results, rerun_rest = [], False
+    groups = plan(profile, run_dir, steps, universe, dict(params or {}))
+    results: list[dict] = []
     with run_lock(run_dir):
-        (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
-        for s in steps:
-            nb_params = per_notebook[s.name]
-            fingerprint = _fingerprint(s, nb_params)
-            if not force and not rerun_rest and _finished(s, run_dir, fingerprint):
-                log(f"[{s.name}] complete, skipping (delete {_record(s, run_dir)} or use --force to rerun)")
-                results.append({"notebook": s.name, "status": "skipped"})
-                continue
-            rerun_rest = True
-            log(f"[{s.name}] running ({profile} profile) -> {run_dir / 'notebooks' / s.path.name}")
-            elapsed = _execute(s, run_dir, nb_params, cell_timeout)
-            atomic_write_json(_record(s, run_dir), {"notebook": s.name, "fingerprint": fingerprint,
-                                                    "parameters": nb_params, "seconds": round(elapsed, 1)})
-            log(f"[{s.name}] done in {elapsed:.1f} s")
-            results.append({"notebook": s.name, "status": "ran", "seconds": elapsed})
+        shared_ran = seeds_ran = False
+        for g in groups:
+            if g.seed is not None:
+                link_shared(run_dir, g.run_dir, universe)
+            rerun = shared_ran or (seeds_ran and g.seed is None)  # what changed upstream reruns what reads it
+            ran = _run_group(g, profile, force, rerun, cell_timeout, log, results)
+            shared_ran |= ran and g.seed is None and not seeds_ran
+            seeds_ran |= ran and g.seed is not None
     return results
+
+
+def _run_group(g: Group, profile: str, force: bool, rerun_rest: bool, cell_timeout: int | None, log,
+               results: list[dict]) -> bool:
+    """Run one group's notebooks (skipping finished ones until one runs); append to ``results``; whether any
+    ran."""
+    (g.run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
+    tag = {} if g.seed is None else {"seed": g.seed}
+    where = "" if g.seed is None else f" seed {g.seed}"
+    for s in g.steps:
+        nb_params = g.per_notebook[s.name]
+        fingerprint = _fingerprint(s, nb_params)
+        if not force and not rerun_rest and _finished(s, g.run_dir, fingerprint):
+            log(f"[{s.name}{where}] complete, skipping (delete {_record(s, g.run_dir)} or use --force to rerun)")
+            results.append({"notebook": s.name, "status": "skipped", **tag})
+            continue
+        rerun_rest = True
+        log(f"[{s.name}{where}] running ({profile} profile) -> {g.run_dir / 'notebooks' / s.path.name}")
+        elapsed = _execute(s, g.run_dir, nb_params, cell_timeout)
+        atomic_write_json(_record(s, g.run_dir), {"notebook": s.name, "fingerprint": fingerprint,
+                                                  "parameters": nb_params, "seconds": round(elapsed, 1)})
+        log(f"[{s.name}{where}] done in {elapsed:.1f} s")
+        results.append({"notebook": s.name, "status": "ran", "seconds": elapsed, **tag})
+    return rerun_rest
 
 
 def _record(step: NotebookStep, run_dir: Path) -> Path:
@@ -253,9 +353,12 @@ def _execute(step: NotebookStep, run_dir: Path, nb_params: dict, cell_timeout: i
                                    kernel_name="python3", progress_bar=False, log_output=False,
                                    execution_timeout=cell_timeout, shutdown_kernel="immediate")
     except KeyboardInterrupt:
+        # the kernel client's abandoned asyncio tasks later find the kernel gone and would log that with a
+        # traceback when they are collected: expected after Ctrl-C, so asyncio is quieted from here on
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         raise Interrupted(step.name, out_nb) from None
     except papermill.PapermillExecutionError as e:
-        if e.ename == "KeyboardInterrupt":  # the kernel got the Ctrl-C too (same process group)
+        if e.ename == "KeyboardInterrupt":  # the kernel itself was interrupted (its own session: kill -INT)
             raise Interrupted(step.name, out_nb) from None
         raise PipelineError(
             f"notebook {step.name} failed in cell {e.cell_index} (execution count {e.exec_count}): "

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from glmd_lib.artifacts import STAGES, ArtifactError, artifact, atomic_write_text, mark_complete, read_json
+from glmd_lib.artifacts import artifact, ArtifactError, atomic_write_text, begin_stage, mark_complete, read_json, STAGES
 from glmd_lib.tasks.intervals import interval_cell
 from glmd_lib.tasks.results import difference_table, fidelity_text
 from glmd_lib.tasks.seeds import pooled_results, seed_cells, seed_runs, seed_summary
@@ -140,6 +140,7 @@ def sizes_table(run_dir: Path | str) -> pd.DataFrame:
     if "zero-shot teacher" in out.index or "task teacher" in out.index:
         teacher = out.loc[[g for g in ("task teacher", "zero-shot teacher") if g in out.index]].iloc[0, 0]
         out["share of teacher"] = out["parameters"] / teacher
+    out["parameters"] = out["parameters"].astype(int).astype(object)  # printed as 1,000, not 1000.000
     return out
 
 
@@ -256,8 +257,9 @@ def _eval_sections(run_dir: Path, table: pd.DataFrame, out_dir: Path) -> list[st
 
 def _seed_section(runs: list[Path]) -> tuple[list[str], pd.DataFrame]:
     cells = seed_cells(seed_summary(pooled_results([r for r in runs if artifact(r, "eval", "results.csv").exists()])))
+    cells = cells.rename(columns=model_group)
     if cells.empty or not cells.apply(lambda c: c.str.contains("±", regex=False)).any().any():
-        return [], cells  # one seed: nothing to add
+        return [], pd.DataFrame()  # one seed: nothing to add
     text = (f"Mean ± sample standard deviation of each task score across seeds ({len(runs)} run director"
             f"{'y' if len(runs) == 1 else 'ies'}: {', '.join(f'`{r}`' for r in runs)}): what retraining moves. "
             f"The intervals above are those of the first run: what the choice of dev examples moves.")
@@ -295,7 +297,8 @@ def render(run_dir: Path | str, title: str, table: pd.DataFrame, sizes: pd.DataF
     """``report.md``'s text and the across-seeds table; writes the plots (``scores.png``, ``figures/``) into
     ``out_dir``. ``run_dir``: the run whose tables are shown; ``runs``: every seed's run (default: that one)."""
     run_dir = Path(run_dir)
-    lines = [f"# {title}", "", f"Run directory: `{run_dir}`", "",
+    where = f"Run directory: `{out_dir.parent}`" + (f" (tables of `{run_dir}`)" if run_dir != out_dir.parent else "")
+    lines = [f"# {title}", "", where, "",
              labels_touched(_config(run_dir, "teachers"), _config(run_dir, "stage2")), ""]
     lines += _eval_sections(run_dir, table, out_dir)
     seed_lines, seeds = _seed_section(runs or [run_dir])
@@ -340,9 +343,9 @@ def write_report(run_dir: Path | str, title: str = "GLMD Workbench run", more_ru
 def run_report(cfg) -> Report:
     """Notebook 07's work (``cfg``: a :class:`~glmd_lib.config.stages.ReportConfig`): needs a finished
     evaluation (notebook 06) in every run it reads, writes the report and marks the stage complete."""
+    begin_stage(cfg)
     for run in seed_runs(cfg.run_dir, cfg.seed_runs) or [Path(cfg.run_dir)]:
         STAGES["eval"].require(run)
     report = write_report(cfg.run_dir, cfg.title, tuple(cfg.seed_runs))
-    cfg.save()
     mark_complete(report.path.parent, list(STAGES["report"].files))
     return report

@@ -52,9 +52,10 @@ def _holder(path: Path) -> str:
 
 
 def _exempt(run_dir: Path) -> bool:
-    """This process may write without the lock: its parent holds it, or it is a non-zero rank of a launch."""
+    """This process may write without the lock: its parent holds it (or a directory above it: a seed's
+    ``<run_dir>/seed-<k>`` is covered by ``<run_dir>``'s lock), or it is a non-zero rank of a launch."""
     held = os.environ.get(ENV)
-    return (bool(held) and Path(held).resolve() == run_dir) or os.environ.get("RANK", "0") != "0"
+    return (bool(held) and Path(held).resolve() in (run_dir, *run_dir.parents)) or os.environ.get("RANK", "0") != "0"
 
 
 def prepare_run_dir(run_dir: Path | str) -> Path:

@@ -134,6 +134,7 @@ def _check_protect_share_and_mass(res, run, smol_tokenizer, tiny_llama):
     for t in (1.0, 15.0):
         assert grid.loc[vmap.num_kept, f"T={t:g}"] == pytest.approx(float(res.masses[t].mean()), abs=1e-5)
     assert (np.diff(grid.filter(like="T=").to_numpy(), axis=0) >= -1e-9).all()  # more kept, more mass
+    assert s["kept_mass_grid_positions"] == s["heldout_positions"] <= mass_module.GRID_POSITIONS  # all of them here
     record = s["kept_mass_grid"]
     pd.testing.assert_frame_equal(grid_frame(**record, vocab_size=s["vocab_size"]), grid)
     assert (run / "vocab" / "kept_mass_grid.png").stat().st_size > 0
@@ -152,6 +153,18 @@ def test_mass_grid_sums_follow_the_keep_rule(monkeypatch):
         p = torch.softmax(logits.double() / t, -1)
         want = [p[:, torch.from_numpy(select_kept(counts, protected, k))].sum().item() for k in sizes]
         np.testing.assert_allclose(got[i].numpy(), want, rtol=1e-5)
+    # teacher_mass's running grid: every stride-th position of the whole text, at most GRID_POSITIONS of them
+    kept = torch.from_numpy(select_kept(counts, protected, 64))
+    t2s = torch.zeros(V, dtype=torch.long)
+    t2s[kept] = torch.arange(64)
+    vm = VocabMap(kept, t2s, protected_ids=protected, meta={"multiple_of": 1})
+    monkeypatch.setattr(mass_module, "GRID_POSITIONS", 4)
+    running = mass_module._GridSums(vm, counts, positions=13)  # stride 4: positions 0, 4, 8, 12
+    running.add(logits[:6])
+    running.add(logits[6:])
+    assert running.used == 4 and 64 in running.sizes
+    want = mass_grid_sums(logits[[0, 4, 8, 12]], torch.from_numpy(keep_order(counts, vm.protected_ids)), running.sizes)
+    np.testing.assert_allclose(running.frame().filter(like="T=").to_numpy().T, want.numpy() / 4, rtol=1e-6)
 
 
 def test_mass_explorer_sliders_and_static_fallback():

@@ -73,6 +73,31 @@ def test_every_profile_resolves_for_every_config():
     for cls in classes.values():
         for p in PROFILES:
             cls.resolve(profile=p, run_dir="/tmp/x")
+        assert set(cls.profiles) == set(PROFILES), cls.__name__  # no table left behind by a rename
+
+
+def test_profile_names_are_one_list():
+    """The ``profile`` field's choices are exactly PROFILES (``full`` became ``gpu``; ``paper`` is new)."""
+    from glmd_lib.config.base import PROFILES, StageConfig
+
+    (choices, _none) = typing.get_args(typing.get_type_hints(StageConfig)["profile"])
+    assert typing.get_args(choices) == PROFILES == ("smoke", "demo", "gpu", "paper")
+    with pytest.raises(ConfigError, match="full"):
+        Stage1Config.resolve(profile="full", run_dir="/tmp/x")
+
+
+def test_paper_profile_holds_the_papers_settings():
+    from glmd_lib.config.stages import Stage2Config, VocabConfig
+
+    s1 = Stage1Config.resolve(profile="paper", run_dir="/tmp/x")
+    vocab = VocabConfig.resolve(profile="paper", run_dir="/tmp/x")
+    s2 = Stage2Config.resolve(profile="paper", run_dir="/tmp/x")
+    assert s1.temperature == 15 and vocab.keep_rate == 0.5 and vocab.substitute == "dot"
+    assert (s1.lr, s1.weight_decay, s1.seq_len, s1.batch_size * s1.grad_accum) == (4e-4, 0.1, 512, 64)
+    assert s1.warmup_steps == s1.steps // 20 and s1.init == "random"  # 5% warm-up
+    shape = ("student_layers", "student_hidden", "student_heads", "student_kv_heads", "student_intermediate")
+    assert [getattr(s1, k) for k in shape] == [getattr(vocab, k) for k in shape]  # one student, counted as trained
+    assert (s2.lr, s2.warmup_steps * 10, s2.max_seq_len) == (1e-5, s2.steps_2a, 512)  # 10% warm-up
 
 
 def test_data_dir_resolution(monkeypatch, tmp_path):

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from glmd_lib.tasks.evaluate import ModelSpec, discover_models, evaluate_models, majority_rows
-from glmd_lib.tasks.results import summarize, write_results
+from glmd_lib.tasks.results import interval_table, summarize, write_results
 from glmd_lib.tasks.figures import confusion
 from glmd_lib.tasks.submission import submission_lines, write_submission
 from glmd_lib.superglue.data import read_split
@@ -154,6 +154,9 @@ def test_run_eval_writes_the_stage(tmp_path, toy, teacher_dir):
     assert list(res.scores.columns) == ["zero_shot", "teacher", "majority"]
     assert res.scores.loc["average", "zero_shot"] == pytest.approx(res.scores.loc[["CB", "RTE"], "zero_shot"].mean())
     assert res.table.loc["CB", "zero_shot"].endswith("n=4 of 6")  # the cap, printed next to the number
+    every = interval_table(res.results, ["zero_shot", "majority"], every_metric=True)
+    assert every.loc[("CB", "f1"), "majority"].endswith("n=4 of 6") and list(every.loc["CB"].index) == \
+        ["accuracy", "f1", "score"]
     assert any("no teacher for CB" in n for n in res.notes) and any("not marked complete" in n for n in res.notes)
     assert {p.name for p in STAGES["eval"].figures(run)} == {"scores_per_task.png", "confusion.png"}
     # the teacher answers RTE and AX-b (an RTE problem); CB has no teacher, so it is not predicted

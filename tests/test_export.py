@@ -283,3 +283,25 @@ def test_model_card(exported, half_map, tmp_path, smol_tokenizer):
     assert "run_dir" not in card and "/x/y" not in card and "1,234,567" in card and "top-1 agreement 40.0%" in card
     assert "| RTE | 0.610 | [0.550, 0.670] | 277 |" in card and "| AX-g | 0.500 | not recorded | 356 |" in card
     assert "| CB |" not in card and "Not evaluated" not in card
+
+
+def test_evaluation_of_the_exported_folder_equals_the_student(exported, tmp_path):
+    """Notebook 06 / run_eval accept an exported folder and score it exactly as the student it came from."""
+    from glmd_lib.superglue.data import read_split
+    from glmd_lib.superglue.patterns import build_cloze
+    from glmd_lib.superglue.toy import write_toy_dataset
+    from glmd_lib.tasks.evaluate import evaluate_clozes, load_for_eval
+
+    data = write_toy_dataset(tmp_path / "sg", n=8, tasks=("RTE", "COPA"))
+    student_dir, out = exported
+    for task in ("RTE", "COPA"):
+        examples = read_split(task, "val", data)
+        results = []
+        for folder in (student_dir, out):
+            model, tok, vmap = load_for_eval(str(folder))
+            clozes = build_cloze(task, examples, tok, kind="causal", max_len=96)
+            results.append(evaluate_clozes(model, task, clozes, examples, vocab_map=vmap))
+        assert results[0]["predictions"] == results[1]["predictions"]
+        assert results[0]["score"] == results[1]["score"]
+        for a, b in zip(results[0]["scores"], results[1]["scores"]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -1,4 +1,5 @@
-"""Task-teacher fine-tuning on tiny fixtures: freezing, best-checkpoint selection, artifacts."""
+"""Task-teacher fine-tuning on tiny fixtures: freezing, selection on the train holdout (never dev), select_on,
+artifacts."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,6 @@ from glmd_lib.config.stages import TeacherConfig
 from glmd_lib.tasks.teachers import (LengthBatches, eval_steps, finetune_teacher, freeze_lower_layers,
                                      length_bucketed_batches, run_teachers)
 from glmd_lib.models.teacher import load_teacher
-from glmd_lib.superglue.data import read_split, subsample
 from glmd_lib.superglue.toy import write_toy_dataset
 from glmd_lib.superglue.patterns import build_cloze
 from glmd_lib.tasks.evaluate import evaluate_clozes

@@ -128,7 +128,7 @@ def test_mean_and_sd_across_seed_runs(tmp_path):
     text = report.path.read_text()
     assert "## Across seeds" in text and "0.720 ± 0.020 (3 seeds)" in text
     assert "0.700 [0.600, 0.800] n=277" in text.split("## Dev scores")[1].split("##")[0]  # seed-0's intervals
-    assert report.runs[0].name == "seed-0" and report.seeds.loc["RTE", "teacher"] == "0.720 ± 0.020 (3 seeds)"
+    assert report.runs[0].name == "seed-0" and report.seeds.loc["RTE", "task teacher"] == "0.720 ± 0.020 (3 seeds)"
     # one results.csv holding several seeds in a `seed` column
     other = tmp_path / "pooled"
     (other / "eval").mkdir(parents=True)

@@ -343,8 +343,9 @@ def test_soft_capped_or_scaled_teachers_are_refused_in_hidden_mode(tmp_path, mak
 
     assert hidden_mode_problem(make_tiny_llama()) is None
     capped = make_tiny_llama(final_logit_softcapping=30.0)  # Gemma-2 style; Llama ignores it, the check does not
-    assert "soft-capped" in hidden_mode_problem(capped)
+    assert "final_logit_softcapping = 30.0" in hidden_mode_problem(capped)
     assert "logit_scale" in hidden_mode_problem(make_tiny_llama(logit_scale=0.0625))
+    assert "logits_scaling = 4.0" in hidden_mode_problem(make_tiny_llama(logits_scaling=4.0))  # Granite
 
     class Scaled(LlamaForCausalLM):  # logits = 2 * head(h): not recoverable from h and the head alone
         def forward(self, *args, **kwargs):
@@ -377,7 +378,7 @@ def test_stage1_refuses_hidden_mode_for_a_soft_capped_teacher(tmp_path, make_tin
     cfg = Stage1Config.resolve(run_dir=str(tmp_path / "run"), profile="smoke", teacher=str(tdir),
                                corpus=str(tmp_path / "train.txt"), valid_corpus=str(tmp_path / "train.txt"),
                                steps=2, batch_size=2, seq_len=16, use_vocab_map=False, teacher_cache=True)
-    with pytest.raises(Stage1Error, match="cache_mode='hidden'.*soft-capped.*cache_mode='topk'"):
+    with pytest.raises(Stage1Error, match="cache_mode='hidden'.*final_logit_softcapping.*cache_mode='topk'"):
         run_stage1(cfg, progress=False)
     assert not (tmp_path / "run" / "stage1" / "teacher_cache").exists()
 

@@ -3,8 +3,8 @@
 One dataclass per notebook (:mod:`glmd_lib.config.stages`), one config = one experiment. Each notebook's
 single ``parameters`` cell holds exactly the fields of its config class, all ``None`` by default, which
 means "take the profile's value"; ``glmd_lib.notebook.start`` turns them into a config: the profile
-(``smoke``, ``demo``, ``full``), then the explicit values, validated *before* any work starts. Unknown keys
-and wrong types raise :class:`ConfigError` naming the key.
+(``smoke``, ``demo``, ``gpu``, ``paper``), then the explicit values, validated *before* any work starts.
+Unknown keys and wrong types raise :class:`ConfigError` naming the key.
 
 Value checks: every float must be finite, and a field may declare its range in ``param`` (``ge``, ``gt``,
 ``le``, ``lt``: ``param(8, "...", ge=1)``); :meth:`StageConfig.validate` enforces both for every field, so
@@ -18,7 +18,9 @@ notebooks declare must be addressed by stage (``stage1.lr=2e-3``); :func:`parse_
 Profiles:
   smoke  tiny random models built from configs with the real teacher tokenizer; seconds per notebook (CI)
   demo   the real teacher (SmolLM2-135M-Instruct); the whole pipeline in about 30 minutes on 2 CPU cores
-  full   the paper's settings, meant for a GPU
+  gpu    a larger run for one or more GPUs (all tasks, longer training); NOT the paper's configuration
+  paper  the authors' settings where the workbench can express them (README: "Settings that differ from
+         the paper" lists what it cannot yet, and every other difference)
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ import yaml
 
 from glmd_lib.artifacts import REPO_ROOT, atomic_write_json, provenance, stage_dir
 
-PROFILES = ("smoke", "demo", "full")
+PROFILES = ("smoke", "demo", "gpu", "paper")
 DEFAULT_PROFILE = "demo"
 
 
@@ -177,9 +179,9 @@ class StageConfig:
     run_dir: str | None = param(None, "run directory; every stage writes into <run_dir>/<stage>/ "
                                       "(default: $GLMD_RUN_DIR, else runs/<profile> in the repository)",
                                 shared=True)
-    profile: Literal["smoke", "demo", "full"] | None = param(
-        None, "smoke (tiny random models, CI) | demo (real teacher, ~30 min on 2 cores) | full (paper, GPU); "
-              "default: $GLMD_PROFILE, else demo", shared=True)
+    profile: Literal["smoke", "demo", "gpu", "paper"] | None = param(  # = PROFILES (tests/test_config.py)
+        None, "smoke (tiny random models, CI) | demo (real teacher, ~30 min on 2 cores) | gpu (larger GPU run) | "
+              "paper (the authors' settings, GPU); default: $GLMD_PROFILE, else demo", shared=True)
     seed: int = param(0, "random seed for everything this stage draws", shared=True, ge=0)
     device: str = param("auto", "auto (CUDA > MPS > CPU) or an explicit torch device such as cpu or cuda:0",
                         shared=True)

@@ -1,8 +1,9 @@
 """The experiment configs, one per notebook (field names = the notebook's ``parameters`` cell).
 
 Each class lists its knobs with defaults and help text; ``profiles`` holds what the ``smoke``,
-``demo`` and ``full`` profiles change. Explicit parameters always win over the profile. Numbers declare
-their allowed range (``ge=1`` ...; see :mod:`glmd_lib.config.base`); task lists are checked against the
+``demo``, ``gpu`` and ``paper`` profiles change (``paper``: the authors' settings where a field can express
+them; README "Settings that differ from the paper" lists the rest). Explicit parameters always win over the
+profile. Numbers declare their allowed range (``ge=1`` ...; see :mod:`glmd_lib.config.base`); task lists are checked against the
 SuperGLUE task names here, so a wrong value fails before any notebook runs.
 """
 from __future__ import annotations
@@ -18,6 +19,13 @@ SMOKE_TEACHER = "tiny-random-llama"  # a tiny random Llama with the real SmolLM2
 DEMO_TEACHER = "smollm2-135m"
 CORE_TASKS = ["CB", "COPA", "RTE"]
 ALL_TASKS = list(MAIN_TASKS)
+# The paper's student is about 60% of its teacher's parameters: SmolLM2-135M's own width, heads and MLP with 19 of
+# its 30 layers, and the half vocabulary, is 81.4M of 134.5M parameters (60.5%). Shared by the vocabulary stage
+# (its parameter counts) and stage 1 (the student it trains).
+PAPER_STUDENT = {"student_layers": 19, "student_hidden": 576, "student_heads": 9, "student_kv_heads": 3,
+                 "student_intermediate": 1536}
+# The paper's stage 2 reads 512-token inputs for MultiRC and ReCoRD; one length serves every task here.
+PAPER_SEQ_LEN = 512
 
 
 # Keys with one meaning in every notebook that declares them are `shared` (glmd run sends a bare value to
@@ -95,7 +103,8 @@ class OverviewConfig(StageConfig):
     profiles = {
         "smoke": {"teacher": SMOKE_TEACHER, "speed_batches": 1},
         "demo": {"teacher": DEMO_TEACHER},
-        "full": {"teacher": DEMO_TEACHER},
+        "gpu": {"teacher": DEMO_TEACHER},
+        "paper": {"teacher": DEMO_TEACHER},
     }
     teacher: str = teacher_param("teacher: built-in name, local folder or hub id")
     prompts: list[str] = param(["The capital of France is", "The opposite of hot is",
@@ -113,7 +122,8 @@ class FrequencyConfig(TaskList, StageConfig):
     profiles = {
         "smoke": {"teacher": SMOKE_TEACHER, "max_lines": 3000, "max_task_examples": 50},
         "demo": {"teacher": DEMO_TEACHER},
-        "full": {"teacher": DEMO_TEACHER},
+        "gpu": {"teacher": DEMO_TEACHER},
+        "paper": {"teacher": DEMO_TEACHER},
     }
     teacher: str = teacher_param("whose tokenizer counts (built-in name, folder or hub id)")
     corpus: str | None = shared_param(None, "text file, folder of .txt files, or a saved `datasets` dataset "
@@ -133,7 +143,8 @@ class VocabConfig(StudentShape, StageConfig):
         "smoke": {"teacher": SMOKE_TEACHER, "student_layers": 2, "student_hidden": 64, "student_heads": 2,
                   "mass_check_lines": 16},
         "demo": {"teacher": DEMO_TEACHER},
-        "full": {"teacher": DEMO_TEACHER},
+        "gpu": {"teacher": DEMO_TEACHER},
+        "paper": {"teacher": DEMO_TEACHER, **PAPER_STUDENT, "keep_rate": 0.5, "substitute": "dot"},
     }
     teacher: str = teacher_param("teacher whose tokenizer and input embeddings define the map")
     keep_rate: float = param(0.5, "share of the vocabulary kept (paper: 0.5)", gt=0, le=1)
@@ -166,8 +177,13 @@ class Stage1Config(StudentShape, StageConfig):
         # 3,099 vs 7,390 (same data, 2026-11-25); a 4-minute CPU stage 1 needs the larger steps
         "demo": {"teacher": DEMO_TEACHER, "steps": 300, "lr": 2e-3, "batch_size": 8, "seq_len": 128,
                  "eval_batches": 8, "teacher_bf16": True},
-        "full": {"teacher": DEMO_TEACHER, "steps": 100_000, "batch_size": 64, "seq_len": 512, "lr": 1e-4,
-                 "warmup_steps": 2000, "eval_batches": 200, "checkpoint_every": 2000},
+        "gpu": {"teacher": DEMO_TEACHER, "steps": 100_000, "batch_size": 64, "seq_len": 512, "lr": 1e-4,
+                "warmup_steps": 2000, "eval_batches": 200, "checkpoint_every": 2000},
+        # global batch 64 x 512 = batch_size x grad_accum x processes: 16 x 4 on one GPU (pass grad_accum=1 on
+        # four); warm-up 5% of the steps; Adam betas/eps and the cosine floor are not settings yet (README)
+        "paper": {"teacher": DEMO_TEACHER, **PAPER_STUDENT, "init": "random", "temperature": 15.0,
+                  "steps": 100_000, "batch_size": 16, "grad_accum": 4, "seq_len": 512, "lr": 4e-4,
+                  "weight_decay": 0.1, "warmup_steps": 5000, "eval_batches": 200, "checkpoint_every": 2000},
     }
     teacher: str = teacher_param("pre-trained teacher (built-in name, folder or hub id)")
     corpus: str | None = shared_param(None, "unlabeled training text (default: shared Gutenberg train shards)")
@@ -217,7 +233,9 @@ class TeacherConfig(TaskList, StageConfig):
         "demo": {"teacher": DEMO_TEACHER, "max_train_examples": 600, "max_eval_examples": 120, "epochs": 1,
                  "lr": 2e-4, "train_layers": 8, "evals_per_epoch": 3, "max_seq_len": 160, "bf16": True,
                  "max_selection_examples": 120},
-        "full": {"teacher": DEMO_TEACHER, "tasks": ALL_TASKS, "epochs": 10, "train_layers": 0, "lr": 1e-5},
+        "gpu": {"teacher": DEMO_TEACHER, "tasks": ALL_TASKS, "epochs": 10, "train_layers": 0, "lr": 1e-5},
+        "paper": {"teacher": DEMO_TEACHER, "tasks": ALL_TASKS, "epochs": 10, "train_layers": 0, "lr": 1e-5,
+                  "max_seq_len": PAPER_SEQ_LEN},
     }
     teacher: str = teacher_param("pre-trained model fine-tuned into one task teacher per task")
     tasks: list[str] = param(CORE_TASKS, "SuperGLUE tasks to fine-tune a teacher on")
@@ -251,8 +269,11 @@ class Stage2Config(TaskList, StageConfig):
                   "max_eval_examples": 16, "eval_every": 0, "warmup_steps": 0},
         "demo": {"steps_2a": 30, "steps_2b": 30, "batch_size": 8, "lr": 5e-4, "max_train_examples": 200,
                  "max_eval_examples": 120, "eval_every": 10, "teacher_bf16": True},
-        "full": {"tasks": ALL_TASKS, "steps_2a": 5000, "steps_2b": 5000, "batch_size": 32, "lr": 1e-4,
-                 "warmup_steps": 200, "eval_every": 500},
+        "gpu": {"tasks": ALL_TASKS, "steps_2a": 5000, "steps_2b": 5000, "batch_size": 32, "lr": 1e-4,
+                "warmup_steps": 200, "eval_every": 500},
+        # lr 1e-5 with 10% warm-up; per-task epochs, linear decay and weight decay 0.1 are not settings yet (README)
+        "paper": {"tasks": ALL_TASKS, "steps_2a": 5000, "steps_2b": 5000, "batch_size": 32, "lr": 1e-5,
+                  "warmup_steps": 500, "eval_every": 500, "max_seq_len": PAPER_SEQ_LEN, "temperature": 15.0},
     }
     tasks: list[str] = param(CORE_TASKS, "tasks to distil (each needs a task teacher from notebook 04)")
     superglue_dir: str | None = superglue_dir_param()
@@ -265,13 +286,19 @@ class Stage2Config(TaskList, StageConfig):
     lr: float = param(2e-4, "peak learning rate (AdamW) of both passes", gt=0)
     warmup_steps: int = param(2, "linear warm-up steps of each pass before cosine decay", ge=0)
     loss_chunk: int = param(1024, "positions per chunk of the pass-2a loss (bounds peak memory)", ge=1)
-    eval_every: int = param(10, "dev evaluation every N steps of each pass (0: only after each pass)", ge=0)
-    select_by_dev: bool = param(True, "keep the best dev checkpoint of each pass (uses dev labels, as the paper); "
-                                      "False: the last one, so no label of any split touches the weights")
+    eval_every: int = param(10, "evaluation on the selection split every N steps of each pass (0: only after "
+                                "each pass)", ge=0)
+    select_on: Literal["train_holdout", "dev", "last"] = shared_param(
+        "train_holdout", "labels that choose checkpoints: a holdout carved from the train split (and removed from "
+                         "training), dev (the paper's practice: its dev scores are then optimistic), or none (last)")
+    selection_fraction: float = shared_param(0.1, "share of each train split held out for selection "
+                                                  "(select_on='train_holdout')", gt=0, lt=1)
+    max_selection_examples: int | None = shared_param(500, "cap on the selection holdout per task (None: no cap)",
+                                                      ge=1)
     add_unlabeled: bool = param(False, "also distil on the test split's (unlabeled) inputs")
     max_train_examples: int | None = param(None, "cap on train inputs per task (None: all)", ge=1)
     max_unlabeled_examples: int | None = param(None, "cap on added test-split inputs per task (None: all)", ge=1)
-    max_eval_examples: int | None = param(None, "cap on dev examples per task (None: all)", ge=1)
+    max_eval_examples: int | None = param(None, "cap on dev examples per task when select_on='dev' (None: all)", ge=1)
     max_seq_len: int | None = param(None, "inputs longer than this are truncated from the passage side "
                                           "(None: as for the task teacher)", ge=1)
     teacher_bf16: bool | None = param(None, "run the frozen teacher under bf16 autocast (None: on CUDA only; "
@@ -288,7 +315,8 @@ class EvalConfig(TaskList, StageConfig):
         "smoke": {"teacher": SMOKE_TEACHER, "max_eval_examples": 16, "tasks": CORE_TASKS + ["AX-b", "AX-g"],
                   "max_seq_len": 96, "max_fidelity_examples": 24, "bootstrap_samples": 200},
         "demo": {"teacher": DEMO_TEACHER, "max_seq_len": 160, "bf16": True, "max_fidelity_examples": 300},
-        "full": {"teacher": DEMO_TEACHER},
+        "gpu": {"teacher": DEMO_TEACHER},
+        "paper": {"teacher": DEMO_TEACHER, "max_seq_len": PAPER_SEQ_LEN},
     }
     teacher: str = teacher_param("the pre-trained teacher, evaluated zero-shot")
     tasks: list[str] = param(CORE_TASKS + ["BoolQ", "WiC", "WSC", "MultiRC", "AX-b", "AX-g"],
@@ -315,7 +343,7 @@ class EvalConfig(TaskList, StageConfig):
 class ReportConfig(StageConfig):
     stage = "report"
     notebook = "07_method_comparison"
-    profiles = {"smoke": {}, "demo": {}, "full": {}}
+    profiles = {"smoke": {}, "demo": {}, "gpu": {}, "paper": {}}
     title: str = param("GLMD Workbench run", "heading of report.md")
     seed_runs: list[str] = param([], "further run directories of the same experiment with other seeds, for mean ± sd "
                                      "(the run's own seed-<k>/ sub-directories are found without this)")

@@ -35,7 +35,7 @@ from torch import nn
 
 from glmd_lib.artifacts import STAGES, ArtifactError, artifact, atomic_write_json, begin_stage, mark_complete, \
     save_figure
-from glmd_lib.config.base import ConfigError, parse_params
+from glmd_lib.config.base import PROFILES, ConfigError, parse_params
 from glmd_lib.config.stages import Stage1Config
 from glmd_lib.data.blocks import require_blocks, separator_ids, token_blocks
 from glmd_lib.data.corpus import default_corpus
@@ -306,9 +306,11 @@ def run_stage1(cfg: Stage1Config, progress: bool = True, on_log: Any = None) -> 
     if os.environ.get("RANK", "0") == "0":  # one process withdraws the marker and saves the config
         begin_stage(cfg)
     t = _load_teacher(cfg)
-    blocks, valid = _blocks(cfg, t.tokenizer, world)
+    # the student (its config derived from the teacher's and validated) before the corpus is read, so a
+    # student the teacher's family cannot have fails in seconds, not after tokenisation or training
     student = build_student(t.model.config, cfg, t.vocab_map, arch=cfg.student_arch, init=cfg.init,
                             teacher=t.model, seed=cfg.seed).to(t.device)
+    blocks, valid = _blocks(cfg, t.tokenizer, world)
     cache = _teacher_cache(cfg, t, blocks, progress)
     trainer, summary = _train(cfg, t, student, blocks, cache, progress, on_log)
     if not trainer.accelerator.is_main_process:
@@ -325,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="glmd stage1", description="GLMD stage 1: distil the teacher's "
                                  "next-token distributions into the student (notebook 03 runs the same function).")
     ap.add_argument("--run-dir", default=None, help="run directory (default: $GLMD_RUN_DIR or runs/<profile>)")
-    ap.add_argument("--profile", default=None, choices=["smoke", "demo", "full"])
+    ap.add_argument("--profile", default=None, choices=PROFILES)
     ap.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                     help="a Stage1Config parameter (values parsed as YAML); repeatable")
     ap.add_argument("--no-progress", action="store_true", help="no tqdm bars")

@@ -88,21 +88,20 @@ def hidden_mode_problem(teacher: torch.nn.Module) -> str | None:
 
     They can when ``logits == head(base_model(x).last_hidden_state)`` for a plain ``nn.Linear`` head: the
     numerical check of :func:`glmd_lib.models.teacher.linear_head` (the test that also decides the live
-    ``TeacherRunner``'s kept-rows path). A soft-cap or scale is refused by name as well, because with a
-    tiny random model ``cap * tanh(z / cap)`` is within that check's tolerance of ``z``.
+    ``TeacherRunner``'s kept-rows path). A transform the config declares after the output layer (Gemma's
+    soft-cap, Cohere's logit scale, Granite's logits scaling: :mod:`glmd_lib.models.families`) is refused by
+    name first, because with a tiny random model ``cap * tanh(z / cap)`` is within that check's tolerance of ``z``.
     """
+    from glmd_lib.models.families import declared_logit_transform
     from glmd_lib.models.teacher import linear_head, model_kind
 
     cfg = teacher.config
     if model_kind(cfg) != "causal":
         return "only causal-LM teachers can be cached (masked LMs draw new masks every step)"
-    for name in ("final_logit_softcapping", "logit_softcapping"):
-        if getattr(cfg, name, None):
-            return (f"the teacher's logits are soft-capped ({name} = {getattr(cfg, name)}), not a plain linear "
-                    f"layer of the hidden state")
-    scale = getattr(cfg, "logit_scale", None)
-    if scale is not None and float(scale) != 1.0:
-        return f"the teacher's logits are scaled (logit_scale = {scale}), not a plain linear layer of the hidden state"
+    transform = declared_logit_transform(cfg)
+    if transform:
+        return (f"the teacher's config declares a transform after its output layer ({transform}), so its logits "
+                f"are not a plain linear layer of the hidden state")
     if linear_head(teacher) is None:
         return (f"the teacher ({type(teacher).__name__}) does not compute its logits as a plain linear output layer "
                 f"applied to base_model's last hidden state")

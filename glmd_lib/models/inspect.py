@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from glmd_lib.artifacts import STAGES, artifact, atomic_write_csv, atomic_write_json, mark_complete, save_figure
+from glmd_lib.artifacts import STAGES, artifact, atomic_write_csv, atomic_write_json, begin_stage, mark_complete, save_figure
 from glmd_lib.device import get_device
 from glmd_lib.models.teacher import count_parameters, load_teacher, model_kind
 
@@ -98,6 +98,7 @@ def run_overview(cfg) -> Overview:
     """Notebook 00's work (``cfg``: an :class:`~glmd_lib.config.stages.OverviewConfig`): load the teacher,
     describe it, tabulate and plot its next words for ``cfg.prompts``, time its forward pass; write the
     stage's artifacts and mark it complete."""
+    begin_stage(cfg)
     dev = get_device(cfg.device)
     model, tokenizer = load_teacher(cfg.teacher, device=dev)
     info = describe(model, tokenizer)
@@ -108,6 +109,5 @@ def run_overview(cfg) -> Overview:
     save_figure(result.figure, cfg.out_dir, "next_tokens")
     atomic_write_json(artifact(cfg.run_dir, "overview", "summary.json"),
                       {"teacher": cfg.teacher, **info, "device": result.device, "speed": speed})
-    cfg.save()
     mark_complete(cfg.out_dir, list(STAGES["overview"].files) + ["next_tokens.png"])
     return result

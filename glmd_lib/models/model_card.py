@@ -42,7 +42,7 @@ def read_dev_scores(run_dir: Path, student_dir: Path, task: str | None) -> dict[
     """The evaluation's (notebook 06) scores of this student: ``{task: {"value", "low", "high", "n"}}``.
 
     Only a stage-2 student of ``task`` is evaluated there (as ``student``; RTE's also on the diagnostics).
-    ``low``/``high`` are read when the results carry intervals (columns ``low``/``high``), else None.
+    ``low``/``high`` are read when the results carry intervals (columns ``ci_low``/``ci_high``), else None.
     """
     results = artifact(run_dir, "eval", "results.csv")
     if task is None or not results.exists():
@@ -54,7 +54,8 @@ def read_dev_scores(run_dir: Path, student_dir: Path, task: str | None) -> dict[
     with open(results, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             if row.get("model") == "student" and row.get("metric") == "score" and row.get("task") in answered:
-                num = {k: float(row[k]) if row.get(k) not in (None, "") else None for k in ("value", "low", "high")}
+                num = {k: float(row[c]) if row.get(c) not in (None, "") else None
+                       for k, c in (("value", "value"), ("low", "ci_low"), ("high", "ci_high"))}
                 out[row["task"]] = {**num, "n": int(float(row["n_examples"])) if row.get("n_examples") else None}
     return out
 

@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from glmd_lib.artifacts import STAGES, artifact, atomic_write_csv, is_complete, mark_complete, read_json, save_figure
+from glmd_lib.artifacts import artifact, atomic_write_csv, begin_stage, is_complete, mark_complete, read_json, save_figure, STAGES
 from glmd_lib.device import get_device
 from glmd_lib.models.student import load_student
 from glmd_lib.models.teacher import count_parameters, load_teacher, model_kind
@@ -38,9 +38,10 @@ from glmd_lib.tasks.comparisons import differences, write_predictions
 from glmd_lib.tasks.fidelity import FIDELITY_MODELS, fidelity_inputs, fidelity_table
 from glmd_lib.tasks.figures import confusion_figure, scores_figure
 from glmd_lib.tasks.intervals import N_BOOT, Interval, interval_cell, metric_intervals
-from glmd_lib.tasks.results import interval_table, score_table, write_results  # noqa: F401  (write_results: API)
+from glmd_lib.tasks.results import interval_table, score_table, write_results
 from glmd_lib.tasks.scoring import predict_clozes
 from glmd_lib.tasks.submission import write_submission
+from glmd_lib.models.export import EXPORT_FILE, load_exported
 
 COLUMNS = ["model", "task", "metric", "value", "ci_low", "ci_high", "n_examples", "n_split", "params", "pattern_id",
            "select_on"]
@@ -127,8 +128,12 @@ def discover_models(run_dir: str | Path, teacher: str, tasks: list[str], which: 
 
 
 def load_for_eval(path: str, device: torch.device | str | None = None):
-    """``(model, tokenizer, vocab_map)`` of a teacher name/folder, or of a student folder (``vocab_map.json``)."""
+    """``(model, tokenizer, vocab_map)`` of a teacher name/folder, a student folder (``vocab_map.json``) or an
+    exported student folder (``glmd export``: plain Hugging Face files, scored exactly as its student)."""
     folder = Path(path)
+    if folder.is_dir() and (folder / EXPORT_FILE).exists():  # a `glmd export` folder scores as its student
+        st = load_exported(folder, device=device)
+        return st.model.eval(), st.tokenizer, st.vocab_map
     if folder.is_dir() and (folder / "vocab_map.json").exists():
         st = load_student(folder, device=device)
         return st.model.eval(), st.tokenizer, st.vocab_map
@@ -329,7 +334,7 @@ def run_eval(cfg, log_fn=print) -> EvalRun:
     figures and (``write_test_predictions``) ``eval/submission/``; mark the stage complete."""
     say = log_fn or (lambda s: None)
     t0 = time.perf_counter()
-    cfg.save()
+    begin_stage(cfg)
     specs, notes = discover_models(cfg.run_dir, cfg.teacher, cfg.tasks, cfg.models, cfg.pattern_id)
     opts = dict(batch_size=cfg.batch_size, seed=cfg.seed, pattern_id=cfg.pattern_id, max_len=cfg.max_seq_len,
                 bf16=cfg.bf16, device=get_device(cfg.device), n_boot=cfg.bootstrap_samples)

@@ -46,17 +46,20 @@ def write_results(results: pd.DataFrame, run_dir: str | Path) -> tuple[Path, Pat
     return csv, summ
 
 
-def interval_table(results: pd.DataFrame, models: list[str]) -> pd.DataFrame:
-    """Task scores as text, ``value [low, high] n=N`` (``n=N of M`` where capped); rows tasks, columns ``models``
-    (those present, in that order)."""
-    rows = results[results.metric == "score"]
-    cells = {(r.task, r.model): interval_cell(r.value, *(getattr(r, k, None) for k in ("ci_low", "ci_high",
-                                                                                        "n_examples", "n_split")))
-             for r in rows.itertuples()}  # (an older results.csv has no intervals: the cell shows what there is)
-    tasks = list(dict.fromkeys(rows.task))
+def interval_table(results: pd.DataFrame, models: list[str], every_metric: bool = False) -> pd.DataFrame:
+    """Task scores as text, ``value [low, high] n=N`` (``n=N of M`` where capped); rows tasks (``every_metric``:
+    (task, metric), the score last), columns ``models`` (those present, in that order)."""
+    rows = results if every_metric else results[results.metric == "score"]
+    keys = ["task", "metric"] if every_metric else ["task"]
+    # (an older results.csv has no intervals: its cells show what there is)
+    cells = {(*(getattr(r, k) for k in keys), r.model): interval_cell(
+        r.value, *(getattr(r, k, None) for k in ("ci_low", "ci_high", "n_examples", "n_split")))
+        for r in rows.itertuples()}
+    index = list(dict.fromkeys(tuple(getattr(r, k) for k in keys) for r in rows.itertuples()))
     present = [m for m in dict.fromkeys(models) if m in set(rows.model)]
-    return pd.DataFrame([[cells.get((t, m), "") for m in present] for t in tasks],
-                        index=pd.Index(tasks, name="task"), columns=present)
+    return pd.DataFrame([[cells.get((*i, m), "") for m in present] for i in index],
+                        index=pd.MultiIndex.from_tuples(index, names=keys) if every_metric
+                        else pd.Index([i[0] for i in index], name="task"), columns=present)
 
 
 def difference_table(diffs: pd.DataFrame) -> pd.DataFrame:

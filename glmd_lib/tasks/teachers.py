@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import torch
 
-from glmd_lib.artifacts import STAGES, artifact, atomic_path, atomic_write_json, mark_complete
+from glmd_lib.artifacts import artifact, atomic_path, atomic_write_json, begin_stage, mark_complete, STAGES
 from glmd_lib.device import get_device, use_bf16
 from glmd_lib.models.teacher import count_parameters, load_teacher, model_kind
 from glmd_lib.superglue.data import Example, subsample
@@ -292,7 +292,7 @@ SUMMARY_KEYS = ("select_on", "source", "selection_score_before", "selection_scor
 def run_teachers(cfg, log_fn: Callable[[str], None] | None = print, progress: bool = True) -> dict[str, dict]:
     """Notebook 04: one task teacher per task of ``cfg``; writes ``teachers/<TASK>/{model,metrics.json}`` and
     ``teachers/summary.json``, marks the stage complete, returns ``{task: metrics}``."""
-    cfg.save()
+    begin_stage(cfg)
     results = {task: finetune_teacher(cfg, task, log_fn=log_fn, progress=progress) for task in cfg.tasks}
     atomic_write_json(artifact(cfg.run_dir, "teachers", "summary.json"),
                       {t: {k: m[k] for k in SUMMARY_KEYS} for t, m in results.items()})

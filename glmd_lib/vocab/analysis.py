@@ -19,13 +19,14 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from glmd_lib.artifacts import (STAGES, artifact, atomic_write_csv, atomic_write_json, mark_complete, mark_incomplete,
+from glmd_lib.artifacts import (begin_stage, STAGES, artifact, atomic_write_csv, atomic_write_json, mark_complete,
                                 save_figure)
 from glmd_lib.config.stages import FrequencyConfig, VocabConfig
 from glmd_lib.data.corpus import CorpusError, default_corpus, describe_source, iter_corpus_lines, superglue_texts
@@ -60,15 +61,6 @@ REFERENCE_TEACHERS = {
 # --------------------------------------------------------------------------------------------
 # stage bookkeeping
 # --------------------------------------------------------------------------------------------
-
-def _begin(cfg: FrequencyConfig | VocabConfig) -> None:
-    """A rerun is not complete until it finishes: withdraw the old marker, then record this config.
-
-    ``start()`` does both in a notebook already; repeated here so that a call from a script or a test is
-    just as safe."""
-    mark_incomplete(cfg.out_dir)
-    cfg.save()
-
 
 def _finish(cfg: FrequencyConfig | VocabConfig, figures: dict[str, Any]) -> None:
     """Save the figures beside the artifacts (the report collects them), then mark the stage complete."""
@@ -141,7 +133,7 @@ def count_task_texts(cfg: FrequencyConfig, tokenizer: Any) -> tuple[dict[str, np
 
 def run_frequency(cfg: FrequencyConfig) -> FrequencyResult:
     """Notebook 01's work: count, summarise, write ``counts.csv``, ``task_counts.csv``, ``summary.json``, figures."""
-    _begin(cfg)
+    begin_stage(cfg)
     tokenizer = load_tokenizer(cfg.teacher)
     source = cfg.corpus or default_corpus("train")  # not the folder: its valid.txt is notebook 02's held-out text
     t0 = time.perf_counter()
@@ -205,12 +197,12 @@ def embedding_shares(teacher: Any, name: str) -> pd.DataFrame:
     """:func:`embedding_share` of the teacher and of :data:`REFERENCE_TEACHERS` (built on the meta device)."""
     import transformers
 
-    rows = {f"{name} (this run)": embedding_share(teacher)}
+    rows = {f"{Path(name).name} (this run)": embedding_share(teacher)}  # a folder's or hub id's last part
     for ref, (cls_name, fields) in REFERENCE_TEACHERS.items():
         config = getattr(transformers, cls_name)(**fields)
         with torch.device("meta"):
             rows[ref] = embedding_share(model_class(config).from_config(config))
-    return pd.DataFrame(rows).T.rename_axis("teacher")
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("teacher")
 
 
 def _share(counts: np.ndarray, ids: np.ndarray) -> float:
@@ -330,7 +322,7 @@ def _build_map(cfg: VocabConfig, teacher: Any, tokenizer: Any, counts: np.ndarra
 
 def run_vocab(cfg: VocabConfig) -> VocabResult:
     """Notebook 02's work: build and save the map; write ``sizes.csv``, ``substitutes.csv``, ``summary.json``."""
-    _begin(cfg)
+    begin_stage(cfg)
     torch.manual_seed(cfg.seed)
     device = get_device(cfg.device)
     teacher, tokenizer = load_teacher(cfg.teacher, device=device)
@@ -354,7 +346,8 @@ def run_vocab(cfg: VocabConfig) -> VocabResult:
         "student_parameters_factorized_embedding": factorized, "factorized_embedding_size": width,
         "teacher_embedding_share": embedding_share(teacher),
         "teacher_kept_mass": mass_summary(mass["masses"]), "renormalize_vs_substitute_tv": mass["tv"],
-        "kept_mass_grid": grid_record(mass["grid"]), "teacher_argmax_kept": mass["argmax_kept"],
+        "kept_mass_grid": grid_record(mass["grid"]), "kept_mass_grid_positions": mass["grid_positions"],
+        "teacher_argmax_kept": mass["argmax_kept"],
         "heldout": heldout, "heldout_lines": len(lines), "heldout_positions": mass["positions"]}
     atomic_write_json(artifact(cfg.run_dir, "vocab", "summary.json"), summary)
     result = VocabResult(vmap, summary, sizes, substitutes, mass["masses"], mass["grid"],

@@ -28,6 +28,9 @@ GRID_KEEP_RATES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 GRID_TEMPERATURES = (1.0, 2.0, 3.0, 5.0, 10.0, 15.0, 20.0, 30.0)
 STATIC_TEMPERATURES = ("T=1", "T=5", "T=15", "T=30")  # the explorer's table where no widget can be shown
 CHUNK_ELEMENTS = 1 << 24  # positions x vocabulary per step of the grid: 64 MB of float32
+# the grid's mean is taken over at most this many held-out positions, spread evenly: one exp pass per position,
+# id and temperature is the costly part (1,024 x 49k x 8 takes seconds on a laptop's CPU, a 262k vocabulary 5x more)
+GRID_POSITIONS = 1024
 
 
 def keep_order(counts: np.ndarray, protected: Sequence[int]) -> np.ndarray:
@@ -51,43 +54,70 @@ def grid_sizes(vocab_size: int, num_protected: int, multiple_of: int, extra: Seq
 def mass_grid_sums(logits: torch.Tensor, order: torch.Tensor, sizes: Sequence[int],
                    temperatures: Sequence[float] = GRID_TEMPERATURES) -> torch.Tensor:
     """``[len(temperatures), len(sizes)]`` float64: the teacher's probability mass on the first ``sizes[j]`` ids
-    of ``order``, summed over the positions of ``logits`` (``[N, V']``, ``V'`` >= the ids ordered).
+    of ``order`` (a permutation of the ``V`` token ids), summed over the positions of ``logits`` (``[N, V']``;
+    columns from ``V`` on, a padded output layer's, count in the softmax only).
 
-    One sort by ``order`` and one cumulative sum per temperature give every size at once; positions go in
-    chunks so that a 262k vocabulary needs no more than :data:`CHUNK_ELEMENTS` floats per step.
+    The logits are put in ``order`` once; per temperature one ``exp`` pass gives every size, as sums over the
+    slices between consecutive sizes. Positions go in chunks of at most :data:`CHUNK_ELEMENTS` floats (a 262k
+    vocabulary needs no more memory than a small one).
     """
-    cols = torch.as_tensor(list(sizes), dtype=torch.long, device=logits.device) - 1
+    bounds = [0, *sizes]
     order = torch.as_tensor(order, dtype=torch.long).to(logits.device)
-    out = torch.zeros(len(temperatures), len(cols), dtype=torch.float64)
+    out = torch.zeros(len(temperatures), len(sizes), dtype=torch.float64)
     step = max(1, CHUNK_ELEMENTS // logits.shape[-1])
     for start in range(0, logits.shape[0], step):
         x = logits[start:start + step].float()
-        ranked = x.index_select(-1, order)
+        top = x.max(-1, keepdim=True).values
+        ranked, rest = x.index_select(-1, order) - top, x[:, len(order):] - top
         for i, t in enumerate(temperatures):
-            cum = torch.exp(ranked / t - torch.logsumexp(x / t, -1, keepdim=True)).cumsum(-1)
-            out[i] += cum.index_select(-1, cols).sum(0).double().cpu()
+            e = (ranked / t).exp_()
+            total = e.sum(-1) + (rest / t).exp_().sum(-1)
+            parts = torch.stack([e[:, a:b].sum(-1) for a, b in zip(bounds, bounds[1:])], -1)
+            out[i] += (parts.cumsum(-1) / total[:, None]).sum(0).double().cpu()
     return out
+
+
+class _GridSums:
+    """Running :func:`mass_grid_sums` of :func:`teacher_mass` over every ``stride``-th held-out position, so that
+    at most :data:`GRID_POSITIONS` are used, spread evenly over the text (no grid without ``counts``)."""
+
+    def __init__(self, vmap: VocabMap, counts: np.ndarray | None, positions: int) -> None:
+        self.sizes = [] if counts is None else grid_sizes(vmap.vocab_size, len(vmap.protected_ids),
+                                                          vmap.meta.get("multiple_of", 64), [vmap.num_kept])
+        self.order = torch.from_numpy(keep_order(counts, vmap.protected_ids)) if self.sizes else None
+        self.stride, self.seen, self.used, self.vocab_size = max(1, -(-positions // GRID_POSITIONS)), 0, 0, vmap.vocab_size
+        self.sums = torch.zeros(len(GRID_TEMPERATURES), len(self.sizes), dtype=torch.float64)
+
+    def add(self, logits: torch.Tensor) -> None:
+        """``logits``: ``[n, V']`` at the next ``n`` real positions."""
+        pick = (self.seen + torch.arange(len(logits), device=logits.device)) % self.stride == 0
+        self.seen += len(logits)
+        if self.sizes and bool(pick.any()):
+            self.sums += mass_grid_sums(logits[pick], self.order, self.sizes)
+            self.used += int(pick.sum())
+
+    def frame(self) -> pd.DataFrame:
+        return grid_frame(self.sizes, (self.sums / max(self.used, 1)).tolist(), self.vocab_size)
 
 
 @torch.no_grad()
 def teacher_mass(teacher: Any, tokenizer: Any, vmap: VocabMap, lines: list[str], device: torch.device,
-                 counts: np.ndarray | None = None, batch_size: int = 8) -> dict[str, Any]:
+                 counts: np.ndarray | None = None, batch_size: int = 8, max_length: int = 128) -> dict[str, Any]:
     """The teacher's next-token probability on kept tokens, per real (non-padding) position of ``lines``.
 
     Returns the masses per temperature, the share of positions whose argmax is kept, the mean total
     variation distance between the two treatments of the pruned mass (renormalize vs. substitute, T = 1)
-    and, given the corpus ``counts``, the mean mass over the grid (``"grid"``: :func:`grid_frame`).
+    and, given the corpus ``counts``, the mean mass over the grid (``"grid"``: :func:`grid_frame`) on
+    ``"grid_positions"`` of the positions.
     """
-    sizes = [] if counts is None else grid_sizes(vmap.vocab_size, len(vmap.protected_ids),
-                                                 vmap.meta.get("multiple_of", 64), [vmap.num_kept])
-    order = torch.from_numpy(keep_order(counts, vmap.protected_ids)) if sizes else None
-    grid = torch.zeros(len(GRID_TEMPERATURES), len(sizes), dtype=torch.float64)
     lines = sorted(lines, key=len)  # similar lengths per batch: little padding
+    lengths = [min(len(ids), max_length) for ids in tokenizer(lines, add_special_tokens=False)["input_ids"]]
+    grid = _GridSums(vmap, counts, sum(lengths))
     masses: dict[float, list[torch.Tensor]] = {t: [] for t in MASS_TEMPERATURES}
     argmax_kept, tv = [], []
     for start in range(0, len(lines), batch_size):
-        enc = tokenizer(lines[start:start + batch_size], add_special_tokens=False, truncation=True, max_length=128,
-                        padding=True, return_tensors="pt").to(device)
+        enc = tokenizer(lines[start:start + batch_size], add_special_tokens=False, truncation=True,
+                        max_length=max_length, padding=True, return_tensors="pt").to(device)
         logits = teacher(**enc).logits.float()
         real = enc["attention_mask"].bool()  # padding comes from the mask (pad id == eos id for SmolLM2)
         for t in MASS_TEMPERATURES:
@@ -95,12 +125,11 @@ def teacher_mass(teacher: Any, tokenizer: Any, vmap: VocabMap, lines: list[str],
         argmax_kept.append(vmap.is_kept(logits.argmax(-1))[real].cpu())
         diff = vmap.restrict_probs(logits, pruned_mass="renormalize") - vmap.restrict_probs(logits, pruned_mass="substitute")
         tv.append((0.5 * diff.abs().sum(-1))[real].cpu())
-        if sizes:
-            grid += mass_grid_sums(logits[real], order, sizes)
+        grid.add(logits[real])
     kept = torch.cat(argmax_kept)
     return {"masses": {t: torch.cat(m).numpy() for t, m in masses.items()}, "positions": int(kept.numel()),
             "argmax_kept": float(kept.float().mean()), "tv": float(torch.cat(tv).mean()),
-            "grid": grid_frame(sizes, (grid / max(int(kept.numel()), 1)).tolist(), vmap.vocab_size)}
+            "grid": grid.frame(), "grid_positions": grid.used}
 
 
 def mass_summary(masses: dict[float, np.ndarray]) -> dict[str, dict[str, float]]:

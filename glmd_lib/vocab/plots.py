@@ -159,7 +159,7 @@ def kept_mass_grid(res: Any) -> Figure:
     ax.axvline(res.vocab_map.num_kept / res.vocab_map.vocab_size, ls="--", color="gray", lw=1)
     ax.set(xscale="log", ylim=(0, 1.01), xlabel="kept share of the vocabulary",
            ylabel="teacher mass on kept tokens (mean)", title="kept mass against keep rate and temperature")
-    ax.legend(fontsize="small", ncol=2, loc="lower right")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: curves fill them
     return fig
 
 
@@ -189,7 +189,8 @@ def mass_explorer(grid: Any, kept: int | None = None, temperature: str = "T=15")
                     "text/html": static.to_html(float_format="{:.4f}".format)}
 
     def table(size: int, temp: str) -> str:
-        return pd.Series(mass_point(grid, size, temp)).to_frame("value").to_html(float_format="{:.4f}".format)
+        point = {k: f"{v:,}" if isinstance(v, int) else f"{v:.4f}" for k, v in mass_point(grid, size, temp).items()}
+        return pd.Series(point).to_frame("value").to_html()
 
     sizes = [int(k) for k in grid.index]
     size = widgets.SelectionSlider(options=[(f"{k:,} ({grid.loc[k, 'share of vocabulary']:.1%})", k) for k in sizes],

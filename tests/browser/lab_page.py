@@ -116,14 +116,15 @@ class LabPage:
 
     def file_browser(self, folder: str = "") -> list[str]:
         """Open the file browser on ``folder`` (relative to the server root): the names it lists."""
-        self.driver.get(f"{self.base_url}/lab/tree/{folder}?token={self.token}&reset")
+        url = f"/lab/tree/{folder}" if folder else "/lab"  # /lab/tree/ alone is "Path Not Found"
+        self.driver.get(f"{self.base_url}{url}?token={self.token}&reset")
         self.current = None
-        crumbs = "/ " + " / ".join(p for p in folder.split("/") if p)
+        crumbs = "/" + "/".join(p for p in folder.split("/") if p)  # the breadcrumbs' text, spaces removed
 
         def listed():
             names = self.driver.execute_script(
                 "const b = document.querySelector('.jp-BreadCrumbs');"
-                "return b && b.textContent.replace(/\\s+/g, ' ').trim().startsWith(arguments[0].trim()) "
+                "return b && b.textContent.replace(/\\s+/g, '').startsWith(arguments[0]) "
                 "&& [...document.querySelectorAll('.jp-DirListing-item .jp-DirListing-itemText')]"
                 ".map(e => e.textContent.trim())", crumbs)
             return names or None
@@ -188,14 +189,23 @@ class LabPage:
         """The DOM node of the open document's content (notebook or rendered markdown)."""
         return self.driver.execute_script(f"return {CURRENT} && {CURRENT}.content.node")
 
-    def images(self, timeout: float = 30) -> list[dict]:
-        """Every ``<img>`` in the open document once all have finished loading (or failing):
-        ``src`` as written, the URL the browser fetched, ``width`` = naturalWidth (0: broken)."""
-        def settled():
-            imgs = self.driver.execute_script(IMAGES_JS, self.panel())
-            return imgs if all(i["complete"] and i["resolved"] for i in imgs) else None
+    def images(self, at_least: int = 0, timeout: float = 20) -> list[dict]:
+        """Every ``<img>`` in the open document: ``src`` as written, ``resolved`` (the URL the browser
+        fetched), ``width`` (naturalWidth; 0: broken). Returns as soon as at least ``at_least`` images are
+        there and all have loaded; else, after ``timeout`` s, what is there then (broken ones included: the
+        markdown renderer rewrites relative links after inserting them, so a broken state may be passing)."""
+        last: list[dict] = []
 
-        return wait_for(f"the images of {self.current} to load", settled, timeout)
+        def loaded():
+            nonlocal last
+            last = self.driver.execute_script(IMAGES_JS, self.panel())
+            return len(last) >= at_least and all(i["complete"] and i["width"] > 0 for i in last)
+
+        try:
+            wait_for(f"the images of {self.current}", loaded, timeout)
+        except LabTimeout:
+            pass
+        return last
 
     def slider_table(self) -> tuple[Any, Any, Any]:
         """The first slider widget's handle, its read-out and the HTML widget beside it (its table)."""

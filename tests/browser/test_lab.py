@@ -61,7 +61,7 @@ def check_slider(lab, run):
 
 def check_report_images(lab, run):
     """Every <img> in the notebook (the rendered report among them) has loaded: naturalWidth > 0."""
-    _assert_images_load(lab.images(), "notebook 07")
+    _assert_images_load(lab.images(at_least=1), "notebook 07")
 
 
 def _assert_images_load(images, where):
@@ -92,6 +92,6 @@ def test_report_markdown_images_load(notebooks, lab, run_dir):
     report = run_dir / "report" / "report.md"
     assert report.exists(), f"no {report}: notebook 07 did not write it"
     lab.open(str(report.relative_to(ROOT)))
-    images = lab.images()
+    images = lab.images(at_least=1)
     lab.screenshot("report_md_top")
     _assert_images_load(images, str(report.relative_to(ROOT)))
