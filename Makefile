@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.glmd-installed
 RUN_DIR ?= runs/demo
 SMOKE_DIR ?= runs/ci-smoke
 
-.PHONY: install demo smoke test unit notebooks-test clean-notebooks bench lab browser-setup browser-test
+.PHONY: install demo smoke test unit notebooks-test families-smoke clean-notebooks bench lab browser-setup browser-test
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,7 +35,14 @@ notebooks-test: $(STAMP)
 	$(BIN)/glmd run --profile smoke --run-dir $(SMOKE_DIR) --cell-timeout 600
 	$(BIN)/pytest -q -p no:cacheprovider --nbval-lax --nbval-cell-timeout=600 $(SMOKE_DIR)/notebooks
 
-test: unit notebooks-test
+# the whole smoke pipeline with a teacher of another family (a tiny random Gemma-3: five sliding-window layers to
+# one full, its own head_dim), so per-layer student configs run end to end through notebooks 00-07
+GEMMA_DIR ?= runs/ci-gemma3
+families-smoke: $(STAMP)
+	rm -rf $(GEMMA_DIR)
+	$(BIN)/glmd run --profile smoke --run-dir $(GEMMA_DIR) -p teacher=tiny-random-gemma3 --cell-timeout 600
+
+test: unit notebooks-test families-smoke
 
 clean-notebooks: $(STAMP)
 	$(BIN)/python tools/clean_notebooks.py

@@ -4,6 +4,7 @@
                                 -p seeds=[0,1,2]: notebooks 03-06 once per seed in <run_dir>/seed-<k>/
   glmd params [NOTEBOOK]        every notebook's parameters as -p names them, with help text and profile values
   glmd stage1 --run-dir D [--profile P] [-p key=value ...]   stage 1 alone (``accelerate launch`` can start it)
+  glmd export STUDENT_DIR OUT_DIR   a saved student as a plain Hugging Face folder (AutoTokenizer, pipeline)
 
 Every error is one line on stderr (exit code 2): a wrong parameter or parameter file, a run directory that
 cannot be used or that another ``glmd run`` / ``glmd stage1`` holds. Ctrl-C prints where the run stopped and
@@ -117,6 +118,19 @@ def _stage1(rest: list[str]) -> int:
         return 130
 
 
+def _export(args: argparse.Namespace) -> int:
+    from glmd_lib.models.export import ExportError, export_student
+    from glmd_lib.models.student import StudentError
+
+    try:
+        out = export_student(args.student_dir, args.out_dir)
+    except (ExportError, StudentError, FileNotFoundError) as e:
+        print(f"glmd export: error: {e}", file=sys.stderr)
+        return 2
+    print(f"glmd export: wrote {out} (AutoTokenizer / AutoModelForCausalLM / pipeline load it; see its README.md)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="glmd", description="GLMD Workbench")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     p_par = sub.add_parser("params", help="list the notebooks' parameters")
     p_par.add_argument("notebook", nargs="?", default=None)
     p_par.set_defaults(func=_params)
+
+    p_ex = sub.add_parser("export", help="write a saved student as a plain Hugging Face model folder")
+    p_ex.add_argument("student_dir", help="a student folder, e.g. <run_dir>/stage2/RTE/student")
+    p_ex.add_argument("out_dir", help="the folder to write (replaced atomically)")
+    p_ex.set_defaults(func=_export)
 
     p_s1 = sub.add_parser("stage1", help="stage 1 distillation without the notebook", add_help=False)
     p_s1.set_defaults(func=None)

@@ -158,8 +158,9 @@ def _kv_table(d: dict[str, Any], keys: list[str]) -> pd.DataFrame:
     return pd.DataFrame({"value": pd.Series([d[k] for k in keys], index=pd.Index(keys, name=""), dtype=object)})
 
 
-STAGE2_COLUMNS = ["dev_score_stage1", "dev_score_2a", "dev_score_2b", "teacher_dev_score", "majority_dev_score",
-                  "train_inputs", "steps_2a", "steps_2b", "select_on", "select_by_dev"]
+STAGE2_COLUMNS = ["select_on", "selection_examples", "selection_score_stage1", "selection_score_2a",
+                  "selection_score_2b", "teacher_selection_score", "majority_selection_score", "train_inputs",
+                  "steps_2a", "steps_2b", "select_by_dev"]  # select_by_dev: runs from before select_on
 
 
 def _md_cell(v: Any, floatfmt: str) -> str:

@@ -273,7 +273,7 @@ def test_model_card(exported, half_map, tmp_path, smol_tokenizer):
          "valid_teacher_ppl": 30.0, "valid_tokens": 4096}))
     (run / "eval").mkdir()
     (run / "eval" / "results.csv").write_text(
-        "model,task,metric,value,params,n_examples,low,high\n"
+        "model,task,metric,value,params,n_examples,ci_low,ci_high\n"
         "student,RTE,score,0.61,5,277,0.55,0.67\nstudent,AX-g,score,0.5,5,356,,\n"
         "teacher,RTE,score,0.7,9,277,0.6,0.8\nstudent,CB,score,0.4,5,56,0.3,0.5\n")
     save_student(_student(half_map), run / "stage2" / "RTE" / "student", smol_tokenizer, half_map,
@@ -305,3 +305,16 @@ def test_evaluation_of_the_exported_folder_equals_the_student(exported, tmp_path
         assert results[0]["score"] == results[1]["score"]
         for a, b in zip(results[0]["scores"], results[1]["scores"]):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_glmd_export_command(exported, tmp_path):
+    student_dir, _ = exported
+    glmd = Path(sys.executable).parent / "glmd"
+    ok = subprocess.run([str(glmd), "export", str(student_dir), str(tmp_path / "cli-out")], capture_output=True,
+                        text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "cli-out" / EXPORT_FILE).exists() and (tmp_path / "cli-out" / "README.md").exists()
+    bad = subprocess.run([str(glmd), "export", str(tmp_path / "nothing"), str(tmp_path / "x")], capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.startswith("glmd export: error:") and len(bad.stderr.splitlines()) == 1
+    assert not (tmp_path / "x").exists()

@@ -85,7 +85,7 @@ def test_report_written(run_dir):
     (run_dir / "teachers" / "CB").mkdir(parents=True)
     (run_dir / "teachers" / "CB" / "metrics.json").write_text(json.dumps({"dev_score": 0.8}))
     (run_dir / "stage2" / "CB").mkdir(parents=True)
-    (run_dir / "stage2" / "CB" / "metrics.json").write_text(json.dumps({"dev_score_2b": 0.61, "steps_2a": 3}))
+    (run_dir / "stage2" / "CB" / "metrics.json").write_text(json.dumps({"selection_score_2b": 0.61, "steps_2a": 3}))
     (run_dir / "stage2" / "CB" / "history.png").write_bytes(b"png")
     report = write_report(run_dir, title="T")
     assert report.path == artifact(run_dir, "report", "report.md")

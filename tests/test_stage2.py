@@ -71,14 +71,14 @@ def run_dir(tmp_path_factory, smol_tokenizer):
 
 
 def _write_data(root: Path, labels: str) -> Path:
-    """Tiny CB/COPA files; ``labels``: real, shuffled (train and dev) or removed (train)."""
+    """Tiny CB/COPA files; ``labels``: real, shuffled (train and dev), shuffled_dev (dev only) or removed (train)."""
     write_toy_dataset(root, n=10, tasks=tuple(TASKS))
     rng = random.Random(1)
     for t in TASKS:
         for split in ("train", "val"):
             path = task_path(t, split, root)
             recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            if labels == "shuffled":
+            if labels == "shuffled" or (labels == "shuffled_dev" and split == "val"):
                 golds = [r["label"] for r in recs]
                 perm = golds[:]
                 while perm == golds:
@@ -94,7 +94,7 @@ def _write_data(root: Path, labels: str) -> Path:
 
 def _cfg(run_dir, data_dir, **kw):
     params = dict(run_dir=str(run_dir), superglue_dir=str(data_dir), tasks=TASKS, steps_2a=2, steps_2b=3,
-                  batch_size=4, eval_every=1, select_by_dev=False, add_unlabeled=True, max_train_examples=100,
+                  batch_size=4, eval_every=1, select_on="last", add_unlabeled=True, max_train_examples=100,
                   max_eval_examples=100, device="cpu", resume=False, lr=1e-2, warmup_steps=0)
     params.update(kw)
     return Stage2Config.resolve("smoke", **params)
@@ -109,7 +109,7 @@ def _same(a, b) -> bool:
 
 
 def _run(run_dir, data_dir, **kw):
-    kw = {"eval_every": 0, "max_eval_examples": 4, **kw}  # weights do not depend on dev evaluations here
+    kw = {"eval_every": 0, "max_eval_examples": 4, **kw}
     cfg = _cfg(run_dir, data_dir, **kw)
     stage2.run_stage2(cfg, progress=False, log_fn=None)
     return _weights(run_dir, cfg.tasks)
@@ -127,6 +127,28 @@ def test_labels_shuffled_or_removed_give_bitwise_the_same_student(run_dir, tmp_p
     removed = _run(run_dir, _write_data(tmp_path / "removed", "removed"))
     assert _same(real, shuffled), "shuffling the train/dev labels changed the student's weights"
     assert _same(real, removed), "removing the train labels changed the student's weights"
+
+
+def test_train_holdout_selection_never_reads_dev_labels(run_dir, tmp_path):
+    """With select_on='train_holdout' (the default) dev labels cannot influence the weights: shuffling them gives
+    bitwise the same student; the holdout is removed from the inputs that train and recorded in metrics.json."""
+    kw = {"select_on": "train_holdout", "eval_every": 1, "add_unlabeled": False, "selection_fraction": 0.2}
+    real = _run(run_dir, _write_data(tmp_path / "real", "real"), **kw)
+    m = json.loads((run_dir / "stage2" / "CB" / "metrics.json").read_text())
+    assert m["select_on"] == "train_holdout" and m["pattern_id"] == 0
+    assert m["selection_examples"] == 2 and m["train_inputs"] == 8  # 10 train examples: 2 held out, 8 train
+    assert m["selection_score_2b"] is not None and m["teacher_selection_score"] is not None
+    assert "dev_score_2b" not in m and "dev_examples" not in m  # stage 2 scored no dev example
+    shuffled_dev = _run(run_dir, _write_data(tmp_path / "shuffled_dev", "shuffled_dev"), **kw)
+    assert _same(real, shuffled_dev), "shuffling the dev labels changed the student's weights"
+    # the same seed and share hold out the same examples as notebook 04's task teachers
+    from glmd_lib.tasks.selection import selection_split
+
+    data = tmp_path / "real"
+    _, sel = task_inputs.split_inputs(_cfg(run_dir, data, **kw), "CB", data)
+    assert [ex.idx for ex in sel] == [ex.idx for ex in selection_split("CB", "train_holdout", data, 0.2, 500).selection]
+    with pytest.raises(task_inputs.Stage2Error, match="select_on='last'"):
+        task_inputs.split_inputs(_cfg(run_dir, data, **kw), "CB", _write_data(tmp_path / "removed", "removed"))
 
 
 def test_a_label_aware_loss_would_be_caught(run_dir, tmp_path, monkeypatch):
@@ -165,7 +187,7 @@ def test_read_inputs_drops_labels_and_accepts_files_without_them(tmp_path):
 
 def test_artifacts_metrics_history_and_resume(run_dir, tmp_path):
     data = _write_data(tmp_path / "data", "real")
-    cfg = _cfg(run_dir, data, select_by_dev=True, add_unlabeled=False, resume=True, max_eval_examples=6)
+    cfg = _cfg(run_dir, data, select_on="dev", add_unlabeled=False, resume=True, max_eval_examples=6)
     results = stage2.run_stage2(cfg, progress=False, log_fn=None)
     out = run_dir / "stage2"
     assert is_complete(out) and (out / "summary.json").exists() and (out / "config.json").exists()
@@ -181,15 +203,15 @@ def test_artifacts_metrics_history_and_resume(run_dir, tmp_path):
             assert m[k] is not None, k
         assert m["student_params"] < m["teacher_params"]
         assert m["train_inputs"] == 10 and m["unlabeled_inputs"] == 0 and m["dev_examples"] == 6
-        assert m["teacher_dev_source"] == "measured in stage 2"  # the fixture's teachers have no dev score
+        assert m["select_on"] == "dev" and m["selection_examples"] == 6
         h = pd.read_csv(d / "history.csv")
         assert list(h.groupby("pass").size().items()) == [("2a", 2), ("2b", 3)]
-        assert {"loss", "kl", "teacher_agreement", "dev_score"} <= set(h.columns)
-        # select_by_dev: the kept checkpoint of each pass is its best dev evaluation (first one on ties)
+        assert {"loss", "kl", "teacher_agreement", "selection_score"} <= set(h.columns)
+        # select_on='dev': the kept checkpoint of each pass is its best dev evaluation (first one on ties)
         for p in ("2a", "2b"):
-            evals = h[h["pass"] == p].dropna(subset=["dev_score"])
-            assert m[f"dev_score_{p}"] == evals["dev_score"].max()
-            assert m[f"step_{p}"] == int(evals.loc[evals["dev_score"].idxmax(), "step"])
+            evals = h[h["pass"] == p].dropna(subset=["selection_score"])
+            assert m[f"dev_score_{p}"] == m[f"selection_score_{p}"] == evals["selection_score"].max()
+            assert m[f"step_{p}"] == int(evals.loc[evals["selection_score"].idxmax(), "step"])
         # the saved student scores what metrics.json says
         from glmd_lib.tasks.evaluate import evaluate_clozes
         from glmd_lib.superglue.data import read_split, subsample
@@ -205,7 +227,7 @@ def test_artifacts_metrics_history_and_resume(run_dir, tmp_path):
     assert before == {t: (out / t / "metrics.json").stat().st_mtime_ns for t in TASKS}
     # other settings: redone
     messages.clear()
-    stage2.run_stage2(_cfg(run_dir, data, select_by_dev=True, add_unlabeled=False, resume=True, max_eval_examples=6,
+    stage2.run_stage2(_cfg(run_dir, data, select_on="dev", add_unlabeled=False, resume=True, max_eval_examples=6,
                            steps_2b=2),
                       progress=False, log_fn=messages.append)
     assert not any("skipped" in s for s in messages)

@@ -265,10 +265,11 @@ class Stage2Config(TaskList, StageConfig):
     stage = "stage2"
     notebook = "05_stage2_distillation"
     profiles = {
+        # max_selection_examples as the task teachers' (a shared key): both hold out the same train examples
         "smoke": {"steps_2a": 2, "steps_2b": 2, "batch_size": 4, "max_train_examples": 8,
-                  "max_eval_examples": 16, "eval_every": 0, "warmup_steps": 0},
+                  "max_eval_examples": 16, "eval_every": 0, "warmup_steps": 0, "max_selection_examples": 16},
         "demo": {"steps_2a": 30, "steps_2b": 30, "batch_size": 8, "lr": 5e-4, "max_train_examples": 200,
-                 "max_eval_examples": 120, "eval_every": 10, "teacher_bf16": True},
+                 "max_eval_examples": 120, "eval_every": 10, "teacher_bf16": True, "max_selection_examples": 120},
         "gpu": {"tasks": ALL_TASKS, "steps_2a": 5000, "steps_2b": 5000, "batch_size": 32, "lr": 1e-4,
                 "warmup_steps": 200, "eval_every": 500},
         # lr 1e-5 with 10% warm-up; per-task epochs, linear decay and weight decay 0.1 are not settings yet (README)
@@ -298,7 +299,8 @@ class Stage2Config(TaskList, StageConfig):
     add_unlabeled: bool = param(False, "also distil on the test split's (unlabeled) inputs")
     max_train_examples: int | None = param(None, "cap on train inputs per task (None: all)", ge=1)
     max_unlabeled_examples: int | None = param(None, "cap on added test-split inputs per task (None: all)", ge=1)
-    max_eval_examples: int | None = param(None, "cap on dev examples per task when select_on='dev' (None: all)", ge=1)
+    max_eval_examples: int | None = param(None, "cap on dev examples per task when select_on='dev' (None: all)",
+                                          ge=1)
     max_seq_len: int | None = param(None, "inputs longer than this are truncated from the passage side "
                                           "(None: as for the task teacher)", ge=1)
     teacher_bf16: bool | None = param(None, "run the frozen teacher under bf16 autocast (None: on CUDA only; "

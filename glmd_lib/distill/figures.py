@@ -14,9 +14,12 @@ from typing import Any, Mapping
 import pandas as pd
 from matplotlib.figure import Figure
 
-STAGE2_BARS = {"majority_dev_score": ("majority", "#cccccc"), "dev_score_stage1": ("stage-1 student", "#999999"),
-               "dev_score_2a": ("after 2a", "#8fb8de"), "dev_score_2b": ("after 2b", "#3b75af"),
-               "teacher_dev_score": ("task teacher", "#d62728")}
+# scores on the split that chose the checkpoints (select_on: a holdout carved from train by default, dev only
+# when asked); dev itself is scored once per final model in notebook 06
+STAGE2_BARS = {"majority_selection_score": ("majority", "#cccccc"),
+               "selection_score_stage1": ("stage-1 student", "#999999"),
+               "selection_score_2a": ("after 2a", "#8fb8de"), "selection_score_2b": ("after 2b", "#3b75af"),
+               "teacher_selection_score": ("task teacher", "#d62728")}
 
 
 def stage1_curves(history: pd.DataFrame) -> Figure:
@@ -34,16 +37,16 @@ def stage1_curves(history: pd.DataFrame) -> Figure:
 
 
 def stage2_scores(table: pd.DataFrame, histories: Mapping[str, pd.DataFrame]) -> Figure:
-    """Dev scores per task (majority, stage-1 student, after 2a/2b, task teacher) and each task's training loss
+    """Selection-split scores per task (majority, stage-1 student, after 2a/2b, task teacher) and each task's training loss
     relative to each pass's first step (2a, then 2b, on one axis)."""
     fig = Figure(figsize=(12, 3.8), layout="tight")
     bars, curves = fig.subplots(1, 2)
-    cols = [c for c in STAGE2_BARS if c in table]
+    cols = [c for c in STAGE2_BARS if c in table and table[c].notna().any()]
     table[cols].astype(float).rename(columns={c: STAGE2_BARS[c][0] for c in cols}).plot.bar(
         ax=bars, rot=0, color=[STAGE2_BARS[c][1] for c in cols])
     bars.set_ylim(0, 1)
     bars.set_xlabel("")
-    bars.set_title("dev score")
+    bars.set_title("score on the selection split (select_on)")
     bars.legend(fontsize=8, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     for task, h in histories.items():
         offset = h.loc[h["pass"] == "2a", "step"].max()

@@ -16,11 +16,14 @@
 4. **pass 2b**, task-level soft targets, from 2a's selected checkpoint: soft cross-entropy at T = 1 between
    the teacher's and the student's task scores (softmax over the verbalizer logits, or over the candidates'
    summed log-probabilities; :func:`glmd_lib.tasks.scoring.task_scores`);
-5. after each pass the dev score picks the checkpoint (``select_by_dev=True``, as the paper: dev labels
-   choose *which* of the student's own checkpoints to keep) or the last one is kept (``select_by_dev=False``:
-   then no label of any split influences the weights; ``tests/test_stage2.py`` proves it bitwise);
+5. after each pass the score on the **selection split** picks the checkpoint (selection is not evaluation,
+   :mod:`glmd_lib.tasks.selection`): with ``select_on='train_holdout'`` (default) a seeded holdout of the
+   train split, removed from the inputs that train, so dev labels never influence the weights; with
+   ``'dev'`` the dev split, the paper's practice (its dev scores are then optimistic); with ``'last'`` the
+   last checkpoint is kept and no label of any split influences the weights (``tests/test_stage2.py`` proves
+   both bitwise). Dev itself is scored once per final model, in notebook 06;
 6. save ``student/`` (loadable with :func:`glmd_lib.models.student.load_student`), ``history.csv`` (both passes,
-   with the dev evaluations) and ``metrics.json``, and mark ``<run_dir>/stage2/<TASK>/`` complete;
+   with the selection evaluations) and ``metrics.json``, and mark ``<run_dir>/stage2/<TASK>/`` complete;
 7. after the last task: ``summary.json`` (one row per task), ``stage2_scores.png``, and ``stage2/`` complete.
 
 Both passes run on the resumable :class:`glmd_lib.trainer.Trainer` (AdamW, warm-up + cosine, clipping,
@@ -46,8 +49,8 @@ from glmd_lib.device import get_device, set_threads, use_bf16
 from glmd_lib.distill.figures import stage2_scores
 from glmd_lib.distill.losses import soft_cross_entropy
 from glmd_lib.distill.distiller import Distiller
-from glmd_lib.distill.task_inputs import Stage2Error, TaskInputs, cloze_settings, majority_dev_score, task_inputs, \
-    teacher_dir, teacher_settings
+from glmd_lib.distill.task_inputs import Stage2Error, TaskInputs, cloze_settings, majority_score, task_inputs, \
+    teacher_dir
 from glmd_lib.distill.teacher import TeacherRunner, TeacherScores
 from glmd_lib.models.student import Student, load_student, save_student
 from glmd_lib.models.teacher import count_parameters, load_teacher, model_kind
@@ -160,9 +163,9 @@ class _Job:
         return max(self.cfg.batch_size, 16)
 
     def evaluate(self, model: nn.Module) -> dict[str, Any]:
-        """Dev metrics of the student ``model`` (its rows: the student's vocabulary map)."""
-        return evaluate_clozes(model, self.task, self.data.dev, self.data.dev_examples, self.eval_batch_size,
-                               vocab_map=self.student.vocab_map)
+        """Selection-split metrics of the student ``model`` (its rows: the student's vocabulary map)."""
+        return evaluate_clozes(model, self.task, self.data.selection, self.data.selection_examples,
+                               self.eval_batch_size, vocab_map=self.student.vocab_map)
 
 
 def _prepare(cfg: Stage2Config, task: str) -> _Job:
@@ -185,60 +188,72 @@ def _prepare(cfg: Stage2Config, task: str) -> _Job:
 def _run_pass(job: _Job, name: str, model: nn.Module, loss_fn: Callable, collate: Callable, steps: int,
               on_log: Any, progress: bool) -> dict[str, Any]:
     """One pass on the trainer: shuffled epochs over the training clozes, one checkpoint at the end (stage 2
-    resumes per task, not within a pass), a :class:`BestCheckpoint` evaluating on dev as it goes and loading
-    the selected weights back at the end. Returns the selected evaluation, the summary, records, seconds."""
+    resumes per task, not within a pass), a :class:`BestCheckpoint` evaluating on the selection split as it goes
+    and loading the selected weights back at the end (none with ``select_on='last'``: nothing is evaluated and
+    the last weights stay). Returns the selected evaluation, the summary, records, seconds."""
     cfg, n = job.cfg, len(job.data.train)
-    selector = BestCheckpoint(name, job.student.model, job.evaluate, steps, cfg.eval_every, cfg.select_by_dev)
+    selector = (BestCheckpoint(name, job.student.model, job.evaluate, steps, cfg.eval_every, select_by_dev=True)
+                if job.data.selection else None)
     batches = IndexBatches(n, min(cfg.batch_size, n), collate, seed=cfg.seed)
     tcfg = TrainConfig(steps=steps, lr=cfg.lr, warmup_steps=min(cfg.warmup_steps, steps - 1), max_grad_norm=1.0,
                        checkpoint_every=steps, keep_checkpoints=1, seed=cfg.seed, cpu=job.device.type != "cuda")
-    callbacks = [selector] + (list(on_log) if isinstance(on_log, (list, tuple)) else [on_log] if on_log else [])
+    callbacks = [selector] * bool(selector) + (list(on_log) if isinstance(on_log, (list, tuple)) else [on_log] if on_log else [])
     trainer = Trainer(model, loss_fn, batches, job.out / ".work" / name, tcfg, progress=progress, on_log=callbacks,
                       desc=f"pass {name}")
     t0 = time.perf_counter()
     summary = trainer.train(resume=False)
-    best = selector.finish()
-    return {"best": best, "summary": summary, "records": selector.records, "seconds": time.perf_counter() - t0}
+    best = selector.finish() if selector else {"pass": name, "step": steps, "dev_score": None}
+    return {"best": best, "summary": summary, "records": selector.records if selector else [],
+            "seconds": time.perf_counter() - t0}
 
 
-def _teacher_dev(job: _Job) -> dict[str, Any]:
-    """The task teacher's dev score: notebook 04's number when it was measured on this very dev subset
-    (same cap, seed, pattern and length), else measured here (in the teacher's precision)."""
-    cfg, data = job.cfg, job.data
-    t_cfg, t_metrics = teacher_settings(cfg.run_dir, job.task)
-    same = (t_metrics.get("score_after") is not None and t_cfg.get("max_eval_examples") == cfg.max_eval_examples
-            and t_cfg.get("seed") == cfg.seed and t_cfg.get("pattern_id", 0) == data.pattern_id
-            and t_cfg.get("max_seq_len") == data.max_len and t_metrics.get("dev_examples") == len(data.dev))
-    if same:
-        return {"score": t_metrics["score_after"], "metrics": t_metrics.get("dev_after", {}),
-                "source": "teachers/<TASK>/metrics.json"}
-    res = evaluate_clozes(job.teacher, job.task, data.dev, data.dev_examples, job.eval_batch_size, bf16=job.bf16)
-    return {"score": res["score"], "metrics": res["metrics"], "source": "measured in stage 2"}
+def _teacher_selection(job: _Job) -> dict[str, Any] | None:
+    """The task teacher's score on the selection examples (in its precision); None without any."""
+    data = job.data
+    if not data.selection:
+        return None
+    return evaluate_clozes(job.teacher, job.task, data.selection, data.selection_examples, job.eval_batch_size,
+                           bf16=job.bf16)
 
 
-def _dev_metrics(best: dict[str, Any]) -> dict[str, Any]:
+def _selection_metrics(best: dict[str, Any]) -> dict[str, Any]:
     return {k[4:]: v for k, v in best.items() if k.startswith("dev_") and k != "dev_score"}
 
 
-def _task_metrics(job: _Job, before: dict, teacher_dev: dict, a: dict, b: dict, scored: int,
+def _scores(job: _Job, before: dict | None, teacher: dict | None, a: dict, b: dict) -> dict[str, Any]:
+    """What the selection split said: the students' scores before and at each pass's kept step, the teacher's
+    and the majority line (None with ``select_on='last'``). With ``select_on='dev'`` they are dev scores, so
+    they are recorded under the ``dev_`` names too (``dev_score_2b`` ...)."""
+    cfg, data = job.cfg, job.data
+    out = {"select_on": cfg.select_on, "selection_source": data.selection_source,
+           "selection_examples": len(data.selection),
+           "selection_score_stage1": before["score"] if before else None,
+           "selection_metrics_stage1": before["metrics"] if before else None,
+           "selection_score_2a": a["best"]["dev_score"], "step_2a": a["best"]["step"],
+           "selection_score_2b": b["best"]["dev_score"], "step_2b": b["best"]["step"],
+           "selection_metrics_2a": _selection_metrics(a["best"]), "selection_metrics_2b": _selection_metrics(b["best"]),
+           "teacher_selection_score": teacher["score"] if teacher else None,
+           "teacher_selection_metrics": teacher["metrics"] if teacher else None,
+           "majority_selection_score": majority_score(job.task, data.selection_examples, cfg.superglue_dir)}
+    if cfg.select_on == "train_holdout":
+        out.update(selection_fraction=cfg.selection_fraction, max_selection_examples=cfg.max_selection_examples)
+    if cfg.select_on == "dev":
+        out.update({k.replace("selection_", "dev_"): v for k, v in out.items() if "selection_" in k})
+    return out
+
+
+def _task_metrics(job: _Job, scores: dict[str, Any], a: dict, b: dict, teacher_scored: int,
                   seconds: dict) -> dict[str, Any]:
-    """``metrics.json`` of one task: inputs, the dev scores before/after each pass, the teacher's, sizes, times."""
+    """``metrics.json`` of one task: inputs, the selection split and its scores, sizes, times."""
     cfg, data = job.cfg, job.data
     return {
         "task": job.task, "pattern_id": data.pattern_id, "kind": job.student.kind, "max_seq_len": data.max_len,
         "score": "mean of the task's official metrics (glmd_lib.superglue.metrics.task_score)",
         "train_inputs": data.n_train, "unlabeled_inputs": data.n_unlabeled, "train_sequences": data.n_sequences,
-        "dev_examples": len(data.dev), "steps_2a": cfg.steps_2a, "steps_2b": cfg.steps_2b,
-        "select_by_dev": cfg.select_by_dev, "dev_score_stage1": before["score"], "dev_metrics_stage1": before["metrics"],
-        "dev_score_2a": a["best"]["dev_score"], "step_2a": a["best"]["step"],
-        "dev_score_2b": b["best"]["dev_score"], "step_2b": b["best"]["step"],
-        "dev_metrics_2b": _dev_metrics(b["best"]), "dev_metrics_2a": _dev_metrics(a["best"]),
-        "teacher_dev_score": teacher_dev["score"], "teacher_dev_metrics": teacher_dev["metrics"],
-        "teacher_dev_source": teacher_dev["source"],
-        "majority_dev_score": majority_dev_score(job.task, data.dev_examples, cfg.superglue_dir),
+        "steps_2a": cfg.steps_2a, "steps_2b": cfg.steps_2b, **scores,
         "student_params": count_parameters(job.student.model), "teacher_params": count_parameters(job.teacher),
         "final_loss_2a": a["summary"]["final_loss"], "final_loss_2b": b["summary"]["final_loss"],
-        "teacher_scored_inputs": scored, "seconds": seconds, "fingerprint": _fingerprint(cfg, job.task),
+        "teacher_scored_inputs": teacher_scored, "seconds": seconds, "fingerprint": _fingerprint(cfg, job.task),
     }
 
 
@@ -263,25 +278,33 @@ def distill_task(cfg: Stage2Config, task: str, progress: bool = True, on_log: An
     job = _prepare(cfg, task)
     s_model, vm = job.student.model, job.student.vocab_map
     say(f"{task}: {job.data.n_train} train + {job.data.n_unlabeled} unlabeled inputs ({job.data.n_sequences} "
-        f"sequences), {len(job.data.dev)} dev examples, pattern {job.data.pattern_id}, student "
-        f"{count_parameters(s_model) / 1e6:.1f}M / teacher {count_parameters(job.teacher) / 1e6:.1f}M")
+        f"sequences), {len(job.data.selection)} selection examples ({job.data.selection_source}), pattern "
+        f"{job.data.pattern_id}, student {count_parameters(s_model) / 1e6:.1f}M / teacher "
+        f"{count_parameters(job.teacher) / 1e6:.1f}M")
     t0 = time.perf_counter()
-    before, teacher_dev = job.evaluate(s_model), _teacher_dev(job)
+    before, teacher = (job.evaluate(s_model) if job.data.selection else None), _teacher_selection(job)
     t_eval = time.perf_counter() - t0
     a = _run_pass(job, "2a", Distiller(s_model, cfg.temperature, None, cfg.loss_chunk, 0.0),
                   make_2a_loss(TeacherRunner(job.teacher, vm, job.bf16, cfg.temperature), vm),
                   collate_2a(job.data.train), cfg.steps_2a, on_log, progress)
-    say(f"{task}: pass 2a done in {a['seconds']:.0f}s; dev {a['best']['dev_score']:.4f} (step {a['best']['step']})")
+    say(f"{task}: pass 2a done in {a['seconds']:.0f}s; {_said(a, teacher)}")
     scores = TeacherScores(job.teacher, job.data.train, job.bf16)
     b = _run_pass(job, "2b", s_model, make_2b_loss(s_model, job.data.train, scores, vm), lambda idx: {"index": idx},
                   cfg.steps_2b, on_log, progress)
-    say(f"{task}: pass 2b done in {b['seconds']:.0f}s; dev {b['best']['dev_score']:.4f} (step {b['best']['step']}); "
-        f"teacher {teacher_dev['score']:.4f}")
+    say(f"{task}: pass 2b done in {b['seconds']:.0f}s; {_said(b, teacher)}")
     seconds = {"2a": round(a["seconds"], 1), "2b": round(b["seconds"], 1), "eval_before": round(t_eval, 1),
                "total": round(time.perf_counter() - t_start, 1)}
-    metrics = _task_metrics(job, before, teacher_dev, a, b, len(scores.cache), seconds)
+    metrics = _task_metrics(job, _scores(job, before, teacher, a, b), a, b, len(scores.cache), seconds)
     _save_task(job, metrics, a["records"] + b["records"])
     return metrics
+
+
+def _said(res: dict[str, Any], teacher: dict[str, Any] | None) -> str:
+    """The kept step of a pass and, when the selection split scored it, its score beside the teacher's."""
+    best = res["best"]
+    if best["dev_score"] is None:
+        return f"kept the last step ({best['step']}; select_on='last')"
+    return f"selection score {best['dev_score']:.4f} (step {best['step']}), teacher {teacher['score']:.4f}"
 
 
 def _fingerprint(cfg: Stage2Config, task: str) -> dict[str, Any]:
@@ -292,7 +315,8 @@ def _fingerprint(cfg: Stage2Config, task: str) -> dict[str, Any]:
 
 
 def _history(work: Path, evals: list[dict[str, Any]]) -> pd.DataFrame:
-    """Both passes' training rows (``pass`` column) with the dev evaluations merged in by (pass, step)."""
+    """Both passes' training rows (``pass`` column) with the selection evaluations (``selection_score``,
+    ``selection_<metric>``) merged in by (pass, step)."""
     frames = []
     for name in ("2a", "2b"):
         p = work / name / "history.csv"
@@ -300,7 +324,9 @@ def _history(work: Path, evals: list[dict[str, Any]]) -> pd.DataFrame:
             frames.append(pd.read_csv(p).assign(**{"pass": name}))
     hist = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["pass", "step"])
     if evals:
-        hist = hist.merge(pd.DataFrame(evals), on=["pass", "step"], how="left")
+        evals_df = pd.DataFrame(evals)
+        evals_df.columns = [c.replace("dev_", "selection_", 1) for c in evals_df.columns]
+        hist = hist.merge(evals_df, on=["pass", "step"], how="left")
     cols = ["pass", "step"] + [c for c in hist.columns if c not in ("pass", "step")]
     return hist[cols]
 
@@ -345,13 +371,16 @@ def _finish(cfg: Stage2Config, results: dict[str, dict[str, Any]]) -> None:
 
 
 def _summary_row(m: dict[str, Any]) -> dict[str, Any]:
-    keys = ("majority_dev_score", "teacher_dev_score", "dev_score_stage1", "dev_score_2a", "dev_score_2b",
-            "teacher_params", "student_params", "train_inputs", "unlabeled_inputs", "dev_examples")
+    keys = ("select_on", "majority_selection_score", "teacher_selection_score", "selection_score_stage1",
+            "selection_score_2a", "selection_score_2b", "majority_dev_score", "teacher_dev_score", "dev_score_stage1",
+            "dev_score_2a", "dev_score_2b", "teacher_params", "student_params", "train_inputs", "unlabeled_inputs",
+            "selection_examples")
     return {k: m.get(k) for k in keys}
 
 
 def summary_table(results: dict[str, dict[str, Any]]) -> pd.DataFrame:
-    """A per-task table of the scores (dev, official metrics averaged) and sizes, for the notebook."""
+    """A per-task table of the scores (official metrics averaged; on the selection split, and under the dev names
+    too when dev was the selection split) and sizes, for the notebook."""
     df = pd.DataFrame.from_dict({t: _summary_row(m) for t, m in results.items()}, orient="index")
     df.index.name = "task"
     return df

@@ -3,8 +3,10 @@
 No gold label may reach a student loss in stage 2. The training inputs are therefore read through
 :func:`read_inputs`, which drops every label as it reads (a train file without labels reads just as well),
 and ``tests/test_stage2.py`` shows that real, shuffled and removed labels give bitwise the same student.
-Labels are read in two places only, neither of them a loss: the dev split (dev labels *choose* a checkpoint
-when ``select_by_dev=True``) and :func:`majority_dev_score` (a reference line in the metrics).
+Labels are read in two places only, neither of them a loss: the **selection** examples, which *choose* each
+pass's checkpoint (:func:`split_inputs`, by ``select_on`` as in :mod:`glmd_lib.tasks.selection`: a holdout
+carved from the train split and removed from the inputs that train, or dev, or none), and
+:func:`majority_score` (a reference line in the metrics). Dev is not read at all unless ``select_on='dev'``.
 
 The clozes use the pattern and length notebook 04 trained the task teacher with (:func:`cloze_settings`),
 so teacher and student read exactly what the teacher was fine-tuned on.
@@ -24,6 +26,7 @@ from glmd_lib.models.teacher import load_tokenizer
 from glmd_lib.superglue.data import Example, read_file, read_split, subsample, task_path
 from glmd_lib.superglue.metrics import majority_label, task_metrics, task_score
 from glmd_lib.superglue.patterns import Cloze, build_cloze, prompt_text
+from glmd_lib.tasks.selection import SOURCES, carve_selection
 
 
 class Stage2Error(ValueError):
@@ -77,7 +80,8 @@ def cloze_settings(cfg: Stage2Config, task: str) -> tuple[int, int]:
 
 @dataclass
 class TaskInputs:
-    """One task's clozes: ``train`` (labels stripped; test-split inputs appended when asked for) and dev."""
+    """One task's clozes: ``train`` (labels stripped; test-split inputs appended when asked for) and the
+    labelled ``selection`` clozes that choose the checkpoints (empty with ``select_on='last'``)."""
 
     task: str
     pattern_id: int
@@ -85,42 +89,76 @@ class TaskInputs:
     train: list[Cloze]
     n_train: int
     n_unlabeled: int
-    dev_examples: list[Example]
-    dev: list[Cloze]
+    select_on: str
+    selection_examples: list[Example]
+    selection: list[Cloze]
 
     @property
     def n_sequences(self) -> int:
         """Training sequences (COPA/ReCoRD: one per candidate-filled cloze)."""
         return sum(len(c.sequences) for c in self.train)
 
+    @property
+    def selection_source(self) -> str:
+        return SOURCES[self.select_on]
+
+
+def _with_labels(task: str, train: list[Example], held: list[Example], data_dir: str | Path | None) -> list[Example]:
+    """The labelled originals of the holdout ``held`` carved from the label-free ``train``: the same file read
+    with its labels, matched by position (the carving reads order and groups only, so labels cannot move it)."""
+    try:
+        labelled = read_split(task, "train", data_dir)
+    except Exception as e:  # noqa: BLE001 - e.g. a train copy without labels
+        raise Stage2Error(f"{task}: select_on='train_holdout' needs the train split's labels to choose checkpoints "
+                          f"({e}); use select_on='last' (or 'dev')") from e
+    pos = {id(ex): i for i, ex in enumerate(train)}
+    out = [labelled[pos[id(ex)]] for ex in held]
+    if len(labelled) != len(train) or any(ex.label is None for ex in out):
+        raise Stage2Error(f"{task}: the train split's holdout has examples without labels; use select_on='last'")
+    return out
+
+
+def split_inputs(cfg: Stage2Config, task: str, data_dir: str | Path | None = None
+                 ) -> tuple[list[Example], list[Example]]:
+    """``(train inputs without labels, labelled selection examples)`` by ``cfg.select_on``. The holdout is carved
+    from the whole train split before ``max_train_examples`` caps what trains (as notebook 04 does), so the
+    same settings hold out the same examples as the task teachers'."""
+    train = read_inputs(task, "train", data_dir)
+    if cfg.select_on == "train_holdout":
+        rest, held = carve_selection(train, cfg.selection_fraction, cfg.max_selection_examples, cfg.seed)
+        return rest, _with_labels(task, train, held, data_dir)
+    if cfg.select_on == "dev":
+        return train, subsample(read_split(task, "val", data_dir), cfg.max_eval_examples, seed=cfg.seed)
+    return train, []
+
 
 def task_inputs(cfg: Stage2Config, task: str, tokenizer: Any, kind: str, pattern_id: int, max_len: int,
                 data_dir: str | Path | None = None) -> TaskInputs:
-    """Train (+ unlabeled test) inputs without labels and the dev split, capped and built into clozes."""
-    train_ex = subsample(read_inputs(task, "train", data_dir), cfg.max_train_examples, seed=cfg.seed)
+    """Train (+ unlabeled test) inputs without labels and the selection examples, capped and built into clozes."""
+    rest, sel_ex = split_inputs(cfg, task, data_dir)
+    train_ex = subsample(rest, cfg.max_train_examples, seed=cfg.seed)
     extra: list[Example] = []
     if cfg.add_unlabeled:
         extra = subsample(read_inputs(task, "test", data_dir), cfg.max_unlabeled_examples, seed=cfg.seed)
-    dev_ex = subsample(read_split(task, "val", data_dir), cfg.max_eval_examples, seed=cfg.seed)
     train = build_cloze(task, train_ex + extra, tokenizer, kind=kind, pattern_id=pattern_id, max_len=max_len)
     train = [c for c in train if c.n_choices > 0]
     if not train:
         raise Stage2Error(f"{task}: no training inputs (train split{' + test split' if cfg.add_unlabeled else ''})")
-    dev = build_cloze(task, dev_ex, tokenizer, kind=kind, pattern_id=pattern_id, max_len=max_len)
-    return TaskInputs(task, pattern_id, max_len, train, len(train_ex), len(extra), dev_ex, dev)
+    selection = build_cloze(task, sel_ex, tokenizer, kind=kind, pattern_id=pattern_id, max_len=max_len)
+    return TaskInputs(task, pattern_id, max_len, train, len(train_ex), len(extra), cfg.select_on, sel_ex, selection)
 
 
-def majority_dev_score(task: str, dev_examples: Sequence[Example], data_dir: str | Path | None = None) -> float | None:
-    """Dev score of always predicting the train split's most frequent label (a reference line only;
-    None when the train split has no labels or the task has no fixed label set)."""
+def majority_score(task: str, examples: Sequence[Example], data_dir: str | Path | None = None) -> float | None:
+    """Score on ``examples`` of always predicting the train split's most frequent label (a reference line only;
+    None without examples, when the train split has no labels or the task has no fixed label set)."""
     try:
         train = read_split(task, "train", data_dir)
     except Exception:  # noqa: BLE001 - e.g. a train copy without labels: no baseline, nothing else changes
         return None
-    if task == "ReCoRD" or not train:
+    if task == "ReCoRD" or not train or not examples:
         return None
     label = majority_label(train)
-    return task_score(task, task_metrics(task, [label] * len(dev_examples), dev_examples))
+    return task_score(task, task_metrics(task, [label] * len(examples), examples))
 
 
 def input_preview(cfg: Stage2Config, width: int = 150) -> pd.DataFrame:
