@@ -153,3 +153,19 @@ def test_corrupted_weights_name_the_folder_and_the_notebook_to_rerun(tmp_path, t
     (path2 / "model.safetensors").write_bytes(b"\x00" * 64)
     with pytest.raises(StudentError, match=r"05_stage2_distillation for CB"):
         load_student(path2)
+
+
+def test_init_from_teacher_never_copies_attention_across_another_head_layout(make_tiny_llama, vocab_map):
+    """Same width, other head count: q/k/v/o have the same shapes but each head's rows mean something else
+    (and RoPE rotates per head size), so only the non-attention tensors are copied."""
+    teacher = make_tiny_llama(num_hidden_layers=2)
+    heads = teacher.config.num_attention_heads
+    st = build_student(teacher.config, {"layers": 2, "hidden": teacher.config.hidden_size, "heads": 2 * heads,
+                                        "kv_heads": 2 * heads, "intermediate": teacher.config.intermediate_size},
+                       vocab_map)
+    t_sd, s_sd = teacher.state_dict(), st.state_dict()
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert s_sd[q].shape == t_sd[q].shape  # the old rule (equal shapes) would have copied it
+    info = init_from_teacher(st, teacher, vocab_map)
+    assert q in info["skipped_attention"] and not torch.equal(st.state_dict()[q], t_sd[q])
+    assert torch.equal(st.state_dict()["model.layers.1.mlp.up_proj.weight"], t_sd["model.layers.1.mlp.up_proj.weight"])

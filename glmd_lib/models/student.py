@@ -99,8 +99,12 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module, vocab_map: VocabMa
     to_teacher = layer_map(n_s, n_t) if n_s and n_t else []
     kept = vocab_map.kept_ids if vocab_map is not None else None
     V = int(teacher.config.vocab_size)
-    copied = []
+    same_heads = _head_geometry(student.config) == _head_geometry(teacher.config)
+    copied, skipped = [], []
     for name, tensor in s_state.items():
+        if not same_heads and _ATTENTION.search(name):
+            skipped.append(name)  # same shape, other heads: the weights would land in the wrong heads
+            continue
         t_name = name
         m = _LAYER_INDEX.search(name)
         if m and to_teacher:
@@ -116,10 +120,28 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module, vocab_map: VocabMa
     student.load_state_dict(s_state)
     if hasattr(student, "tie_weights"):
         student.tie_weights()
+    if skipped:
+        log.warning("init='teacher': attention weights not copied (%d tensors): the student's heads %s differ from "
+                    "the teacher's %s, so equal shapes would still put each head's weights into another head",
+                    len(skipped), _head_geometry(student.config), _head_geometry(teacher.config))
     if not copied:
         log.warning("init='teacher': no student tensor matched a teacher tensor's shape (different widths?); "
                     "the student stays randomly initialised")
-    return {"copied": len(copied), "total": len(s_state), "names": copied}
+    return {"copied": len(copied), "total": len(s_state), "names": copied, "skipped_attention": skipped}
+
+
+# attention parameters of the families the workbench builds (Llama-style q/k/v/o, GPT-2 c_attn/c_proj under
+# .attn., GPT-NeoX query_key_value/dense under .attention., BERT's attention.self/.output)
+_ATTENTION = re.compile(r"(self_attn|\.attn\.|\.attention\.|q_proj|k_proj|v_proj|o_proj|query_key_value|c_attn)")
+
+
+def _head_geometry(config: Any) -> tuple[int, int, int]:
+    """(query heads, key/value heads, head size): attention weights correspond only where all three agree."""
+    heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 0) or 0)
+    kv = int(getattr(config, "num_key_value_heads", None) or heads)
+    hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0) or 0)
+    head_dim = int(getattr(config, "head_dim", None) or (hidden // heads if heads else 0))
+    return heads, kv, head_dim
 
 
 # --------------------------------------------------------------------------------------------
