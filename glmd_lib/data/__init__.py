@@ -1,0 +1,1 @@
+"""Where the data lives and how text becomes token blocks."""
