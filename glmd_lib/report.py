@@ -21,6 +21,8 @@ its other tables are those of the first run.
 """
 from __future__ import annotations
 
+import base64
+import re
 import shutil
 import textwrap
 from dataclasses import dataclass
@@ -325,8 +327,20 @@ class Report:
         return f"Report({str(self.path)!r})"
 
     def _repr_markdown_(self) -> str:
-        # image links are relative to report.md; the notebook renders them from elsewhere
-        return self.path.read_text(encoding="utf-8").replace("](", f"]({self.path.parent}/")
+        # report.md links its figures relative to itself; a notebook renders it from elsewhere (and a Jupyter
+        # server may not serve the run directory at all), so the figures are embedded as data URIs
+        return _IMAGE.sub(lambda m: _embedded(m, self.path.parent), self.path.read_text(encoding="utf-8"))
+
+
+_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)")
+
+
+def _embedded(match: re.Match, base: Path) -> str:
+    """``![alt](file.png)`` with the PNG inlined (``data:image/png;base64,...``); a missing file stays a link."""
+    png = base / match.group(2)
+    if not png.is_file():
+        return match.group(0)
+    return f"![{match.group(1)}](data:image/png;base64,{base64.b64encode(png.read_bytes()).decode('ascii')})"
 
 
 def write_report(run_dir: Path | str, title: str = "GLMD Workbench run", more_runs: Sequence[Path | str] = ()) -> Report:

@@ -109,7 +109,7 @@ def test_report_written(run_dir):
     assert (run_dir / "report" / "figures" / "stage2_CB_history.png").exists()  # copied: self-contained
     assert report.scores.loc["RTE", "retention"] == pytest.approx(0.63 / 0.7)
     assert report.text.loc["RTE", "GLMD student"].endswith("(dev-selected)")
-    assert str(run_dir / "report") in report._repr_markdown_()
+    assert "](data:image/png;base64," in report._repr_markdown_()  # figures inlined for the notebook
 
 
 def test_mean_and_sd_across_seed_runs(tmp_path):
@@ -157,3 +157,15 @@ def test_run_report_needs_every_seed_evaluated(tmp_path):
         run_report(cfg)
     mark_complete(tmp_path / "seed-1" / "eval", ["results.csv"])
     assert "## Across seeds" in run_report(cfg).path.read_text()
+
+
+def test_report_in_a_notebook_embeds_its_figures(run_dir):
+    """The notebook shows report.md from another folder than its own (and a Jupyter server may not serve the
+    run directory): every figure must come inlined, not as a path the browser cannot fetch."""
+    _eval_extras(run_dir)
+    report = write_report(run_dir, title="T")
+    text = report.path.read_text()
+    assert "](scores.png)" in text  # the file itself links relative to report.md
+    shown = report._repr_markdown_()
+    assert "](data:image/png;base64," in shown and "](scores.png)" not in shown
+    assert str(report.path.parent) not in shown

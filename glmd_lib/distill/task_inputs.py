@@ -170,7 +170,7 @@ def input_preview(cfg: Stage2Config, width: int = 150) -> pd.DataFrame:
         ex = read_inputs(task, "train", cfg.superglue_dir)[0]
         cloze = build_cloze(task, [ex], load_tokenizer(teacher_dir(cfg.run_dir, task)), pattern_id=pattern_id,
                             max_len=max_len)[0]
-        text = prompt_text(ex, pattern_id)
+        text = prompt_text(ex, pattern_id).replace("\n", " ⏎ ")  # a table cell would print a literal \n
         rows.append({"task": task, "input": ("…" + text[-width:]) if len(text) > width else text,
                      "label seen by stage 2": ex.label, "sequences": len(cloze.sequences),
                      "tokens": sum(len(q) for q in cloze.sequences)})
