@@ -11,7 +11,7 @@ import copy
 
 import pytest
 import torch
-from conftest import CAUSAL_FAMILIES, FAMILY_CONFIGS, TEXT
+from tiny_models import CAUSAL_FAMILIES, FAMILY_CONFIGS, TEXT
 
 from glmd_lib.distill.losses import distill_loss, mask_tokens, soft_cross_entropy
 from glmd_lib.distill.teacher import TeacherRunner, hidden_teacher_fn

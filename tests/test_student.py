@@ -132,7 +132,7 @@ def test_student_wraps_a_teacher_with_identity_map(tiny_llama, smol_tokenizer):
 
 
 def test_init_from_a_gpt2_teacher_maps_its_h_layers(smol_tokenizer):
-    from conftest import tiny_family_model
+    from tiny_models import tiny_family_model
 
     teacher = tiny_family_model("gpt2", smol_tokenizer, n_layer=4)
     st = build_student(teacher.config, {"layers": 2, "hidden": 32, "heads": 2, "intermediate": 128}, init="teacher",
