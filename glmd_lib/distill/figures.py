@@ -73,12 +73,13 @@ class LiveLossPlot:
         from IPython.display import display
 
         self.rows.append(row)
-        if len(self.rows) % self.every and len(self.rows) > 1:
+        # every step at first (a short run still shows a curve), then every ``every`` steps
+        if len(self.rows) > self.every and len(self.rows) % self.every:
             return
         fig, ax = plt.subplots(figsize=(7, 3))
         steps = [r["step"] for r in self.rows]
         for k in self.keys:
-            ax.plot(steps, [r.get(k, math.nan) for r in self.rows], label=k)
+            ax.plot(steps, [r.get(k, math.nan) for r in self.rows], marker="o", markersize=3, label=k)
         ax.set_xlabel("step"), ax.set_title(self.title), ax.legend()
         if self.handle is None:
             self.handle = display(fig, display_id=True)

@@ -81,6 +81,7 @@ def coverage_bars(res: Any) -> Figure:
     res.coverage[["corpus", "SuperGLUE (all tasks)"]].plot.bar(ax=ax, rot=0)
     ax.set(ylim=(min(0.5, res.coverage.values.min() - 0.05), 1.0), ylabel="coverage",
            title="share of tokens covered by the corpus's top-k tokens")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: the bars reach the top
     return fig
 
 
