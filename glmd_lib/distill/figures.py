@@ -42,12 +42,17 @@ def stage2_scores(table: pd.DataFrame, histories: Mapping[str, pd.DataFrame]) ->
     fig = Figure(figsize=(12, 3.8), layout="tight")
     bars, curves = fig.subplots(1, 2)
     cols = [c for c in STAGE2_BARS if c in table and table[c].notna().any()]
-    table[cols].astype(float).rename(columns={c: STAGE2_BARS[c][0] for c in cols}).plot.bar(
-        ax=bars, rot=0, color=[STAGE2_BARS[c][1] for c in cols])
+    if cols:
+        table[cols].astype(float).rename(columns={c: STAGE2_BARS[c][0] for c in cols}).plot.bar(
+            ax=bars, rot=0, color=[STAGE2_BARS[c][1] for c in cols])
+    else:  # select_on='last': no split scored any checkpoint, so there is nothing to draw
+        bars.text(0.5, 0.5, "no selection split (select_on='last')", ha="center", va="center",
+                  transform=bars.transAxes)
     bars.set_ylim(0, 1)
     bars.set_xlabel("")
     bars.set_title("score on the selection split (select_on)")
-    bars.legend(fontsize=8, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.1))
+    if cols:
+        bars.legend(fontsize=8, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     for task, h in histories.items():
         offset = h.loc[h["pass"] == "2a", "step"].max()
         x = h["step"] + (h["pass"] == "2b") * offset
