@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 
-import nbformat
 import numpy as np
 import pytest
 import torch
@@ -25,6 +24,7 @@ from glmd_lib.artifacts import STAGES, ArtifactError, atomic_write_json, is_comp
 from glmd_lib.config.stages import FrequencyConfig
 from glmd_lib.pipeline import PipelineError, run
 from glmd_lib.runlock import ENV
+from test_pipeline import _notebook  # the one writer of stand-in notebooks in the tests
 
 GLMD = [sys.executable, "-m", "glmd_lib.cli"]
 
@@ -41,15 +41,6 @@ def _one_line_error(res: subprocess.CompletedProcess, *parts: str) -> str:
     for part in parts:
         assert part in lines[0], lines[0]
     return lines[0]
-
-
-def _notebook(path, params: dict, body: str) -> None:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    cell = nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in params.items()))
-    cell.metadata["tags"] = ["parameters"]
-    nb.cells = [cell, nbformat.v4.new_code_cell(body)]
-    nbformat.write(nb, path)
 
 
 # --------------------------------------------------------------------------------------------
