@@ -219,6 +219,8 @@ class Stage1Config(StudentShape, StageConfig):
                   "close at T=1, NOT faithful at T=15 (gradient cosine 0.27, docs/benchmarks.md, Stage 1)")
     cache_topk: int = param(64, "cache_mode='topk' only: top-k logits per position stored in the teacher cache", ge=1)
     eval_batches: int = param(8, "held-out batches for KL / agreement / perplexity", ge=1)
+    bf16: bool | None = param(None, "the student's forward/backward under bf16 autocast, fp32 master weights and "
+                                    "fp32 loss (None: on CUDA only; False keeps CPU runs bitwise exact)")
     teacher_bf16: bool | None = param(None, "run the frozen teacher's forward under bf16 autocast (None: on CUDA "
                                             "only; True also on CPU, ~3x faster there; fp32 keeps runs bitwise exact)")
 

@@ -259,7 +259,7 @@ def _train(cfg: Stage1Config, t: _Teacher, student: nn.Module, blocks: torch.Ten
     tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
                        max_grad_norm=cfg.max_grad_norm, grad_accum=cfg.grad_accum,
                        checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints, seed=cfg.seed,
-                       cpu=t.device.type == "cpu")
+                       bf16=use_bf16(t.device, cfg.bf16), cpu=t.device.type == "cpu")
     trainer = Trainer(distiller, loss_fn, batches, cfg.out_dir, tcfg, fingerprint=fingerprint(cfg, t.pruned_mass),
                       progress=progress, on_log=on_log, desc="stage 1")
     t0 = time.perf_counter()
