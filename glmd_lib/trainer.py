@@ -5,8 +5,8 @@ What it does, and why:
 * One process on CPU/GPU, or several under ``accelerate launch`` (DDP; gloo on CPU). Each rank draws its
   own slice of every global batch, gradients are averaged by DDP, so every rank holds the same weights.
 * AdamW over the parameters that require grad (freeze a part of the model by switching ``requires_grad``
-  off), linear warm-up then cosine or linear decay, gradient accumulation, gradient clipping, and bf16
-  autocast by :func:`glmd_lib.device.use_bf16`'s rule (``None``: CUDA only; fp32 on CPU keeps runs bitwise
+  off), linear warm-up then cosine or linear decay to a floor (:mod:`glmd_lib.optim`), gradient accumulation,
+  gradient clipping, and bf16 autocast by :func:`glmd_lib.device.use_bf16`'s rule (``None``: CUDA only; fp32 on CPU keeps runs bitwise
   repeatable).
 * Checkpoints every ``checkpoint_every`` steps (0: none, for short runs that start over), the last
   ``keep_checkpoints`` kept (:mod:`glmd_lib.checkpoints`). ``train(resume=True)`` continues from the newest one
@@ -47,6 +47,7 @@ from glmd_lib.checkpoints import (CheckpointError, PreviousRun, all_rng_states, 
                                   read_history, restore_rng_state, seed_everything, trainable_state,
                                   write_checkpoint, write_history)
 from glmd_lib.device import use_bf16
+from glmd_lib.optim import build_optimizer, build_scheduler
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -69,6 +70,10 @@ class TrainConfig:
     checkpoint_every: int = 50  # 0: no checkpoints (the run cannot resume)
     keep_checkpoints: int = 2
     seed: int = 0
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW (PyTorch's defaults; the paper's stage 1: 0.9, 0.98)
+    eps: float = 1e-8
+    lr_floor: float = 0.0  # the decay ends at lr_floor x lr (glmd_lib.optim.lr_factor) ...
+    decay_fraction: float = 1.0  # ... after this share of the steps, and stays there
     bf16: bool | None = None  # bf16 autocast; None: on CUDA only (glmd_lib.device.use_bf16)
     cpu: bool | None = None  # force CPU (None: whatever accelerate finds)
 
@@ -79,6 +84,9 @@ class TrainConfig:
         for k in ("warmup_steps", "checkpoint_every"):
             if getattr(self, k) < 0:
                 raise ValueError(f"TrainConfig.{k} must be >= 0, got {getattr(self, k)}")
+        if not (0 <= self.lr_floor <= 1 and 0 < self.decay_fraction <= 1):
+            raise ValueError(f"TrainConfig: lr_floor must be in [0, 1] and decay_fraction in (0, 1], got "
+                             f"{self.lr_floor} and {self.decay_fraction}")
         if self.schedule not in ("cosine", "linear"):
             raise ValueError(f"TrainConfig.schedule must be 'cosine' or 'linear', got {self.schedule!r}")
 
@@ -170,7 +178,6 @@ class Trainer:
     # ---- set-up ------------------------------------------------------------------------------
     def _setup(self):
         from accelerate import Accelerator
-        from transformers import get_scheduler
 
         c = self.config
         cuda = torch.cuda.is_available() and not c.cpu
@@ -178,17 +185,9 @@ class Trainer:
         self.accelerator = acc = Accelerator(cpu=not cuda, mixed_precision=mp)
         if hasattr(self.batches, "set_rank"):
             self.batches.set_rank(acc.process_index, acc.num_processes)
-        decay, no_decay = [], []
-        for p in self.model.parameters():
-            if p.requires_grad:
-                (decay if p.ndim >= 2 else no_decay).append(p)
-        # tied weights appear once in .parameters(), so nothing is optimised twice
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=c.lr)
-        self.model, self.optimizer = acc.prepare(self.model, optimizer)
+        self.model, self.optimizer = acc.prepare(self.model, build_optimizer(self.model, c))
         # stepped by hand once per optimizer step (accelerate's wrapper would step it once per process)
-        self.scheduler = get_scheduler(c.schedule, getattr(self.optimizer, "optimizer", self.optimizer),
-                                       c.warmup_steps, c.steps)
+        self.scheduler = build_scheduler(getattr(self.optimizer, "optimizer", self.optimizer), c)
 
     @property
     def unwrapped(self) -> torch.nn.Module:

@@ -97,7 +97,7 @@ def test_paper_profile_holds_the_papers_settings():
     assert s1.warmup_steps == s1.steps // 20 and s1.init == "random"  # 5% warm-up
     shape = ("student_layers", "student_hidden", "student_heads", "student_kv_heads", "student_intermediate")
     assert [getattr(s1, k) for k in shape] == [getattr(vocab, k) for k in shape]  # one student, counted as trained
-    assert (s2.lr, s2.warmup_steps * 10, s2.max_seq_len) == (1e-5, s2.steps_2a, 512)  # 10% warm-up
+    assert (s2.lr, s2.warmup_ratio, s2.max_seq_len) == (1e-5, 0.1, 512)  # 10% warm-up (tests/test_optim.py: the rest)
 
 
 def test_data_dir_resolution(monkeypatch, tmp_path):

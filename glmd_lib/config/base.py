@@ -75,6 +75,8 @@ def _type_name(tp: Any) -> str:
     if origin is list:
         (arg,) = typing.get_args(tp) or (Any,)
         return f"list[{_type_name(arg)}]"
+    if origin is dict:
+        return "dict[" + ", ".join(_type_name(a) for a in typing.get_args(tp)) + "] ('KEY:VALUE,...' on a command line)"
     if tp is type(None):
         return "None"
     return getattr(tp, "__name__", str(tp))
@@ -103,7 +105,23 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, (list, tuple)):
             raise _type_error(key, value, tp)
         return [_coerce(f"{key}[{i}]", v, arg) for i, v in enumerate(value)]
+    if origin is dict:
+        return _coerce_dict(key, value, tp)
     return _coerce_scalar(key, value, tp)
+
+
+def _coerce_dict(key: str, value: Any, tp: Any) -> dict:
+    """A mapping from YAML or Python, or ``"CB:50,COPA:50"`` from a command line (a YAML mapping under a stage
+    section would be read as nested sections, so the command line and YAML files give the string form)."""
+    key_type, value_type = typing.get_args(tp) or (Any, Any)
+    if isinstance(value, str):
+        parts = [p.split(":", 1) for p in value.split(",") if p.strip()]
+        if any(len(p) != 2 for p in parts):
+            raise _type_error(key, value, tp)
+        value = {k.strip(): v.strip() for k, v in parts}
+    if not isinstance(value, dict):
+        raise _type_error(key, value, tp)
+    return {_coerce(f"{key}[{k!r}]", k, key_type): _coerce(f"{key}[{k!r}]", v, value_type) for k, v in value.items()}
 
 
 def _coerce_union(key: str, value: Any, tp: Any) -> Any:
@@ -154,7 +172,12 @@ def allowed_range(f: dataclasses.Field) -> str:
 
 
 def check_value(f: dataclasses.Field, value: Any) -> None:
-    """A ConfigError naming the field unless ``value`` is finite (floats) and within the field's range."""
+    """A ConfigError naming the field unless ``value`` is finite (floats) and within the field's range (for a
+    mapping: each of its values)."""
+    if isinstance(value, dict):
+        for v in value.values():
+            check_value(f, v)
+        return
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return
     if isinstance(value, float) and not math.isfinite(value):

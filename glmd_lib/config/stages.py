@@ -26,6 +26,8 @@ PAPER_STUDENT = {"student_layers": 19, "student_hidden": 576, "student_heads": 9
                  "student_intermediate": 1536}
 # The paper's stage 2 reads 512-token inputs for MultiRC and ReCoRD; one length serves every task here.
 PAPER_SEQ_LEN = 512
+# The paper's stage-2 epochs per task (each of passes 2a and 2b runs them).
+PAPER_TASK_EPOCHS = {"CB": 50, "COPA": 50, "RTE": 50, "WiC": 30, "BoolQ": 20, "MultiRC": 15, "ReCoRD": 5}
 
 
 # Keys with one meaning in every notebook that declares them are `shared` (glmd run sends a bare value to
@@ -180,10 +182,11 @@ class Stage1Config(StudentShape, StageConfig):
         "gpu": {"teacher": DEMO_TEACHER, "steps": 100_000, "batch_size": 64, "seq_len": 512, "lr": 1e-4,
                 "warmup_steps": 2000, "eval_batches": 200, "checkpoint_every": 2000},
         # global batch 64 x 512 = batch_size x grad_accum x processes: 16 x 4 on one GPU (pass grad_accum=1 on
-        # four); warm-up 5% of the steps; Adam betas/eps and the cosine floor are not settings yet (README)
+        # four); warm-up 5% of the steps; cosine to 0.05 x lr over the first 80%; Adam (0.9, 0.98), eps 1e-6
         "paper": {"teacher": DEMO_TEACHER, **PAPER_STUDENT, "init": "random", "temperature": 15.0,
                   "steps": 100_000, "batch_size": 16, "grad_accum": 4, "seq_len": 512, "lr": 4e-4,
-                  "weight_decay": 0.1, "warmup_steps": 5000, "eval_batches": 200, "checkpoint_every": 2000},
+                  "weight_decay": 0.1, "warmup_steps": 5000, "lr_floor": 0.05, "decay_fraction": 0.8,
+                  "adam_beta2": 0.98, "adam_eps": 1e-6, "eval_batches": 200, "checkpoint_every": 2000},
     }
     teacher: str = teacher_param("pre-trained teacher (built-in name, folder or hub id)")
     corpus: str | None = shared_param(None, "unlabeled training text (default: shared Gutenberg train shards)")
@@ -206,6 +209,10 @@ class Stage1Config(StudentShape, StageConfig):
     lr: float = param(5e-4, "peak learning rate (AdamW)", gt=0)
     weight_decay: float = param(0.01, "AdamW weight decay", ge=0)
     warmup_steps: int = param(10, "linear warm-up steps before cosine decay", ge=0)
+    lr_floor: float = param(0.0, "the cosine decay ends at lr_floor x lr (paper: 0.05) ...", ge=0, le=1)
+    decay_fraction: float = param(1.0, "... after this share of the steps, then stays there (paper: 0.8)", gt=0, le=1)
+    adam_beta2: float = param(0.999, "AdamW beta2 (paper: 0.98; beta1 is 0.9)", gt=0, lt=1)
+    adam_eps: float = param(1e-8, "AdamW epsilon (paper: 1e-6)", gt=0)
     max_grad_norm: float = param(1.0, "gradient clipping norm (0: no clipping)", ge=0)
     loss_chunk: int = param(256, "positions per chunk when computing the loss (bounds peak memory)", ge=1)
     checkpoint_every: int = param(50, "write a checkpoint every N steps", ge=1)
@@ -274,9 +281,10 @@ class Stage2Config(TaskList, StageConfig):
                  "max_eval_examples": 120, "eval_every": 10, "teacher_bf16": True, "max_selection_examples": 120},
         "gpu": {"tasks": ALL_TASKS, "steps_2a": 5000, "steps_2b": 5000, "batch_size": 32, "lr": 1e-4,
                 "warmup_steps": 200, "eval_every": 500},
-        # lr 1e-5 with 10% warm-up; per-task epochs, linear decay and weight decay 0.1 are not settings yet (README)
-        "paper": {"tasks": ALL_TASKS, "steps_2a": 5000, "steps_2b": 5000, "batch_size": 32, "lr": 1e-5,
-                  "warmup_steps": 500, "eval_every": 500, "max_seq_len": PAPER_SEQ_LEN, "temperature": 15.0},
+        # lr 1e-5, linear decay after 10% warm-up, weight decay 0.1, the paper's epochs per task (each pass)
+        "paper": {"tasks": ALL_TASKS, "task_epochs": PAPER_TASK_EPOCHS, "batch_size": 32, "lr": 1e-5,
+                  "warmup_ratio": 0.1, "schedule": "linear", "weight_decay": 0.1, "eval_every": 500,
+                  "max_seq_len": PAPER_SEQ_LEN, "temperature": 15.0},
     }
     tasks: list[str] = param(CORE_TASKS, "tasks to distil (each needs a task teacher from notebook 04)")
     superglue_dir: str | None = superglue_dir_param()
@@ -285,9 +293,17 @@ class Stage2Config(TaskList, StageConfig):
     temperature: float = param(15.0, "temperature of the vocabulary KL in pass 2a (pass 2b uses T=1)", gt=0)
     steps_2a: int = param(40, "optimizer steps of pass 2a (vocabulary KL on cloze inputs)", ge=1)
     steps_2b: int = param(40, "optimizer steps of pass 2b (soft cross-entropy on task scores)", ge=1)
+    task_epochs: dict[str, int] | None = param(
+        None, "epochs per task, e.g. CB:50,COPA:50 (paper: CB, COPA, RTE 50; WiC 30; BoolQ 20; MultiRC 15; ReCoRD 5): "
+              "a task named here trains epochs x ceil(inputs / batch_size) steps in each pass instead of "
+              "steps_2a / steps_2b", ge=1)
     batch_size: int = param(8, "examples per step (COPA/ReCoRD: all candidate sequences of each)", ge=1)
     lr: float = param(2e-4, "peak learning rate (AdamW) of both passes", gt=0)
-    warmup_steps: int = param(2, "linear warm-up steps of each pass before cosine decay", ge=0)
+    weight_decay: float = param(0.01, "AdamW weight decay of both passes (paper: 0.1)", ge=0)
+    schedule: Literal["cosine", "linear"] = param("cosine", "decay after the warm-up (paper: linear)")
+    warmup_steps: int = param(2, "linear warm-up steps of each pass before the decay", ge=0)
+    warmup_ratio: float | None = param(None, "warm-up as a share of each pass's steps (overrides warmup_steps; "
+                                             "paper: 0.1)", ge=0, lt=1)
     loss_chunk: int = param(1024, "positions per chunk of the pass-2a loss (bounds peak memory)", ge=1)
     eval_every: int = param(10, "evaluation on the selection split every N steps of each pass (0: only after "
                                 "each pass)", ge=0)
@@ -308,6 +324,12 @@ class Stage2Config(TaskList, StageConfig):
     teacher_bf16: bool | None = param(None, "run the frozen teacher under bf16 autocast (None: on CUDA only; "
                                             "True also on CPU, faster there; fp32 keeps runs bitwise exact)")
     resume: bool = param(True, "skip tasks already finished in <run_dir>/stage2 with the same settings")
+
+    def validate(self) -> None:
+        super().validate()
+        unknown = sorted(set(self.task_epochs or {}) - set(ALL_TASKS))
+        if unknown:
+            raise ConfigError(f"parameter 'task_epochs': unknown task(s) {unknown}; tasks are {list(ALL_TASKS)}")
 
 
 @dataclass

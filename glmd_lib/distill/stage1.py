@@ -257,6 +257,8 @@ def _train(cfg: Stage1Config, t: _Teacher, student: nn.Module, blocks: torch.Ten
                            lambda idx: {"input_ids": blocks[idx], "attention_mask": torch.ones_like(blocks[idx]),
                                         "index": idx}, seed=cfg.seed)
     tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
+                       lr_floor=cfg.lr_floor, decay_fraction=cfg.decay_fraction, betas=(0.9, cfg.adam_beta2),
+                       eps=cfg.adam_eps,
                        max_grad_norm=cfg.max_grad_norm, grad_accum=cfg.grad_accum,
                        checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints, seed=cfg.seed,
                        bf16=use_bf16(t.device, cfg.bf16), cpu=t.device.type == "cpu")

@@ -195,8 +195,9 @@ def _run_pass(job: _Job, name: str, model: nn.Module, loss_fn: Callable, collate
     selector = (BestCheckpoint(name, job.student.model, job.evaluate, steps, cfg.eval_every, select_by_dev=True)
                 if job.data.selection else None)
     batches = IndexBatches(n, min(cfg.batch_size, n), collate, seed=cfg.seed)
-    tcfg = TrainConfig(steps=steps, lr=cfg.lr, warmup_steps=min(cfg.warmup_steps, steps - 1), max_grad_norm=1.0,
-                       checkpoint_every=steps, keep_checkpoints=1, seed=cfg.seed, cpu=job.device.type != "cuda")
+    warmup = round(cfg.warmup_ratio * steps) if cfg.warmup_ratio is not None else cfg.warmup_steps
+    tcfg = TrainConfig(steps=steps, lr=cfg.lr, warmup_steps=min(warmup, steps - 1), max_grad_norm=1.0,
+                       weight_decay=cfg.weight_decay, schedule=cfg.schedule, checkpoint_every=steps, keep_checkpoints=1, seed=cfg.seed, cpu=job.device.type != "cuda")
     callbacks = [selector] * bool(selector) + (list(on_log) if isinstance(on_log, (list, tuple)) else [on_log] if on_log else [])
     trainer = Trainer(model, loss_fn, batches, job.out / ".work" / name, tcfg, progress=progress, on_log=callbacks,
                       desc=f"pass {name}")
@@ -205,6 +206,15 @@ def _run_pass(job: _Job, name: str, model: nn.Module, loss_fn: Callable, collate
     best = selector.finish() if selector else {"pass": name, "step": steps, "dev_score": None}
     return {"best": best, "summary": summary, "records": selector.records if selector else [],
             "seconds": time.perf_counter() - t0}
+
+
+def pass_steps(cfg: Stage2Config, task: str, n_train: int) -> tuple[int, int]:
+    """Optimizer steps of passes 2a and 2b: ``task_epochs[task]`` epochs over the task's training inputs when
+    the task is named there (the paper counts epochs per task), else ``steps_2a`` and ``steps_2b``."""
+    if task in (cfg.task_epochs or {}):
+        steps = cfg.task_epochs[task] * -(-n_train // min(cfg.batch_size, n_train))
+        return steps, steps
+    return cfg.steps_2a, cfg.steps_2b
 
 
 def _teacher_selection(job: _Job) -> dict[str, Any] | None:
@@ -250,7 +260,7 @@ def _task_metrics(job: _Job, scores: dict[str, Any], a: dict, b: dict, teacher_s
         "task": job.task, "pattern_id": data.pattern_id, "kind": job.student.kind, "max_seq_len": data.max_len,
         "score": "mean of the task's official metrics (glmd_lib.superglue.metrics.task_score)",
         "train_inputs": data.n_train, "unlabeled_inputs": data.n_unlabeled, "train_sequences": data.n_sequences,
-        "steps_2a": cfg.steps_2a, "steps_2b": cfg.steps_2b, **scores,
+        "steps_2a": a["summary"]["steps"], "steps_2b": b["summary"]["steps"], **scores,
         "student_params": count_parameters(job.student.model), "teacher_params": count_parameters(job.teacher),
         "final_loss_2a": a["summary"]["final_loss"], "final_loss_2b": b["summary"]["final_loss"],
         "teacher_scored_inputs": teacher_scored, "seconds": seconds, "fingerprint": _fingerprint(cfg, job.task),
@@ -284,13 +294,14 @@ def distill_task(cfg: Stage2Config, task: str, progress: bool = True, on_log: An
     t0 = time.perf_counter()
     before, teacher = (job.evaluate(s_model) if job.data.selection else None), _teacher_selection(job)
     t_eval = time.perf_counter() - t0
+    steps_2a, steps_2b = pass_steps(cfg, task, len(job.data.train))
     a = _run_pass(job, "2a", Distiller(s_model, cfg.temperature, None, cfg.loss_chunk, 0.0),
                   make_2a_loss(TeacherRunner(job.teacher, vm, job.bf16, cfg.temperature), vm),
-                  collate_2a(job.data.train), cfg.steps_2a, on_log, progress)
+                  collate_2a(job.data.train), steps_2a, on_log, progress)
     say(f"{task}: pass 2a done in {a['seconds']:.0f}s; {_said(a, teacher)}")
     scores = TeacherScores(job.teacher, job.data.train, job.bf16)
     b = _run_pass(job, "2b", s_model, make_2b_loss(s_model, job.data.train, scores, vm), lambda idx: {"index": idx},
-                  cfg.steps_2b, on_log, progress)
+                  steps_2b, on_log, progress)
     say(f"{task}: pass 2b done in {b['seconds']:.0f}s; {_said(b, teacher)}")
     seconds = {"2a": round(a["seconds"], 1), "2b": round(b["seconds"], 1), "eval_before": round(t_eval, 1),
                "total": round(time.perf_counter() - t_start, 1)}
