@@ -17,6 +17,8 @@ import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# bf16 paths are exercised on every CPU, also those without bf16 units (glmd_lib.device.cpu_bf16_native)
+os.environ.setdefault("GLMD_CPU_BF16", "force")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from tiny_models import FAMILY_CONFIGS, MASKED_FAMILIES, TEXT, tiny_family_model  # noqa: E402,F401

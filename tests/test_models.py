@@ -63,6 +63,24 @@ def test_device_selection():
         assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
 
 
+def test_bf16_falls_back_to_fp32_on_a_cpu_without_bf16_units(monkeypatch):
+    """Emulated bf16 is many times slower than fp32: asking for it there runs fp32, with a warning."""
+    import glmd_lib.device as device
+
+    monkeypatch.delenv("GLMD_CPU_BF16", raising=False)
+    monkeypatch.setattr(device.torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    monkeypatch.setattr(device, "_warned", set())
+    assert not device.cpu_bf16_native()
+    with pytest.warns(UserWarning, match="no bf16 matrix units"):
+        assert device.use_bf16("cpu", True) is False
+    assert device.use_bf16("cuda", True) and device.use_bf16("cpu", None) is False
+    monkeypatch.setattr(device.torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert device.use_bf16("cpu", True) is True  # a CPU with AVX512-BF16/AMX keeps bf16
+    monkeypatch.setattr(device.torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    monkeypatch.setenv("GLMD_CPU_BF16", "force")
+    assert device.use_bf16("cpu", True) is True
+
+
 def test_tokenizer_special_ids(smol_tokenizer):
     assert len(smol_tokenizer) == 49152
     assert (smol_tokenizer.bos_token_id, smol_tokenizer.eos_token_id, smol_tokenizer.pad_token_id) == (1, 2, 2)
