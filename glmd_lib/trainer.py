@@ -352,18 +352,19 @@ class Trainer:
 class BestCheckpoint:
     """The trainer's best-checkpoint hook (an ``on_log`` callback): evaluates the model after the steps in
     ``every`` (an int: every that many steps, 0 never; a collection: exactly those steps) and after the last
-    step, and (``select_by_dev``) keeps a copy of the best weights; :meth:`finish` loads them back.
+    step, and (``keep_best``) keeps a copy of the best weights; :meth:`finish` loads them back.
 
-    ``evaluate(model)`` returns ``{"score": float, "metrics": {name: float}}``; a tie keeps the earlier step.
-    With ``select_by_dev=False`` the evaluations are only recorded: the last weights are kept.
+    ``evaluate(model)`` returns ``{"score": float, "metrics": {name: float}}`` on the caller's selection split;
+    each is recorded as ``selection_score`` and ``selection_<metric>``, and a tie keeps the earlier step.
+    With ``keep_best=False`` the evaluations are only recorded: the last weights are kept.
     Evaluation runs under a forked RNG so it cannot change the training run. Only what training can change is
     copied (parameters that require grad, and buffers): a model with a frozen body costs little memory.
     """
 
     def __init__(self, name: str, student: nn.Module, evaluate: Callable[[nn.Module], dict], steps: int,
-                 every: int | Collection[int], select_by_dev: bool):
+                 every: int | Collection[int], keep_best: bool):
         self.name, self.student, self.evaluate = name, student, evaluate
-        self.steps, self.select = steps, select_by_dev
+        self.steps, self.select = steps, keep_best
         self.every = every if isinstance(every, int) else 0
         self.at = frozenset(every) if not isinstance(every, int) else frozenset()
         self.records: list[dict[str, Any]] = []
@@ -379,10 +380,10 @@ class BestCheckpoint:
             return
         with torch.random.fork_rng(devices=[]):
             res = self.evaluate(self.student)
-        rec = {"pass": self.name, "step": step, "dev_score": res["score"],
-               **{f"dev_{k}": v for k, v in res["metrics"].items()}}
+        rec = {"pass": self.name, "step": step, "selection_score": res["score"],
+               **{f"selection_{k}": v for k, v in res["metrics"].items()}}
         self.records.append(rec)
-        if self.select and (self.best is None or res["score"] > self.best["dev_score"]):
+        if self.select and (self.best is None or res["score"] > self.best["selection_score"]):
             self.best = rec
             self.best_state = trainable_state(self.student)
         elif not self.select and step == self.steps:
@@ -391,7 +392,7 @@ class BestCheckpoint:
     def finish(self) -> dict[str, Any]:
         """Load the selected weights into the student; return the selected evaluation record."""
         if self.best is None:
-            raise RuntimeError(f"pass {self.name}: no dev evaluation was recorded (did training run?)")
+            raise RuntimeError(f"pass {self.name}: no selection evaluation was recorded (did training run?)")
         if self.select and self.best_state is not None:
             self.student.load_state_dict(self.best_state, strict=False)
         return self.best

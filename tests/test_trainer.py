@@ -100,10 +100,11 @@ def test_best_checkpoint_at_given_steps_keeps_best_trained_state(tmp_path):
         seen[step] = {k: v.detach().clone() for k, v in m.state_dict().items()}
         return {"score": next(scores), "metrics": {"acc": 0.0}}
 
-    best = BestCheckpoint("t", model, evaluate, steps=8, every={2, 3, 5}, select_by_dev=True)
+    best = BestCheckpoint("t", model, evaluate, steps=8, every={2, 3, 5}, keep_best=True)
     Trainer(model, loss_fn, batches, tmp_path, TrainConfig(steps=8, lr=0.05, checkpoint_every=0, cpu=True),
             progress=False, on_log=best).train()
     assert [r["step"] for r in best.records] == [2, 3, 5, 8] and best.finish()["step"] == 3
+    assert best.best["selection_score"] == 0.9 and best.best["selection_acc"] == 0.0  # named for what chose it
     assert "0.weight" not in best.best_state
     assert all(torch.equal(v, seen[2][k]) for k, v in model.state_dict().items())
     assert torch.equal(model[0].weight, frozen)

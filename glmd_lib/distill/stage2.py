@@ -192,7 +192,7 @@ def _run_pass(job: _Job, name: str, model: nn.Module, loss_fn: Callable, collate
     and loading the selected weights back at the end (none with ``select_on='last'``: nothing is evaluated and
     the last weights stay). Returns the selected evaluation, the summary, records, seconds."""
     cfg, n = job.cfg, len(job.data.train)
-    selector = (BestCheckpoint(name, job.student.model, job.evaluate, steps, cfg.eval_every, select_by_dev=True)
+    selector = (BestCheckpoint(name, job.student.model, job.evaluate, steps, cfg.eval_every, keep_best=True)
                 if job.data.selection else None)
     batches = IndexBatches(n, min(cfg.batch_size, n), collate, seed=cfg.seed)
     warmup = round(cfg.warmup_ratio * steps) if cfg.warmup_ratio is not None else cfg.warmup_steps
@@ -203,7 +203,7 @@ def _run_pass(job: _Job, name: str, model: nn.Module, loss_fn: Callable, collate
                       desc=f"pass {name}")
     t0 = time.perf_counter()
     summary = trainer.train(resume=False)
-    best = selector.finish() if selector else {"pass": name, "step": steps, "dev_score": None}
+    best = selector.finish() if selector else {"pass": name, "step": steps, "selection_score": None}
     return {"best": best, "summary": summary, "records": selector.records if selector else [],
             "seconds": time.perf_counter() - t0}
 
@@ -227,7 +227,7 @@ def _teacher_selection(job: _Job) -> dict[str, Any] | None:
 
 
 def _selection_metrics(best: dict[str, Any]) -> dict[str, Any]:
-    return {k[4:]: v for k, v in best.items() if k.startswith("dev_") and k != "dev_score"}
+    return {k[len("selection_"):]: v for k, v in best.items() if k.startswith("selection_") and k != "selection_score"}
 
 
 def _scores(job: _Job, before: dict | None, teacher: dict | None, a: dict, b: dict) -> dict[str, Any]:
@@ -239,8 +239,8 @@ def _scores(job: _Job, before: dict | None, teacher: dict | None, a: dict, b: di
            "selection_examples": len(data.selection),
            "selection_score_stage1": before["score"] if before else None,
            "selection_metrics_stage1": before["metrics"] if before else None,
-           "selection_score_2a": a["best"]["dev_score"], "step_2a": a["best"]["step"],
-           "selection_score_2b": b["best"]["dev_score"], "step_2b": b["best"]["step"],
+           "selection_score_2a": a["best"]["selection_score"], "step_2a": a["best"]["step"],
+           "selection_score_2b": b["best"]["selection_score"], "step_2b": b["best"]["step"],
            "selection_metrics_2a": _selection_metrics(a["best"]), "selection_metrics_2b": _selection_metrics(b["best"]),
            "teacher_selection_score": teacher["score"] if teacher else None,
            "teacher_selection_metrics": teacher["metrics"] if teacher else None,
@@ -313,9 +313,9 @@ def distill_task(cfg: Stage2Config, task: str, progress: bool = True, on_log: An
 def _said(res: dict[str, Any], teacher: dict[str, Any] | None) -> str:
     """The kept step of a pass and, when the selection split scored it, its score beside the teacher's."""
     best = res["best"]
-    if best["dev_score"] is None:
+    if best["selection_score"] is None:
         return f"kept the last step ({best['step']}; select_on='last')"
-    return f"selection score {best['dev_score']:.4f} (step {best['step']}), teacher {teacher['score']:.4f}"
+    return f"selection score {best['selection_score']:.4f} (step {best['step']}), teacher {teacher['score']:.4f}"
 
 
 def _fingerprint(cfg: Stage2Config, task: str) -> dict[str, Any]:
@@ -335,9 +335,7 @@ def _history(work: Path, evals: list[dict[str, Any]]) -> pd.DataFrame:
             frames.append(pd.read_csv(p).assign(**{"pass": name}))
     hist = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["pass", "step"])
     if evals:
-        evals_df = pd.DataFrame(evals)
-        evals_df.columns = [c.replace("dev_", "selection_", 1) for c in evals_df.columns]
-        hist = hist.merge(evals_df, on=["pass", "step"], how="left")
+        hist = hist.merge(pd.DataFrame(evals), on=["pass", "step"], how="left")
     cols = ["pass", "step"] + [c for c in hist.columns if c not in ("pass", "step")]
     return hist[cols]
 

@@ -181,7 +181,7 @@ def _history(records: list[dict[str, Any]], losses: list[float], per_epoch: int)
         step = rec["step"]
         history.append({"step": step, "epoch": math.ceil(step / per_epoch),
                         "train_loss": sum(losses[prev:step]) / max(1, step - prev),
-                        **{k.replace("dev_", "selection_", 1): v for k, v in rec.items() if k not in ("pass", "step")}})
+                        **{k: v for k, v in rec.items() if k not in ("pass", "step")}})
         prev = step
     return history
 
@@ -197,12 +197,12 @@ def _train(cfg, task: str, model: torch.nn.Module, data: TaskData, evaluate: Cal
     selector = None
     if data.selection:
         selector = BestCheckpoint(task, model, evaluate, steps, eval_steps(per_epoch, cfg.epochs, cfg.evals_per_epoch),
-                                  select_by_dev=True)
+                                  keep_best=True)
 
     def report(row: dict[str, Any]) -> None:
         if selector and selector.records and selector.records[-1]["step"] == row["step"]:
             say(f"{task}: step {row['step']}/{steps} selection score ({data.split.source}) "
-                f"{selector.records[-1]['dev_score']:.4f}")
+                f"{selector.records[-1]['selection_score']:.4f}")
 
     work = artifact(cfg.run_dir, "teachers", "model", task).parent / ".work"
     tcfg = TrainConfig(steps=steps, lr=cfg.lr, weight_decay=0.0, schedule="linear", max_grad_norm=1.0,
@@ -222,9 +222,10 @@ def _selection_metrics(before: dict[str, Any] | None, selector: BestCheckpoint |
     best = selector.best if selector else None
     return {"selection_before": before["metrics"] if before else None,
             "selection_score_before": before["score"] if before else None,
-            "selection_after": {k[4:]: v for k, v in best.items() if k.startswith("dev_") and k != "dev_score"}
+            "selection_after": {k[len("selection_"):]: v for k, v in best.items()
+                                if k.startswith("selection_") and k != "selection_score"}
             if best else None,
-            "selection_score_after": best["dev_score"] if best else None}
+            "selection_score_after": best["selection_score"] if best else None}
 
 
 def finetune_teacher(cfg, task: str, data_dir: str | Path | None = None,
