@@ -2,6 +2,9 @@
 
   glmd run --profile demo --run-dir runs/demo [--only 03 ...] [-p key=value ...] [-f params.yaml] [--force]
                                 -p seeds=[0,1,2]: notebooks 03-06 once per seed in <run_dir>/seed-<k>/
+  glmd compare --profile P --run-dir D [-f grid.yaml] [--methods a,b] [-p key=value ...]
+                                methods x seeds x sweep points as ordinary runs under D/runs/, shared stages once,
+                                then notebook 08 (D/compare/results.csv); compare.methods/seeds/keep_rates/tasks
   glmd params [NOTEBOOK]        every notebook's parameters as -p names them, with help text and profile values
   glmd stage1 --run-dir D [--profile P] [-p key=value ...]   stage 1 alone (``accelerate launch`` can start it)
   glmd export STUDENT_DIR OUT_DIR   a saved student as a plain Hugging Face folder (AutoTokenizer, pipeline)
@@ -59,6 +62,33 @@ def _run(args: argparse.Namespace) -> int:
     report = os.path.join(run_dir, "report", "report.md")
     if os.path.exists(report):
         print(f"Report: {os.path.abspath(report)}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from glmd_lib.compare.runner import run_compare
+    from glmd_lib.pipeline import Interrupted, PipelineError
+    from glmd_lib.runlock import RunDirError, RunLockedError
+
+    profile = args.profile or os.environ.get("GLMD_PROFILE") or "demo"
+    run_dir = args.run_dir or os.path.join("runs", f"compare-{profile}")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    try:
+        out = run_compare(profile, run_dir, parse_params(args.param, args.param_file), methods, force=args.force,
+                          cell_timeout=args.cell_timeout)
+    except Interrupted as e:
+        print(f"glmd compare: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("glmd compare: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (ConfigError, PipelineError, RunDirError, RunLockedError) as e:
+        print(f"glmd compare: error: {e}", file=sys.stderr)
+        return 2
+    plan = out["plan"]
+    print(f"glmd compare: {len(plan.runs)} method run(s) + {len(plan.untrained)} untrained reference(s), "
+          f"{out['runs_ran']} ran, in {out['seconds']:.0f} s; one task-teacher set for all. "
+          f"Results: {plan.root / 'compare' / 'results.csv'}")
     return 0
 
 
@@ -148,6 +178,16 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--notebook-dir", default=None, metavar="DIR",
                        help="run the numbered notebooks of DIR (default: the repository's notebooks/)")
     p_run.set_defaults(func=_run)
+
+    p_cmp = sub.add_parser("compare", help="GLMD against baselines and ablations: methods x seeds x sweep points")
+    p_cmp.add_argument("--profile", choices=PROFILES, default=None, help="default: $GLMD_PROFILE or demo")
+    p_cmp.add_argument("--run-dir", default=None, help="default: runs/compare-<profile>")
+    p_cmp.add_argument("--methods", default=None, help="comma-separated registered methods (overrides compare.methods)")
+    p_cmp.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="compare.KEY or any run parameter")
+    p_cmp.add_argument("-f", "--param-file", action="append", metavar="YAML", help="the grid / parameters as YAML")
+    p_cmp.add_argument("--force", action="store_true", help="rerun every notebook even when complete")
+    p_cmp.add_argument("--cell-timeout", type=int, default=None, metavar="S", help="fail a cell running over S s")
+    p_cmp.set_defaults(func=_compare)
 
     p_par = sub.add_parser("params", help="list the notebooks' parameters")
     p_par.add_argument("notebook", nargs="?", default=None)

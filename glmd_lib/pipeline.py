@@ -29,6 +29,7 @@ import difflib
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,8 +99,10 @@ def discover(notebook_dir: Path = NOTEBOOK_DIR) -> list[NotebookStep]:
 
 
 def select(steps: list[NotebookStep], only: list[str] | None) -> list[NotebookStep]:
+    """The notebooks ``--only`` names, in order; without ``--only`` all but the on-demand ones (08: ``glmd compare``
+    runs it at the end of a comparison, ``--only 08`` by hand)."""
     if not only:
-        return steps
+        return [s for s in steps if s.number not in ON_DEMAND]
     chosen = []
     for key in only:
         match = [s for s in steps if s.number == key or s.name == key or s.name.startswith(key)]
@@ -112,7 +115,8 @@ def select(steps: list[NotebookStep], only: list[str] | None) -> list[NotebookSt
 RESERVED = ("run_dir", "profile")  # given as --run-dir / --profile: one run, one profile
 SEEDS = "seeds"  # the pipeline's own key: repeat the trained stages per seed (module docstring)
 SHARED = ("00", "01", "02")  # untrained: run once, linked into every seed directory
-FINAL = ("07",)  # compares the seeds: runs once, after all of them
+FINAL = ("07", "08")  # compare the seeds (07) or the methods (08): run once, after all of them
+ON_DEMAND = ("08",)  # not part of a plain `glmd run`: only when named with --only
 
 
 def parse_seeds(value: Any) -> list[int]:
@@ -261,17 +265,32 @@ def plan(profile: str, run_dir: Path, steps: list[NotebookStep], universe: list[
 def link_shared(run_dir: Path, sub: Path, universe: list[NotebookStep]) -> None:
     """Make ``sub/<stage>`` a relative symlink to ``run_dir/<stage>`` for every shared stage, so a seed's
     stages read the one vocabulary map (and overview, frequency) as ``<their run_dir>/<stage>/``."""
+    link_stages(sub, {s.stage: run_dir / s.stage for s in universe if s.number in SHARED})
+
+
+def link_stages(sub: Path, targets: dict[str, Path]) -> None:
+    """Make each ``sub/<stage>`` a relative symlink to ``targets[stage]`` (replacing a link elsewhere; a real
+    directory there is refused), so a run reads a stage made once elsewhere as ``<its run_dir>/<stage>/``."""
     sub.mkdir(parents=True, exist_ok=True)
-    for step in (s for s in universe if s.number in SHARED):
-        link, target = sub / step.stage, Path("..") / step.stage
+    for stage, where in targets.items():
+        link, target = sub / stage, Path(os.path.relpath(where, sub))
         if link.is_symlink():
             if Path(link.readlink()) == target:
                 continue
             link.unlink()
         elif link.exists():
-            raise PipelineError(f"{link} is a directory of its own, not a link to the shared {run_dir / step.stage}: "
-                                f"move it away to run seeds in {run_dir}")
+            raise PipelineError(f"{link} is a directory of its own, not a link to the shared {where}: "
+                                f"move it away to share {where} there")
         link.symlink_to(target, target_is_directory=True)
+
+
+def routable(params: dict[str, Any], only: list[str], notebook_dir: Path = NOTEBOOK_DIR) -> dict[str, Any]:
+    """The part of ``params`` that reaches the notebooks ``only`` names (``glmd compare`` runs each part of a
+    comparison with what concerns it); a key no notebook knows is still a ConfigError."""
+    universe = discover(notebook_dir)
+    chosen = {s.name for s in select(universe, only)}
+    declared, shared = {s.name: s.declared() for s in universe}, shared_keys(universe)
+    return {k: v for k, v in params.items() if k == SEEDS or chosen & set(_owners(k, universe, declared, shared)[1])}
 
 
 def run(profile: str, run_dir: str | Path, only: list[str] | None = None, params: dict[str, Any] | None = None,

@@ -242,6 +242,16 @@ def test_full_vocabulary_student_and_refusals(tmp_path, smol_tokenizer, exported
         renumber_tokenizer_json({"model": {"type": "Mystery"}}, [0])
 
 
+def test_factorized_student_is_refused_by_name(tmp_path, tiny_llama, smol_tokenizer):
+    """A factorised embedding (glmd+al) has no plain transformers class: refused before anything is written."""
+    ident = VocabMap.identity(smol_tokenizer)
+    student = build_student(tiny_llama.config, dict(layers=1, hidden=64, heads=2, embedding_dim=16), seed=0)
+    save_student(student, tmp_path / "fact", smol_tokenizer, ident)
+    with pytest.raises(ExportError, match="factorised embedding"):
+        export_student(tmp_path / "fact", tmp_path / "fact_out")
+    assert not (tmp_path / "fact_out").exists()
+
+
 def test_template_processor_ids_are_renumbered():
     data = {"model": {"type": "WordPiece", "vocab": {"[CLS]": 0, "[SEP]": 1, "a": 2}},
             "added_tokens": [{"id": 0, "content": "[CLS]"}, {"id": 1, "content": "[SEP]"}],

@@ -3,6 +3,7 @@ student architectures, a masked-LM teacher, resume, the command line, and clear 
 from __future__ import annotations
 
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -240,3 +241,97 @@ def test_a_failing_rerun_leaves_the_stage_incomplete_and_the_old_checkpoints(tmp
     with pytest.raises(Stage1Error, match="student_max_positions"):
         run_stage1(_cfg(tmp_path, corpus, seq_len=64, student_max_positions=32), progress=False)
     assert not (out / "COMPLETE.json").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# the stage-1 losses of the comparison (issue #13): ce, kd, tinybert, minilm, factorised students
+# --------------------------------------------------------------------------------------------
+
+def _next_labels(ids):
+    labels = torch.full_like(ids, -100)
+    labels[:, :-1] = ids[:, 1:]
+    return labels
+
+
+def test_ce_loss_is_the_students_next_token_cross_entropy(make_tiny_llama):
+    from glmd_lib.distill.distiller import Distiller
+
+    student = make_tiny_llama(num_hidden_layers=1)
+    ids = torch.randint(0, 1000, (2, 6), generator=torch.Generator().manual_seed(0))
+    attn = torch.ones_like(ids)
+    loss, logs = Distiller(student, 15.0, None, 4, 0.0, loss="ce")(ids, attn, None, attn.bool(), _next_labels(ids))
+    logits = student(input_ids=ids).logits
+    ref = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+    torch.testing.assert_close(loss, ref)
+    assert float(logs["count"]) == 10 and float(logs["kl"]) == 0
+
+
+def test_chunked_kl_of_a_factorized_student_equals_the_naive_full_logits_kl(make_tiny_llama, tiny_llama):
+    from glmd_lib.distill.distiller import Distiller
+    from glmd_lib.distill.losses import distill_kl_reference
+    from glmd_lib.models.student import build_student
+
+    student = build_student(tiny_llama.config, dict(layers=1, hidden=32, heads=2, embedding_dim=8), seed=0)
+    ids = torch.randint(0, 1000, (2, 5), generator=torch.Generator().manual_seed(1))
+    attn = torch.ones_like(ids)
+    with torch.no_grad():
+        t_logits = tiny_llama(input_ids=ids).logits
+    flat = t_logits.reshape(-1, t_logits.shape[-1])
+    loss, _ = Distiller(student, 2.0, None, 3, 0.0)(ids, attn, lambda sl: flat[sl], attn.bool(), _next_labels(ids))
+    loss.backward()
+    table = student.get_input_embeddings().embed.weight
+    chunked_grad, table.grad = table.grad.clone(), None
+    ref = distill_kl_reference(student(input_ids=ids).logits, t_logits, attn, 2.0)
+    ref.backward()
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(chunked_grad, table.grad)  # the shared table gets both sides' gradient
+
+
+def test_kd_adds_the_weighted_cross_entropy(make_tiny_llama, tiny_llama):
+    from glmd_lib.distill.distiller import Distiller
+
+    student = make_tiny_llama(num_hidden_layers=1, seed=2)
+    ids = torch.randint(0, 1000, (1, 6), generator=torch.Generator().manual_seed(2))
+    attn, labels = torch.ones_like(ids), _next_labels(ids)
+    with torch.no_grad():
+        flat = tiny_llama(input_ids=ids).logits.reshape(-1, student.config.vocab_size)
+    kd, logs = Distiller(student, 3.0, None, 4, 0.5, loss="kd")(ids, attn, lambda sl: flat[sl], attn.bool(), labels)
+    assert float(kd.detach()) == pytest.approx(float(logs["kl"]) + 0.5 * float(logs["ce"]), rel=1e-5)
+    with pytest.raises(Exception, match="needs ce_weight > 0"):
+        Stage1Config.resolve("smoke", loss="kd")
+
+
+@pytest.mark.parametrize("loss", ["ce", "tinybert", "minilm"])
+def test_stage1_smoke_run_of_each_comparison_loss(tmp_path, corpus, loss):
+    m = run_stage1(_cfg(tmp_path, corpus, loss=loss, steps=2, checkpoint_every=2), progress=False)
+    assert m["loss"] == loss and m["steps"] == 2 and math.isfinite(m["final_loss"])
+    hist = pd.read_csv(tmp_path / "stage1" / "history.csv")
+    if loss == "ce":
+        assert (hist["loss"] == hist["ce"]).all()
+    else:
+        assert {"kl", "attention_kl", "hidden_mse" if loss == "tinybert" else "value_kl"} <= set(hist.columns)
+    student = load_student(tmp_path / "stage1" / "student")  # the plain model: no projection saved in it
+    assert not any("project" in k for k in student.model.state_dict())
+
+
+def test_stage1_factorized_student_trains_and_records_skipped_attention(tmp_path, corpus):
+    m = run_stage1(_cfg(tmp_path, corpus, loss="tinybert", embedding_dim=8, student_heads=4, steps=2,
+                        checkpoint_every=2), progress=False)
+    assert "attention" in m["feature_terms_skipped"] and m["embedding_dim"] == 8
+    assert load_student(tmp_path / "stage1" / "student").model.config.glmd_embedding_dim == 8
+
+
+def test_zero_steps_saves_the_initialised_student(tmp_path, corpus):
+    """Ablation glmd-no-stage1: no training, the student as initialised goes on to stage 2, measured as it is."""
+    from glmd_lib.artifacts import is_complete
+    from glmd_lib.models.student import build_student
+    from glmd_lib.models.teacher import load_teacher
+
+    cfg = _cfg(tmp_path, corpus, steps=0)
+    m = run_stage1(cfg, progress=False)
+    assert m["steps"] == 0 and m["tokens_seen"] == 0 and math.isfinite(m["valid_kl"])
+    assert is_complete(tmp_path / "stage1") and not (tmp_path / "stage1" / "checkpoints").exists()
+    teacher = load_teacher(cfg.teacher)[0]
+    fresh = build_student(teacher.config, cfg, None, arch=cfg.student_arch, init=cfg.init, teacher=teacher, seed=cfg.seed)
+    saved = load_student(tmp_path / "stage1" / "student").model.state_dict()
+    assert all(torch.equal(v, saved[k]) for k, v in fresh.state_dict().items())

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from glmd_lib.distill import stage2, task_inputs
+from glmd_lib.distill import stage2, task_inputs, task_losses
 from glmd_lib.config.stages import Stage2Config
 from glmd_lib.distill.losses import distill_kl_reference, soft_cross_entropy
 from glmd_lib.artifacts import is_complete, mark_complete
@@ -155,7 +155,7 @@ def test_a_label_aware_loss_would_be_caught(run_dir, tmp_path, monkeypatch):
     """The comparison above can fail: let the labels through and add a gold cross-entropy to pass 2b."""
     monkeypatch.setattr(task_inputs, "read_inputs",
                         lambda task, split, data_dir=None: read_file(task, task_path(task, split, data_dir), True))
-    original = stage2.make_2b_loss
+    original = task_losses.make_2b_loss
 
     def leaky_2b(student, clozes, teacher_scores, vocab_map):
         inner = original(student, clozes, teacher_scores, vocab_map)
@@ -167,7 +167,7 @@ def test_a_label_aware_loss_would_be_caught(run_dir, tmp_path, monkeypatch):
             return loss + F.cross_entropy(s, torch.tensor([clozes[i].label for i in gold])), logs
         return loss_fn
 
-    monkeypatch.setattr(stage2, "make_2b_loss", leaky_2b)
+    monkeypatch.setattr(task_losses, "make_2b_loss", leaky_2b)
     real = _run(run_dir, _write_data(tmp_path / "real", "real"), tasks=["CB"])
     shuffled = _run(run_dir, _write_data(tmp_path / "shuffled", "shuffled"), tasks=["CB"])
     assert not _same(real, shuffled)
@@ -204,6 +204,8 @@ def test_artifacts_metrics_history_and_resume(run_dir, tmp_path):
         assert m["student_params"] < m["teacher_params"]
         assert m["train_inputs"] == 10 and m["unlabeled_inputs"] == 0 and m["dev_examples"] == 6
         assert m["select_on"] == "dev" and m["selection_examples"] == 6
+        assert m["task_loss"] == "glmd" and m["gold_labels_in_loss"] is False
+        assert m["passes"] == {"2a": "vocab_kl", "2b": "soft_ce"}
         h = pd.read_csv(d / "history.csv")
         assert list(h.groupby("pass").size().items()) == [("2a", 2), ("2b", 3)]
         assert {"loss", "kl", "teacher_agreement", "selection_score"} <= set(h.columns)
@@ -257,10 +259,10 @@ def test_2a_loss_is_the_vocab_kl_over_every_position_of_every_sequence(models, t
     data = _write_data(tmp_path, "real")
     ex = task_inputs.read_inputs("COPA", "train", data)[:3]
     clozes = build_cloze("COPA", ex, tok, max_len=64)
-    batch = stage2.collate_2a(clozes)(torch.tensor([0, 2]))
+    batch = task_losses.collate_2a(clozes)(torch.tensor([0, 2]))
     assert batch["input_ids"].shape[0] == 4  # both candidate-filled sequences of both examples
     assert batch["attention_mask"].sum(1).tolist() == [len(s) for i in (0, 2) for s in clozes[i].sequences]
-    loss_fn = stage2.make_2a_loss(TeacherRunner(teacher, vm, bf16=False), vm)
+    loss_fn = task_losses.make_2a_loss(TeacherRunner(teacher, vm, bf16=False), vm)
     loss, logs = loss_fn(batch, Distiller(student, 15.0, None, 7, 0.0))
     ids, attn = batch["input_ids"], batch["attention_mask"]
     with torch.no_grad():
@@ -287,7 +289,7 @@ def test_2b_loss_is_soft_ce_between_task_scores(models, tmp_path):
     for task in TASKS:
         clozes = build_cloze(task, task_inputs.read_inputs(task, "train", data)[:4], tok, max_len=64)
         scores = TeacherScores(teacher, clozes)
-        loss, logs = stage2.make_2b_loss(student, clozes, scores, vm)({"index": torch.tensor([3, 1])})
+        loss, logs = task_losses.make_2b_loss(student, clozes, scores, vm)({"index": torch.tensor([3, 1])})
         with torch.no_grad():
             t = task_scores(teacher, [clozes[3], clozes[1]])
         s = task_scores(student, [clozes[3], clozes[1]], vocab_map=vm)
@@ -337,10 +339,10 @@ def test_2a_loss_follows_the_substitute_target_of_the_students_map(models, tmp_p
                       pruned_mass="substitute")
     clozes = build_cloze("COPA", task_inputs.read_inputs("COPA", "train", _write_data(tmp_path, "real"))[:3], tok,
                          max_len=64)
-    batch = stage2.collate_2a(clozes)(torch.tensor([0, 2]))
+    batch = task_losses.collate_2a(clozes)(torch.tensor([0, 2]))
     ids, attn = batch["input_ids"], batch["attention_mask"]
     T = 2.0
-    loss, _ = stage2.make_2a_loss(TeacherRunner(teacher, vm_sub, bf16=False, temperature=T), vm_sub)(
+    loss, _ = task_losses.make_2a_loss(TeacherRunner(teacher, vm_sub, bf16=False, temperature=T), vm_sub)(
         batch, Distiller(student, T, None, 7, 0.0))
     with torch.no_grad():
         p_full = torch.softmax(teacher(input_ids=ids, attention_mask=attn).logits / T, -1)
@@ -349,7 +351,7 @@ def test_2a_loss_follows_the_substitute_target_of_the_students_map(models, tmp_p
     per_pos = (q * (q.log() - log_ps)).sum(-1)
     ref = T * T * (per_pos * attn).sum() / attn.sum()
     torch.testing.assert_close(loss, ref, rtol=1e-4, atol=1e-5)
-    renorm, _ = stage2.make_2a_loss(TeacherRunner(teacher, vm, bf16=False), vm)(
+    renorm, _ = task_losses.make_2a_loss(TeacherRunner(teacher, vm, bf16=False), vm)(
         batch, Distiller(student, T, None, 7, 0.0))
     assert abs(renorm.item() / loss.item() - 1) > 1e-3
     with pytest.raises(ValueError, match="temperature"):
@@ -367,13 +369,72 @@ def test_a_failing_rerun_leaves_no_complete_marker(run_dir, tmp_path, monkeypatc
     data = _write_data(tmp_path / "d", "real")
     stage2.run_stage2(_cfg(run, data, tasks=["CB"]), progress=False, log_fn=None)
     assert is_complete(run / "stage2") and is_complete(run / "stage2" / "CB")
-    real = stage2.make_2a_loss
+    real = task_losses.make_2a_loss
 
     def nan_2a(*args, **kwargs):
         fn = real(*args, **kwargs)
         return lambda batch, model: (lambda out: (out[0] * float("nan"), out[1]))(fn(batch, model))
 
-    monkeypatch.setattr(stage2, "make_2a_loss", nan_2a)
+    monkeypatch.setattr(task_losses, "make_2a_loss", nan_2a)
     with pytest.raises(FloatingPointError, match="non-finite"):
         stage2.run_stage2(_cfg(run, data, tasks=["CB"], steps_2a=3), progress=False, log_fn=None)
     assert not (run / "stage2" / "COMPLETE.json").exists() and not (run / "stage2" / "CB" / "COMPLETE.json").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# issue #13: task_loss kd / finetune (gold labels of the training inputs), skipped passes
+# --------------------------------------------------------------------------------------------
+
+def _metrics(run_dir, task="CB"):
+    return json.loads((run_dir / "stage2" / task / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("loss", ["kd", "finetune"])
+def test_gold_label_task_losses_run_only_the_task_pass_and_learn_from_the_labels(run_dir, tmp_path, loss):
+    kw = dict(tasks=["CB"], task_loss=loss, add_unlabeled=False, steps_2b=2, kd_temperature=2.0)
+    real = _run(run_dir, _write_data(tmp_path / "real", "real"), **kw)
+    m = _metrics(run_dir)
+    assert m["task_loss"] == loss and m["gold_labels_in_loss"] is True
+    assert m["passes"] == {"2a": "skipped", "2b": task_losses.PASS_LOSSES[loss]["2b"]}
+    assert m["steps_2a"] == 0 and m["steps_2b"] == 2 and m["final_loss_2a"] is None and m["final_loss_2b"] > 0
+    assert (m["teacher_scored_inputs"] == 0) == (loss == "finetune")  # finetune never asks the teacher
+    h = pd.read_csv(run_dir / "stage2" / "CB" / "history.csv")
+    assert set(h["pass"]) == {"2b"} and "gold_ce" in h.columns
+    shuffled = _run(run_dir, _write_data(tmp_path / "shuffled", "shuffled"), **kw)
+    assert not _same(real, shuffled), "shuffled train labels gave the same student: no gold label reached the loss"
+
+
+def test_gold_labels_are_those_of_the_training_inputs_only(run_dir, tmp_path, smol_tokenizer):
+    """kd/finetune read back the labels of exactly the inputs that train: never the holdout's (nor dev's)."""
+    from glmd_lib.superglue.data import read_split
+    from glmd_lib.superglue.data import LABELS
+
+    data = _write_data(tmp_path / "d", "real")
+    kw = dict(add_unlabeled=False, select_on="train_holdout", selection_fraction=0.2, max_train_examples=6)
+    gold = task_inputs.task_inputs(_cfg(run_dir, data, task_loss="kd", **kw), "CB", smol_tokenizer, "causal", 0, 64,
+                                   data)
+    glmd = task_inputs.task_inputs(_cfg(run_dir, data, **kw), "CB", smol_tokenizer, "causal", 0, 64, data)
+    labels = {ex.idx: ex.label for ex in read_split("CB", "train", data)}
+    assert len(gold.train) == 6 and [c.idx for c in gold.train] == [c.idx for c in glmd.train]
+    assert [c.label for c in gold.train] == [LABELS["CB"].index(labels[c.idx]) for c in gold.train]
+    assert all(c.label is None for c in glmd.train)
+    assert not {c.idx for c in gold.train} & {ex.idx for ex in gold.selection_examples}
+    shown = task_inputs.input_preview(_cfg(run_dir, data, task_loss="kd", **kw))["label seen by stage 2"]
+    assert shown["CB"] == read_split("CB", "train", data)[0].label
+    assert task_inputs.input_preview(_cfg(run_dir, data, **kw))["label seen by stage 2"].isna().all()
+    with pytest.raises(task_inputs.Stage2Error, match="task_loss='kd'.*use task_loss='glmd'"):
+        removed = _write_data(tmp_path / "removed", "removed")
+        task_inputs.task_inputs(_cfg(run_dir, removed, task_loss="kd", add_unlabeled=False), "CB", smol_tokenizer,
+                                "causal", 0, 64, removed)
+
+
+@pytest.mark.parametrize("skip", ["2a", "2b"])
+def test_a_skipped_pass_is_recorded_as_skipped(run_dir, tmp_path, skip):
+    other = {"2a": "2b", "2b": "2a"}[skip]
+    _run(run_dir, _write_data(tmp_path / "d", "real"), tasks=["CB"], add_unlabeled=False, select_on="train_holdout",
+         selection_fraction=0.2, **{f"steps_{skip}": 0})
+    m = _metrics(run_dir)
+    assert m["passes"][skip] == "skipped" and m["passes"][other] != "skipped" and m["gold_labels_in_loss"] is False
+    assert m[f"steps_{skip}"] == 0 and m[f"selection_score_{skip}"] is None and m[f"final_loss_{skip}"] is None
+    assert m[f"selection_score_{other}"] is not None and m["selection_score_final"] == m[f"selection_score_{other}"]
+    assert set(pd.read_csv(run_dir / "stage2" / "CB" / "history.csv")["pass"]) == {other}

@@ -169,3 +169,42 @@ def test_init_from_teacher_never_copies_attention_across_another_head_layout(mak
     info = init_from_teacher(st, teacher, vocab_map)
     assert q in info["skipped_attention"] and not torch.equal(st.state_dict()[q], t_sd[q])
     assert torch.equal(st.state_dict()["model.layers.1.mlp.up_proj.weight"], t_sd["model.layers.1.mlp.up_proj.weight"])
+
+
+# --------------------------------------------------------------------------------------------
+# the factorised embedding (issue #13: glmd+al, dim-reduction)
+# --------------------------------------------------------------------------------------------
+
+def test_factorized_student_round_trip_and_parameter_count(tmp_path, tiny_llama, smol_tokenizer):
+    from glmd_lib.config.stages import VocabConfig
+    from glmd_lib.models.factorized import FactorizedHead
+    from glmd_lib.models.student import save_student
+    from glmd_lib.models.teacher import count_parameters
+    from glmd_lib.vocab.analysis import factorized_alternative
+
+    shape = dict(layers=1, hidden=64, heads=2)
+    plain = build_student(tiny_llama.config, shape, seed=0)
+    student = build_student(tiny_llama.config, {**shape, "embedding_dim": 16}, seed=0)
+    assert isinstance(student.get_output_embeddings(), FactorizedHead)
+    V = len(smol_tokenizer)
+    # the vocabulary stage's figure for this shape (its E = hidden / 4 = 16)
+    vcfg = VocabConfig.resolve("smoke", run_dir=str(tmp_path), student_layers=1, student_hidden=64, student_heads=2)
+    width, expected = factorized_alternative(tiny_llama.config, vcfg, V, count_parameters(plain))
+    assert width == 16 and count_parameters(student) == expected == count_parameters(plain) - V * 64 + V * 16 + 2 * 16 * 64
+    ids = torch.tensor([[5, 700, 49151, 17, 3]])
+    student.eval()
+    with torch.no_grad():
+        before = student(input_ids=ids).logits
+    save_student(student, tmp_path / "s", smol_tokenizer, None)
+    loaded = load_student(tmp_path / "s")
+    assert isinstance(loaded.model.get_output_embeddings(), FactorizedHead)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(input_ids=ids).logits, before)
+    assert count_parameters(loaded.model) == expected
+
+
+def test_factorized_embedding_is_refused_where_it_cannot_be_built(tiny_llama, tiny_bert):
+    with pytest.raises(StudentError, match="embedding_dim = 32 must be in"):
+        build_student(tiny_llama.config, dict(layers=1, hidden=32, heads=2, embedding_dim=32))
+    with pytest.raises(StudentError, match="causal-LM students only"):
+        build_student(tiny_bert.config, dict(layers=1, hidden=32, heads=2, embedding_dim=8))

@@ -8,95 +8,15 @@ SuperGLUE task names here, so a wrong value fails before any notebook runs.
 """
 from __future__ import annotations
 
-import difflib
+import dataclasses
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Literal
 
-from glmd_lib.config.base import ConfigError, StageConfig, param
-from glmd_lib.superglue.data import DIAGNOSTICS, MAIN_TASKS, TASKS
-
-SMOKE_TEACHER = "tiny-random-llama"  # a tiny random Llama with the real SmolLM2 tokenizer (see models.py)
-DEMO_TEACHER = "smollm2-135m"
-CORE_TASKS = ["CB", "COPA", "RTE"]
-ALL_TASKS = list(MAIN_TASKS)
-# The paper's student is about 60% of its teacher's parameters: SmolLM2-135M's own width, heads and MLP with 19 of
-# its 30 layers, and the half vocabulary, is 81.4M of 134.5M parameters (60.5%). Shared by the vocabulary stage
-# (its parameter counts) and stage 1 (the student it trains).
-PAPER_STUDENT = {"student_layers": 19, "student_hidden": 576, "student_heads": 9, "student_kv_heads": 3,
-                 "student_intermediate": 1536}
-# The paper's stage 2 reads 512-token inputs for MultiRC and ReCoRD; one length serves every task here.
-PAPER_SEQ_LEN = 512
-# The paper's stage-2 epochs per task (each of passes 2a and 2b runs them).
-PAPER_TASK_EPOCHS = {"CB": 50, "COPA": 50, "RTE": 50, "WiC": 30, "BoolQ": 20, "MultiRC": 15, "ReCoRD": 5}
-
-
-# Keys with one meaning in every notebook that declares them are `shared` (glmd run sends a bare value to
-# all of them). Keys that mean different things per stage (lr, batch_size, steps, max_seq_len ...) are not,
-# and neither is `tasks`: frequency counts every task for comparison, teachers and stage2 train on theirs,
-# eval adds the AX diagnostics; one bare list would silently change all four, so it is written per stage.
-
-def shared_param(default, help: str, **extra):
-    """A key with one meaning in every notebook that declares it (``param(..., shared=True)``)."""
-    return param(default, help, shared=True, **extra)
-
-
-def check_tasks(tasks: list[str], allowed: tuple[str, ...], key: str = "tasks", empty_ok: bool = False) -> None:
-    """Refuse an unknown, misspelt, repeated or (for this stage) unusable task name, listing the allowed ones.
-
-    Names are case-sensitive, as the SuperGLUE folders are (``cb`` gets "did you mean 'CB'?")."""
-    choices = f"allowed: {', '.join(allowed)} (case-sensitive)"
-    if not tasks and not empty_ok:
-        raise ConfigError(f"parameter {key!r} must name at least one task; {choices}")
-    for name in tasks:
-        if name in allowed:
-            if tasks.count(name) > 1:
-                raise ConfigError(f"parameter {key!r} lists {name!r} twice")
-            continue
-        if name in DIAGNOSTICS:
-            raise ConfigError(f"parameter {key!r}: {name!r} is a diagnostic set without training data (notebook 06 "
-                              f"evaluates it with the RTE models); {choices}")
-        same = [t for t in allowed if t.lower() == str(name).lower()] or difflib.get_close_matches(name, allowed, 1)
-        hint = f" (did you mean {same[0]!r}?)" if same else ""
-        raise ConfigError(f"parameter {key!r}: {name!r} is not a SuperGLUE task{hint}; {choices}")
-
-
-def teacher_param(help: str):
-    """The pre-trained teacher: the same model in every notebook (only the help text says what it is used for)."""
-    return shared_param(DEMO_TEACHER, help)
-
-
-def superglue_dir_param():
-    """The SuperGLUE folder: the same data for every stage that reads it."""
-    return shared_param(None, "SuperGLUE folder (default: $GLMD_DATA, ../shared/data/superglue)")
-
-
-class TaskList:
-    """A config with a ``tasks`` list: its names are checked (:func:`check_tasks`) against ``allowed_tasks``
-    (default: the eight main tasks, which have training data)."""
-
-    allowed_tasks: ClassVar[tuple[str, ...]] = MAIN_TASKS
-    empty_tasks_ok: ClassVar[bool] = False
-
-    def validate(self) -> None:
-        super().validate()  # type: ignore[misc]  (StageConfig's, next in the configs' method order)
-        check_tasks(self.tasks, self.allowed_tasks, empty_ok=self.empty_tasks_ok)  # type: ignore[attr-defined]
-
-
-@dataclass
-class StudentShape:
-    """The student's shape; shared by the vocabulary stage (for parameter counts) and stage 1, so each key
-    is ``shared``: ``-p student_layers=6`` reaches both, and the counts describe the student that is trained."""
-
-    student_arch: Literal["same", "llama", "gpt2", "bert"] = shared_param(
-        "same", "student architecture: 'same' as the teacher, or another HF architecture sharing its tokenizer")
-    student_layers: int = shared_param(4, "student transformer layers", ge=1)
-    student_hidden: int = shared_param(256, "student hidden size", ge=1)
-    student_heads: int = shared_param(4, "student attention heads", ge=1)
-    student_kv_heads: int | None = shared_param(None, "student key/value heads (None: same as heads)", ge=1)
-    student_intermediate: int | None = shared_param(None, "student MLP width (None: 4 x hidden, or 8/3 x hidden "
-                                                          "for Llama)", ge=1)
-    student_max_positions: int = shared_param(512, "student maximum sequence length", ge=1)
-
+from glmd_lib.config.base import ConfigError, StageConfig, check_value, param
+from glmd_lib.config.shared import (ALL_TASKS, CORE_TASKS, DEMO_TEACHER, PAPER_SEQ_LEN, PAPER_STUDENT,
+                                    PAPER_TASK_EPOCHS, SMOKE_TEACHER, StudentShape, TaskList, shared_param,
+                                    superglue_dir_param, teacher_param)
+from glmd_lib.superglue.data import TASKS
 
 @dataclass
 class OverviewConfig(StageConfig):
@@ -199,10 +119,15 @@ class Stage1Config(StudentShape, StageConfig):
     init: Literal["random", "teacher"] = param("random", "random (paper) or from the teacher where shapes allow")
     temperature: float = param(15.0, "distillation temperature T (paper: 15); the loss is scaled by T^2", gt=0)
     teacher_topk: int | None = param(None, "truncate the teacher's distribution to its top-k tokens (None: full)", ge=1)
-    ce_weight: float = param(0.0, "baseline only: weight of the student's own cross-entropy added to the loss", ge=0)
+    loss: Literal["glmd", "kd", "ce", "tinybert", "minilm"] = param(
+        "glmd", "glmd (T^2 KL, kept vocabulary) | kd (+ ce_weight x own CE) | ce (own next-token CE, no teacher) | "
+                "tinybert (+ projected hidden MSE, attention KL) | minilm (+ last-layer attention, value-relation KL)")
+    ce_weight: float = param(0.0, "loss='kd' only (> 0 there): weight of the student's own cross-entropy", ge=0)
+    feature_weight: float = param(1.0, "tinybert/minilm: weight of the intermediate-layer terms", ge=0)
+    embedding_dim: int | None = param(None, "ALBERT-style factorised embedding width E (None: plain)", ge=1)
     mlm_probability: float = param(0.15, "masked-LM teachers: share of positions masked", gt=0, lt=1)
     mlm_loss_on: Literal["masked", "all"] = param("masked", "masked-LM teachers: positions the loss covers")
-    steps: int = param(150, "optimizer steps", ge=1)
+    steps: int = param(150, "optimizer steps (0: no stage 1, the initialised student is saved)", ge=0)
     batch_size: int = param(8, "sequences per micro-batch", ge=1)
     grad_accum: int = param(1, "micro-batches per optimizer step", ge=1)
     seq_len: int = param(128, "tokens per training sequence", ge=2)
@@ -230,6 +155,14 @@ class Stage1Config(StudentShape, StageConfig):
                                     "fp32 loss (None: on CUDA only; False keeps CPU runs bitwise exact)")
     teacher_bf16: bool | None = param(None, "run the frozen teacher's forward under bf16 autocast (None: on CUDA "
                                             "only; True also on CPU, ~3x faster there; fp32 keeps runs bitwise exact)")
+
+    def validate(self) -> None:
+        super().validate()
+        if (self.loss == "kd") != (self.ce_weight > 0):
+            raise ConfigError(f"parameter 'ce_weight' = {self.ce_weight} with loss={self.loss!r}: the student's own "
+                              f"cross-entropy is added only by loss='kd', which needs ce_weight > 0")
+        if self.loss in ("ce", "tinybert", "minilm") and self.teacher_cache:
+            raise ConfigError(f"loss={self.loss!r} cannot use the teacher cache; set teacher_cache=False")
 
 
 @dataclass
@@ -290,9 +223,13 @@ class Stage2Config(TaskList, StageConfig):
     superglue_dir: str | None = superglue_dir_param()
     pattern_id: int | None = shared_param(None, "cloze pattern (None: the one the task teacher was fine-tuned "
                                                 "with)", ge=0)
+    task_loss: Literal["glmd", "kd", "finetune"] = param("glmd", "glmd: 2a + 2b, no gold label in a loss; kd: pass "
+        "2b only, T^2 x soft task CE at kd_temperature + gold_weight x gold CE; finetune: 2b only, gold CE only")
     temperature: float = param(15.0, "temperature of the vocabulary KL in pass 2a (pass 2b uses T=1)", gt=0)
-    steps_2a: int = param(40, "optimizer steps of pass 2a (vocabulary KL on cloze inputs)", ge=1)
-    steps_2b: int = param(40, "optimizer steps of pass 2b (soft cross-entropy on task scores)", ge=1)
+    kd_temperature: float = param(1.0, "task_loss='kd': temperature T of the soft task targets", gt=0)
+    gold_weight: float = param(1.0, "task_loss='kd': weight of the gold-label cross-entropy", ge=0)
+    steps_2a: int = param(40, "optimizer steps of pass 2a (vocabulary KL on cloze inputs; 0 skips it)", ge=0)
+    steps_2b: int = param(40, "optimizer steps of pass 2b, the task pass (task_loss; 0 skips it)", ge=0)
     task_epochs: dict[str, int] | None = param(
         None, "epochs per task, e.g. CB:50,COPA:50 (paper: CB, COPA, RTE 50; WiC 30; BoolQ 20; MultiRC 15; ReCoRD 5): "
               "a task named here trains epochs x ceil(inputs / batch_size) steps in each pass instead of "
@@ -330,6 +267,13 @@ class Stage2Config(TaskList, StageConfig):
         unknown = sorted(set(self.task_epochs or {}) - set(ALL_TASKS))
         if unknown:
             raise ConfigError(f"parameter 'task_epochs': unknown task(s) {unknown}; tasks are {list(ALL_TASKS)}")
+        gold = self.task_loss == "finetune" or (self.task_loss == "kd" and self.gold_weight > 0)  # labels in a loss
+        if (self.steps_2b == 0 and self.task_loss != "glmd") or self.steps_2a == self.steps_2b == 0:
+            raise ConfigError(f"steps_2a={self.steps_2a}, steps_2b=0 with task_loss='{self.task_loss}': stage 2 would "
+                              f"train nothing; give a pass steps (0 skips a pass; kd/finetune train only in pass 2b)")
+        if gold and self.add_unlabeled:
+            raise ConfigError(f"task_loss='{self.task_loss}' learns the gold label of every training input and the "
+                              f"test split has none: set add_unlabeled=False")
 
 
 @dataclass
@@ -373,3 +317,37 @@ class ReportConfig(StageConfig):
     title: str = param("GLMD Workbench run", "heading of report.md")
     seed_runs: list[str] = param([], "further run directories of the same experiment with other seeds, for mean ± sd "
                                      "(the run's own seed-<k>/ sub-directories are found without this)")
+
+
+# the issue's eight methods (glmd_lib.distill.methods registers them and the ablations)
+_MAIN_METHODS = ["no-kd", "kd", "tinybert", "minilm", "glmd-vc", "glmd", "glmd+al", "dim-reduction"]
+
+
+@dataclass
+class CompareConfig(TaskList, StageConfig):
+    """``glmd compare`` and notebook 08 (issue #13); every other key of a compare run reaches each run's notebooks."""
+    stage = "compare"
+    notebook = "08_method_comparison"
+    profiles = {
+        "smoke": {"methods": ["glmd", "kd"], "tasks": ["CB"], "bootstrap_samples": 200},
+        "demo": {"methods": _MAIN_METHODS, "tasks": ["CB", "COPA", "RTE"], "seeds": [0, 1, 2],
+                 "keep_rates": [1.0, 0.5, 0.25, 0.125]},
+        "gpu": {"methods": _MAIN_METHODS, "tasks": ALL_TASKS, "seeds": [0, 1, 2], "keep_rates": [1.0, 0.5, 0.25, 0.125]},
+        "paper": {"methods": _MAIN_METHODS, "tasks": ALL_TASKS, "seeds": [0, 1, 2]},
+    }
+    methods: list[str] = param(["glmd", "kd"], "registered methods to compare (glmd_lib.distill.methods.METHODS)")
+    # each element is checked against the range (validate); gt=-1, not ge=0: a bare -1 is no list to range-check
+    seeds: list[int] = param([0], "seeds: each method is trained and evaluated once per seed (03-06)", gt=-1)
+    keep_rates: list[float] | None = param(None, "sweep of glmd's kept-vocabulary rate, one run per point with the "
+                                                 "first seed (None or []: no sweep)", gt=0, le=1)
+    tasks: list[str] = param(["CB", "COPA", "RTE"], "tasks of every run (task teachers, stage 2, evaluation)")
+    bootstrap_samples: int = param(1000, "bootstrap resamples of the paired differences against glmd", ge=10)
+
+    def validate(self) -> None:
+        super().validate()
+        for f in dataclasses.fields(self):
+            for v in (getattr(self, f.name) or []) if f.name in ("seeds", "keep_rates") else []:
+                check_value(f, v)
+        if not self.methods or not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"CompareConfig: methods {self.methods} and seeds {self.seeds} must be non-empty, "
+                              f"seeds distinct")

@@ -54,7 +54,7 @@ def stage2_scores(table: pd.DataFrame, histories: Mapping[str, pd.DataFrame]) ->
     if cols:
         bars.legend(fontsize=8, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     for task, h in histories.items():
-        offset = h.loc[h["pass"] == "2a", "step"].max()
+        offset = max(h.loc[h["pass"] == "2a", "step"], default=0)  # 0: pass 2a skipped
         x = h["step"] + (h["pass"] == "2b") * offset
         curves.plot(x, h["loss"] / h.groupby("pass")["loss"].transform("first"), label=task)
         curves.axvline(offset + 0.5, color="#999999", lw=0.8)

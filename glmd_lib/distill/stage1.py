@@ -33,15 +33,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glmd_lib.artifacts import STAGES, ArtifactError, artifact, atomic_write_json, begin_stage, mark_complete, \
-    save_figure
+from glmd_lib.artifacts import STAGES, ArtifactError, artifact, atomic_write_json, atomic_write_text, begin_stage, \
+    mark_complete, save_figure
 from glmd_lib.config.base import PROFILES, ConfigError, parse_params
 from glmd_lib.config.stages import Stage1Config
 from glmd_lib.data.blocks import require_blocks, separator_ids, token_blocks
 from glmd_lib.data.corpus import default_corpus
 from glmd_lib.device import autocast, get_device, set_threads, use_bf16
 from glmd_lib.distill.figures import stage1_curves
-from glmd_lib.distill.distiller import Distiller
+from glmd_lib.distill.distiller import stage1_distiller
+from glmd_lib.distill.feature_objective import FEATURE_LOSSES, teacher_features
 from glmd_lib.distill.losses import mask_tokens
 from glmd_lib.distill.teacher import TeacherRunner, cached_teacher_fn, topk_cache_problem
 from glmd_lib.distill.teacher_cache import TeacherCache, cache_key, ensure_teacher_cache, hidden_mode_problem
@@ -94,13 +95,19 @@ def make_loss_fn(cfg: Stage1Config, runner: TeacherRunner | None, vocab_map: Voc
             nxt = to_student(ids[:, 1:])
             labels = torch.full_like(ids, -100)
             labels[:, :-1] = torch.where(attn[:, 1:].bool(), nxt, torch.full_like(nxt, -100))
-        if cache is not None:
+        feats = None
+        if cfg.loss == "ce":  # the no-KD baseline: no teacher in the step
+            teacher_fn = None
+        elif cfg.loss in FEATURE_LOSSES:
+            teacher_fn, feats = teacher_features(runner, ids_in, attn, cfg.loss == "minilm")
+        elif cache is not None:
             teacher_fn = cached_teacher_fn(cache, batch["index"], runner, vocab_map, num_student_tokens,
                                            cfg.temperature, ids.device)
         else:
             teacher_fn = runner.chunks(ids_in, attn)
-        loss, logs = model(to_student(ids_in), attn, teacher_fn, loss_mask, labels)
-        return loss, {"kl": logs["kl"], "ce": logs["ce"], "tokens": attn.sum(), "loss_count": logs["count"]}
+        loss, logs = model(to_student(ids_in), attn, teacher_fn, loss_mask, labels, teacher_features=feats)
+        count = logs.pop("count")
+        return loss, {**logs, "tokens": attn.sum(), "loss_count": count}
 
     return loss_fn
 
@@ -209,16 +216,20 @@ def _load_teacher(cfg: Stage1Config) -> _Teacher:
     return _Teacher(teacher, tokenizer, kind, use_bf16(device, cfg.teacher_bf16), vocab_map, device, separator)
 
 
-def _blocks(cfg: Stage1Config, tokenizer: Any, world: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training blocks (as many as the steps consume) and held-out blocks, both ``[n, seq_len]``."""
+def _blocks(cfg: Stage1Config, tokenizer: Any, world: int, training: bool = True
+            ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Training blocks (as many as the steps consume; None unless ``training``) and held-out blocks, both
+    ``[n, seq_len]``."""
     per_step = cfg.batch_size * cfg.grad_accum * world
-    blocks = token_blocks(cfg.corpus or default_corpus("train"), tokenizer, cfg.seq_len,
+    blocks = None if not training else token_blocks(cfg.corpus or default_corpus("train"), tokenizer, cfg.seq_len,
                           max_blocks=cfg.steps * per_step, max_lines=cfg.max_lines, separator=cfg.separator)
-    require_blocks(blocks, cfg.batch_size * world, "training", cfg.corpus or "default (train shards)")
+    if training:
+        require_blocks(blocks, cfg.batch_size * world, "training", cfg.corpus or "default (train shards)")
     valid = token_blocks(cfg.valid_corpus or default_corpus("valid"), tokenizer, cfg.seq_len,
                          max_blocks=cfg.eval_batches * cfg.batch_size, separator=cfg.separator)
     require_blocks(valid, 1, "validation", cfg.valid_corpus or "default (valid.txt)")
-    log.info("stage 1: %d training blocks, %d held-out blocks of %d tokens", len(blocks), len(valid), cfg.seq_len)
+    log.info("stage 1: %d training blocks, %d held-out blocks of %d tokens", len(blocks) if training else 0,
+             len(valid), cfg.seq_len)
     return blocks, valid
 
 
@@ -251,7 +262,7 @@ def _train(cfg: Stage1Config, t: _Teacher, student: nn.Module, blocks: torch.Ten
     # not run from the cache, but evaluate() and the parameter count still use it).
     runner = (None if cache is not None and cache.mode == "topk"
               else TeacherRunner(t.model, t.vocab_map, t.bf16, cfg.temperature))
-    distiller = Distiller(student, cfg.temperature, cfg.teacher_topk, cfg.loss_chunk, cfg.ce_weight)
+    distiller = stage1_distiller(cfg, student, t.model, t.kind)
     loss_fn = make_loss_fn(cfg, runner, t.vocab_map, t.kind, t.tokenizer, cache, int(student.config.vocab_size))
     batches = IndexBatches(len(blocks), cfg.batch_size,
                            lambda idx: {"input_ids": blocks[idx], "attention_mask": torch.ones_like(blocks[idx]),
@@ -266,7 +277,8 @@ def _train(cfg: Stage1Config, t: _Teacher, student: nn.Module, blocks: torch.Ten
                       progress=progress, on_log=on_log, desc="stage 1")
     t0 = time.perf_counter()
     summary = trainer.train(resume=cfg.resume)
-    return trainer, {**summary, "train_time_s": time.perf_counter() - t0}
+    skipped = distiller.features.skipped if distiller.features is not None else {}
+    return trainer, {**summary, "train_time_s": time.perf_counter() - t0, "feature_terms_skipped": skipped}
 
 
 def _finish(cfg: Stage1Config, t: _Teacher, student: nn.Module, summary: dict[str, Any], valid: torch.Tensor,
@@ -277,7 +289,8 @@ def _finish(cfg: Stage1Config, t: _Teacher, student: nn.Module, summary: dict[st
                "student_params": count_parameters(student), "teacher_params": count_parameters(t.model),
                "num_kept": int(student.config.vocab_size), "vocab_size": int(t.model.config.vocab_size),
                "temperature": cfg.temperature, "teacher_cache": cfg.teacher_cache, "processes": world,
-               "pruned_mass": t.pruned_mass, "separator": t.tokenizer.decode(t.separator)}
+               "pruned_mass": t.pruned_mass, "separator": t.tokenizer.decode(t.separator), "loss": cfg.loss,
+               "embedding_dim": cfg.embedding_dim, "feature_terms_skipped": summary["feature_terms_skipped"]}
     if t.kind == "causal":
         metrics.update(evaluate(student, t.model, t.vocab_map, valid, cfg.batch_size, cfg.temperature, t.bf16))
     save_student(student, artifact(cfg.run_dir, cfg.stage, "student"), t.tokenizer, t.vocab_map,
@@ -312,6 +325,11 @@ def run_stage1(cfg: Stage1Config, progress: bool = True, on_log: Any = None) -> 
     # student the teacher's family cannot have fails in seconds, not after tokenisation or training
     student = build_student(t.model.config, cfg, t.vocab_map, arch=cfg.student_arch, init=cfg.init,
                             teacher=t.model, seed=cfg.seed).to(t.device)
+    if cfg.steps == 0:  # no stage 1 (ablation glmd-no-stage1): the initialised student goes on, measured as it is
+        atomic_write_text(artifact(cfg.run_dir, cfg.stage, "history.csv"), "step,loss,lr\n")
+        valid = _blocks(cfg, t.tokenizer, world, training=False)[1]
+        return _finish(cfg, t, student, {"steps": 0, "tokens_seen": 0, "resumed_from": None, "final_loss": None,
+                                         "train_time_s": 0.0, "feature_terms_skipped": {}}, valid, world)
     blocks, valid = _blocks(cfg, t.tokenizer, world)
     cache = _teacher_cache(cfg, t, blocks, progress)
     trainer, summary = _train(cfg, t, student, blocks, cache, progress, on_log)

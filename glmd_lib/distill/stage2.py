@@ -15,7 +15,11 @@
    candidate-filled sequence is distilled;
 4. **pass 2b**, task-level soft targets, from 2a's selected checkpoint: soft cross-entropy at T = 1 between
    the teacher's and the student's task scores (softmax over the verbalizer logits, or over the candidates'
-   summed log-probabilities; :func:`glmd_lib.tasks.scoring.task_scores`);
+   summed log-probabilities; :func:`glmd_lib.tasks.scoring.task_scores`). ``steps_2a=0`` or ``steps_2b=0``
+   skips a pass (the ablations of issue #13). The baselines ``task_loss='kd'`` (soft targets at T plus
+   gold-label cross-entropy) and ``'finetune'`` (gold labels only) run pass 2b alone, on the training inputs
+   *with* their labels; ``metrics.json`` records ``task_loss``, each pass's loss (or ``skipped``) and
+   ``gold_labels_in_loss``. The losses: :mod:`glmd_lib.distill.task_losses`;
 5. after each pass the score on the **selection split** picks the checkpoint (selection is not evaluation,
    :mod:`glmd_lib.tasks.selection`): with ``select_on='train_holdout'`` (default) a seeded holdout of the
    train split, removed from the inputs that train, so dev labels never influence the weights; with
@@ -36,7 +40,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import pandas as pd
 import torch
@@ -47,15 +51,13 @@ from glmd_lib.artifacts import STAGES, ArtifactError, artifact, atomic_write_csv
 from glmd_lib.config.stages import Stage2Config
 from glmd_lib.device import get_device, set_threads, use_bf16
 from glmd_lib.distill.figures import stage2_scores
-from glmd_lib.distill.losses import soft_cross_entropy
+from glmd_lib.distill import task_losses
 from glmd_lib.distill.distiller import Distiller
-from glmd_lib.distill.task_inputs import Stage2Error, TaskInputs, cloze_settings, majority_score, task_inputs, \
-    teacher_dir
+from glmd_lib.distill.task_inputs import Stage2Error, TaskInputs, cloze_settings, gold_labels_in_loss, \
+    majority_score, task_inputs, teacher_dir
 from glmd_lib.distill.teacher import TeacherRunner, TeacherScores
 from glmd_lib.models.student import Student, load_student, save_student
 from glmd_lib.models.teacher import count_parameters, load_teacher, model_kind
-from glmd_lib.superglue.patterns import Cloze
-from glmd_lib.tasks.scoring import collate_sequences, task_scores
 from glmd_lib.tasks.teachers import evaluate_clozes
 from glmd_lib.trainer import BestCheckpoint, IndexBatches, TrainConfig, Trainer
 from glmd_lib.vocab.vocab_map import VocabMapError
@@ -85,56 +87,6 @@ def check_vocabularies(student: Student, teacher: nn.Module, teacher_tok: Any, w
     if student.kind != model_kind(teacher.config):
         raise Stage2Error(f"{where}: the student is a {student.kind} LM but the task teacher a "
                           f"{model_kind(teacher.config)} LM; they must read the same clozes")
-
-
-# --------------------------------------------------------------------------------------------
-# pass 2a: vocabulary KL over every position of every cloze sequence
-# --------------------------------------------------------------------------------------------
-
-def collate_2a(clozes: Sequence[Cloze]) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
-    """Indices of examples -> all their sequences, right-padded (teacher ids; masks from the lengths)."""
-    def collate(idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        seqs = [s for i in idx.tolist() for s in clozes[i].sequences]
-        ids, mask = collate_sequences(seqs, pad_id=0)  # the pad id is never read: masks come from the lengths
-        return {"input_ids": ids, "attention_mask": mask, "index": idx}
-    return collate
-
-
-def make_2a_loss(runner: TeacherRunner, vocab_map: Any) -> Callable:
-    """``loss_fn(batch, model)``: the chunked ``T^2 KL`` of stage 1 over all non-padding positions.
-
-    ``model`` is a :class:`glmd_lib.distill.distiller.Distiller` around the student; the teacher reads teacher ids,
-    the student the same tokens mapped into its rows.
-    """
-    def loss_fn(batch: dict[str, torch.Tensor], model: nn.Module):
-        ids, attn = batch["input_ids"], batch["attention_mask"]
-        teacher_fn = runner.chunks(ids.to(runner.device), attn.to(runner.device))
-        dev = ids.device
-
-        def on_student_device(sl: slice) -> torch.Tensor:
-            return teacher_fn(sl).to(dev)
-
-        loss, logs = model(vocab_map.map_ids(ids), attn, on_student_device, attn.bool(), None)
-        return loss, {"kl": logs["kl"], "tokens": attn.sum(), "loss_count": logs["count"]}
-    return loss_fn
-
-
-# --------------------------------------------------------------------------------------------
-# pass 2b: soft cross-entropy between task scores
-# --------------------------------------------------------------------------------------------
-
-def make_2b_loss(student: nn.Module, clozes: Sequence[Cloze], teacher_scores: TeacherScores, vocab_map: Any
-                 ) -> Callable:
-    """``loss_fn(batch)``: ``soft_cross_entropy(student scores, teacher scores, T=1)`` for the batch's clozes."""
-    def loss_fn(batch: dict[str, torch.Tensor]):
-        idx = batch["index"].tolist()
-        s = task_scores(student, [clozes[i] for i in idx], vocab_map=vocab_map)
-        t = teacher_scores(idx).to(s.device)
-        loss = soft_cross_entropy(s, t, temperature=1.0)
-        agree = (s.argmax(-1) == t.argmax(-1)).float().mean()
-        tokens = sum(len(seq) for i in idx for seq in clozes[i].sequences)
-        return loss, {"teacher_agreement": agree, "tokens": tokens, "loss_count": len(idx)}
-    return loss_fn
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,7 +142,11 @@ def _run_pass(job: _Job, name: str, model: nn.Module, loss_fn: Callable, collate
     """One pass on the trainer: shuffled epochs over the training clozes, one checkpoint at the end (stage 2
     resumes per task, not within a pass), a :class:`BestCheckpoint` evaluating on the selection split as it goes
     and loading the selected weights back at the end (none with ``select_on='last'``: nothing is evaluated and
-    the last weights stay). Returns the selected evaluation, the summary, records, seconds."""
+    the last weights stay). Returns the selected evaluation, the summary, records, seconds. ``steps=0``: the pass
+    is skipped (an ablation), recorded so, with no selection score."""
+    if steps == 0:
+        return {"best": {"pass": name, "step": 0, "selection_score": None}, "records": [], "seconds": 0.0,
+                "summary": {"steps": 0, "final_loss": None}, "skipped": True}
     cfg, n = job.cfg, len(job.data.train)
     selector = (BestCheckpoint(name, job.student.model, job.evaluate, steps, cfg.eval_every, keep_best=True)
                 if job.data.selection else None)
@@ -210,11 +166,13 @@ def _run_pass(job: _Job, name: str, model: nn.Module, loss_fn: Callable, collate
 
 def pass_steps(cfg: Stage2Config, task: str, n_train: int) -> tuple[int, int]:
     """Optimizer steps of passes 2a and 2b: ``task_epochs[task]`` epochs over the task's training inputs when
-    the task is named there (the paper counts epochs per task), else ``steps_2a`` and ``steps_2b``."""
+    the task is named there (the paper counts epochs per task), else ``steps_2a`` and ``steps_2b``. A pass that
+    does not run is 0 either way: ``steps_X=0`` (an ablation), or 2a with a task_loss other than glmd."""
+    runs = [cfg.steps_2a > 0 and task_losses.PASS_LOSSES[cfg.task_loss]["2a"] is not None, cfg.steps_2b > 0]
     if task in (cfg.task_epochs or {}):
         steps = cfg.task_epochs[task] * -(-n_train // min(cfg.batch_size, n_train))
-        return steps, steps
-    return cfg.steps_2a, cfg.steps_2b
+        return steps * runs[0], steps * runs[1]
+    return cfg.steps_2a * runs[0], cfg.steps_2b * runs[1]
 
 
 def _teacher_selection(job: _Job) -> dict[str, Any] | None:
@@ -242,6 +200,7 @@ def _scores(job: _Job, before: dict | None, teacher: dict | None, a: dict, b: di
            "selection_score_2a": a["best"]["selection_score"], "step_2a": a["best"]["step"],
            "selection_score_2b": b["best"]["selection_score"], "step_2b": b["best"]["step"],
            "selection_metrics_2a": _selection_metrics(a["best"]), "selection_metrics_2b": _selection_metrics(b["best"]),
+           "selection_score_final": (b if b["summary"]["steps"] else a)["best"]["selection_score"],
            "teacher_selection_score": teacher["score"] if teacher else None,
            "teacher_selection_metrics": teacher["metrics"] if teacher else None,
            "majority_selection_score": majority_score(job.task, data.selection_examples, cfg.superglue_dir)}
@@ -254,10 +213,14 @@ def _scores(job: _Job, before: dict | None, teacher: dict | None, a: dict, b: di
 
 def _task_metrics(job: _Job, scores: dict[str, Any], a: dict, b: dict, teacher_scored: int,
                   seconds: dict) -> dict[str, Any]:
-    """``metrics.json`` of one task: inputs, the selection split and its scores, sizes, times."""
+    """``metrics.json`` of one task: inputs, the task loss (what each pass computed or ``skipped``, and whether
+    gold labels entered a loss), the selection split and its scores, sizes, times."""
     cfg, data = job.cfg, job.data
+    passes = {p: (task_losses.PASS_LOSSES[cfg.task_loss][p] if r["summary"]["steps"] else "skipped")
+              for p, r in (("2a", a), ("2b", b))}
     return {
         "task": job.task, "pattern_id": data.pattern_id, "kind": job.student.kind, "max_seq_len": data.max_len,
+        "task_loss": cfg.task_loss, "gold_labels_in_loss": gold_labels_in_loss(cfg), "passes": passes,
         "score": "mean of the task's official metrics (glmd_lib.superglue.metrics.task_score)",
         "train_inputs": data.n_train, "unlabeled_inputs": data.n_unlabeled, "train_sequences": data.n_sequences,
         "steps_2a": a["summary"]["steps"], "steps_2b": b["summary"]["steps"], **scores,
@@ -279,33 +242,51 @@ def _save_task(job: _Job, metrics: dict[str, Any], evals: list[dict[str, Any]]) 
     mark_complete(job.out, TASK_ARTIFACTS, task=task)
 
 
+def _pass_2a(job: _Job, steps: int, on_log: Any, progress: bool) -> dict[str, Any]:
+    """Pass 2a (task_loss='glmd'): the vocabulary KL of stage 1 over the cloze inputs, against the task teacher."""
+    cfg, s_model, vm = job.cfg, job.student.model, job.student.vocab_map
+    if not steps:  # skipped: no teacher runner, no wrapper (its set-up reads the model)
+        return _run_pass(job, "2a", s_model, lambda *_: None, lambda idx: idx, 0, on_log, progress)
+    runner = TeacherRunner(job.teacher, vm, job.bf16, cfg.temperature)
+    return _run_pass(job, "2a", Distiller(s_model, cfg.temperature, None, cfg.loss_chunk, 0.0),
+                     task_losses.make_2a_loss(runner, vm), task_losses.collate_2a(job.data.train), steps, on_log,
+                     progress)
+
+
+def _pass_2b(job: _Job, steps: int, on_log: Any, progress: bool) -> tuple[dict[str, Any], int]:
+    """The task pass by ``task_loss`` (glmd: soft task scores at T=1; kd; finetune); returns it and the number of
+    training inputs the teacher scored."""
+    s_model, vm = job.student.model, job.student.vocab_map
+    scores = TeacherScores(job.teacher, job.data.train, job.bf16)
+    loss_fn = task_losses.make_task_loss(job.cfg, s_model, job.data.train, scores, vm)
+    return _run_pass(job, "2b", s_model, loss_fn, lambda idx: {"index": idx}, steps, on_log, progress), \
+        len(scores.cache)
+
+
 def distill_task(cfg: Stage2Config, task: str, progress: bool = True, on_log: Any = None,
                  log_fn: Callable[[str], None] | None = print) -> dict[str, Any]:
-    """Passes 2a and 2b for one task; writes ``<run_dir>/stage2/<task>/`` and returns its metrics."""
+    """Stage 2 of one task (passes 2a and 2b, as ``task_loss`` says); writes ``<run_dir>/stage2/<task>/`` and
+    returns its metrics."""
     say = log_fn or (lambda s: None)
     t_start = time.perf_counter()
     mark_incomplete(cfg.out_dir / task)  # rerunning: its old results no longer count as finished
     job = _prepare(cfg, task)
-    s_model, vm = job.student.model, job.student.vocab_map
+    s_model = job.student.model
     say(f"{task}: {job.data.n_train} train + {job.data.n_unlabeled} unlabeled inputs ({job.data.n_sequences} "
         f"sequences), {len(job.data.selection)} selection examples ({job.data.selection_source}), pattern "
-        f"{job.data.pattern_id}, student {count_parameters(s_model) / 1e6:.1f}M / teacher "
-        f"{count_parameters(job.teacher) / 1e6:.1f}M")
+        f"{job.data.pattern_id}, task_loss {cfg.task_loss}, student {count_parameters(s_model) / 1e6:.1f}M / "
+        f"teacher {count_parameters(job.teacher) / 1e6:.1f}M")
     t0 = time.perf_counter()
     before, teacher = (job.evaluate(s_model) if job.data.selection else None), _teacher_selection(job)
     t_eval = time.perf_counter() - t0
     steps_2a, steps_2b = pass_steps(cfg, task, len(job.data.train))
-    a = _run_pass(job, "2a", Distiller(s_model, cfg.temperature, None, cfg.loss_chunk, 0.0),
-                  make_2a_loss(TeacherRunner(job.teacher, vm, job.bf16, cfg.temperature), vm),
-                  collate_2a(job.data.train), steps_2a, on_log, progress)
-    say(f"{task}: pass 2a done in {a['seconds']:.0f}s; {_said(a, teacher)}")
-    scores = TeacherScores(job.teacher, job.data.train, job.bf16)
-    b = _run_pass(job, "2b", s_model, make_2b_loss(s_model, job.data.train, scores, vm), lambda idx: {"index": idx},
-                  steps_2b, on_log, progress)
-    say(f"{task}: pass 2b done in {b['seconds']:.0f}s; {_said(b, teacher)}")
+    a = _pass_2a(job, steps_2a, on_log, progress)
+    say(f"{task}: pass 2a {_said(a, teacher)}")
+    b, teacher_scored = _pass_2b(job, steps_2b, on_log, progress)
+    say(f"{task}: pass 2b {_said(b, teacher)}")
     seconds = {"2a": round(a["seconds"], 1), "2b": round(b["seconds"], 1), "eval_before": round(t_eval, 1),
                "total": round(time.perf_counter() - t_start, 1)}
-    metrics = _task_metrics(job, _scores(job, before, teacher, a, b), a, b, len(scores.cache), seconds)
+    metrics = _task_metrics(job, _scores(job, before, teacher, a, b), a, b, teacher_scored, seconds)
     _save_task(job, metrics, a["records"] + b["records"])
     return metrics
 
@@ -313,9 +294,12 @@ def distill_task(cfg: Stage2Config, task: str, progress: bool = True, on_log: An
 def _said(res: dict[str, Any], teacher: dict[str, Any] | None) -> str:
     """The kept step of a pass and, when the selection split scored it, its score beside the teacher's."""
     best = res["best"]
+    if res.get("skipped"):
+        return "skipped (0 steps)"
+    done = f"done in {res['seconds']:.0f}s; "
     if best["selection_score"] is None:
-        return f"kept the last step ({best['step']}; select_on='last')"
-    return f"selection score {best['selection_score']:.4f} (step {best['step']}), teacher {teacher['score']:.4f}"
+        return done + f"kept the last step ({best['step']}; select_on='last')"
+    return done + f"selection score {best['selection_score']:.4f} (step {best['step']}), teacher {teacher['score']:.4f}"
 
 
 def _fingerprint(cfg: Stage2Config, task: str) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """Stage 2's inputs: a task's examples *without their labels*, as cloze sequences in the task teacher's pattern.
 
-No gold label may reach a student loss in stage 2. The training inputs are therefore read through
+No gold label may reach a GLMD student loss in stage 2. The training inputs are therefore read through
 :func:`read_inputs`, which drops every label as it reads (a train file without labels reads just as well),
-and ``tests/test_stage2.py`` shows that real, shuffled and removed labels give bitwise the same student.
+and ``tests/test_stage2.py`` shows that real, shuffled and removed labels give bitwise the same student. The
+baselines of issue #13 (``task_loss='kd'``/``'finetune'``) do learn from gold labels: for them, and only them,
+:func:`task_inputs` reads back the labels of exactly the training inputs (:func:`gold_labels_in_loss`).
 Labels are read in two places only, neither of them a loss: the **selection** examples, which *choose* each
 pass's checkpoint (:func:`split_inputs`, by ``select_on`` as in :mod:`glmd_lib.tasks.selection`: a holdout
 carved from the train split and removed from the inputs that train, or dev, or none), and
@@ -103,19 +105,33 @@ class TaskInputs:
         return SOURCES[self.select_on]
 
 
-def _with_labels(task: str, train: list[Example], held: list[Example], data_dir: str | Path | None) -> list[Example]:
-    """The labelled originals of the holdout ``held`` carved from the label-free ``train``: the same file read
-    with its labels, matched by position (the carving reads order and groups only, so labels cannot move it)."""
+def with_labels(task: str, train: list[Example], chosen: list[Example], data_dir: str | Path | None, why: str,
+                fix: str) -> list[Example]:
+    """The labelled originals of ``chosen``, examples of the label-free ``train``: the same file read with its
+    labels, matched by position (carving and capping read order and groups only, so labels cannot move them).
+    ``why`` the labels are needed and ``fix`` go into the error when the file has none."""
     try:
         labelled = read_split(task, "train", data_dir)
     except Exception as e:  # noqa: BLE001 - e.g. a train copy without labels
-        raise Stage2Error(f"{task}: select_on='train_holdout' needs the train split's labels to choose checkpoints "
-                          f"({e}); use select_on='last' (or 'dev')") from e
+        raise Stage2Error(f"{task}: {why} needs the train split's labels ({e}); {fix}") from e
     pos = {id(ex): i for i, ex in enumerate(train)}
-    out = [labelled[pos[id(ex)]] for ex in held]
+    out = [labelled[pos[id(ex)]] for ex in chosen]
     if len(labelled) != len(train) or any(ex.label is None for ex in out):
-        raise Stage2Error(f"{task}: the train split's holdout has examples without labels; use select_on='last'")
+        raise Stage2Error(f"{task}: {why} needs labels but the train split has examples without; {fix}")
     return out
+
+
+def _split(cfg: Stage2Config, task: str, data_dir: str | Path | None
+           ) -> tuple[list[Example], list[Example], list[Example]]:
+    """``(whole train split, train inputs, labelled selection examples)``, all but the last without labels."""
+    train = read_inputs(task, "train", data_dir)
+    if cfg.select_on == "train_holdout":
+        rest, held = carve_selection(train, cfg.selection_fraction, cfg.max_selection_examples, cfg.seed)
+        return train, rest, with_labels(task, train, held, data_dir, "select_on='train_holdout' (to choose "
+                                        "checkpoints)", "use select_on='last' (or 'dev')")
+    if cfg.select_on == "dev":
+        return train, train, subsample(read_split(task, "val", data_dir), cfg.max_eval_examples, seed=cfg.seed)
+    return train, train, []
 
 
 def split_inputs(cfg: Stage2Config, task: str, data_dir: str | Path | None = None
@@ -123,25 +139,30 @@ def split_inputs(cfg: Stage2Config, task: str, data_dir: str | Path | None = Non
     """``(train inputs without labels, labelled selection examples)`` by ``cfg.select_on``. The holdout is carved
     from the whole train split before ``max_train_examples`` caps what trains (as notebook 04 does), so the
     same settings hold out the same examples as the task teachers'."""
-    train = read_inputs(task, "train", data_dir)
-    if cfg.select_on == "train_holdout":
-        rest, held = carve_selection(train, cfg.selection_fraction, cfg.max_selection_examples, cfg.seed)
-        return rest, _with_labels(task, train, held, data_dir)
-    if cfg.select_on == "dev":
-        return train, subsample(read_split(task, "val", data_dir), cfg.max_eval_examples, seed=cfg.seed)
-    return train, []
+    return _split(cfg, task, data_dir)[1:]
+
+
+def gold_labels_in_loss(cfg: Stage2Config) -> bool:
+    """Whether ``cfg.task_loss`` puts the training inputs' gold labels into a loss (finetune; kd with
+    ``gold_weight > 0``; never glmd)."""
+    return cfg.task_loss == "finetune" or (cfg.task_loss == "kd" and cfg.gold_weight > 0)
 
 
 def task_inputs(cfg: Stage2Config, task: str, tokenizer: Any, kind: str, pattern_id: int, max_len: int,
                 data_dir: str | Path | None = None) -> TaskInputs:
-    """Train (+ unlabeled test) inputs without labels and the selection examples, capped and built into clozes."""
-    rest, sel_ex = split_inputs(cfg, task, data_dir)
+    """Train (+ unlabeled test) inputs and the selection examples, capped and built into clozes. The train inputs
+    carry no label, except with a gold-label ``task_loss`` (kd, finetune): then the labels of exactly these
+    inputs (never the selection holdout's, never dev's) are read back, and inputs without a gold choice dropped."""
+    whole, rest, sel_ex = _split(cfg, task, data_dir)
     train_ex = subsample(rest, cfg.max_train_examples, seed=cfg.seed)
+    if gold_labels_in_loss(cfg):
+        train_ex = with_labels(task, whole, train_ex, data_dir, f"task_loss='{cfg.task_loss}'",
+                               "use task_loss='glmd'")
     extra: list[Example] = []
     if cfg.add_unlabeled:
         extra = subsample(read_inputs(task, "test", data_dir), cfg.max_unlabeled_examples, seed=cfg.seed)
     train = build_cloze(task, train_ex + extra, tokenizer, kind=kind, pattern_id=pattern_id, max_len=max_len)
-    train = [c for c in train if c.n_choices > 0]
+    train = [c for c in train if c.n_choices > 0 and (c.label is not None or not gold_labels_in_loss(cfg))]
     if not train:
         raise Stage2Error(f"{task}: no training inputs (train split{' + test split' if cfg.add_unlabeled else ''})")
     selection = build_cloze(task, sel_ex, tokenizer, kind=kind, pattern_id=pattern_id, max_len=max_len)
@@ -163,11 +184,12 @@ def majority_score(task: str, examples: Sequence[Example], data_dir: str | Path 
 
 def input_preview(cfg: Stage2Config, width: int = 150) -> pd.DataFrame:
     """One training input per task as teacher and student read it (``___`` marks the answer slot), with the
-    label stage 2 sees (None, always) and its sequence and token counts: a table for notebook 05."""
+    label stage 2 sees (None, except with a gold-label ``task_loss``) and its sequence and token counts: a table
+    for notebook 05."""
     rows = []
     for task in cfg.tasks:
         pattern_id, max_len = cloze_settings(cfg, task)
-        ex = read_inputs(task, "train", cfg.superglue_dir)[0]
+        ex = (read_split if gold_labels_in_loss(cfg) else read_inputs)(task, "train", cfg.superglue_dir)[0]
         cloze = build_cloze(task, [ex], load_tokenizer(teacher_dir(cfg.run_dir, task)), pattern_id=pattern_id,
                             max_len=max_len)[0]
         text = prompt_text(ex, pattern_id).replace("\n", " ⏎ ")  # a table cell would print a literal \n

@@ -212,6 +212,10 @@ def export_student(student_dir: Path | str, out_dir: Path | str,
         raise ExportError(f"export into another folder than the student's own ({student_dir})")
     student = load_student(student_dir)
     vm, model = student.vocab_map, student.model
+    if getattr(model.config, "glmd_embedding_dim", None):
+        raise ExportError(f"{student_dir}: a student with a factorised embedding (E = "
+                          f"{model.config.glmd_embedding_dim}) has no plain transformers class to load it; export a "
+                          f"student trained without embedding_dim, or load this one with glmd_lib.load_student")
     files = tokenizer_files(student_dir, student.tokenizer, vm)
     params = {"student": count_parameters(model)}
     expand_rows(model, vm)

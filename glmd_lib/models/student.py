@@ -25,8 +25,9 @@ import torch
 from torch import nn
 
 from glmd_lib.artifacts import atomic_path
+from glmd_lib.models.factorized import CONFIG_KEY, factorize, load_factorized
 from glmd_lib.models.families import layer_map
-from glmd_lib.models.student_config import StudentError, derive_student_config
+from glmd_lib.models.student_config import StudentError, derive_student_config, embedding_dim_of
 from glmd_lib.models.teacher import count_parameters, model_class, model_kind
 from glmd_lib.vocab.vocab_map import VocabMap, VocabMapError
 
@@ -45,13 +46,16 @@ def build_student(teacher_config: Any, shape: dict | Any, vocab_map: VocabMap | 
                   init: str = "random", teacher: nn.Module | None = None, seed: int | None = None):
     """A fresh student model (``PreTrainedModel``, eval mode off) for ``teacher_config``.
 
-    ``shape``: a :class:`~glmd_lib.config.stages.StudentShape`, a ``Stage1Config`` or a dict (``layers``, ``hidden``,
+    ``shape``: a :class:`~glmd_lib.config.shared.StudentShape`, a ``Stage1Config`` or a dict (``layers``, ``hidden``,
     ``heads``, ``kv_heads``, ``intermediate``, ``max_positions``; ``student_`` prefixes accepted).
     ``vocab_map``: the student gets its ``num_kept`` rows (None: the full vocabulary).
     ``init``: ``random`` (the paper) or ``teacher``: copy evenly spaced teacher layers and the kept rows of
     the embeddings wherever the tensor shapes match (needs ``teacher``; the rest stays random).
+    ``shape.embedding_dim`` (a ``Stage1Config``'s, or the dict's): an ALBERT-style factorised embedding of that
+    width (:mod:`glmd_lib.models.factorized`; from the SVD of the copied rows with ``init='teacher'``).
     """
     cfg = derive_student_config(teacher_config, shape, vocab_map, arch)
+    dim = embedding_dim_of(shape, cfg)
     if seed is not None:
         torch.manual_seed(seed)
     model = model_class(cfg).from_config(cfg)
@@ -65,6 +69,8 @@ def build_student(teacher_config: Any, shape: dict | Any, vocab_map: VocabMap | 
         log.info("initialised %d of %d student tensors from the teacher", report["copied"], report["total"])
     elif init != "random":
         raise StudentError(f"unknown init {init!r}; use 'random' or 'teacher'")
+    if dim is not None:
+        factorize(model, dim, init="svd" if init == "teacher" else "random")
     _check_forward(model)
     model.train()
     return model
@@ -186,7 +192,9 @@ def load_student(path: Path | str, device: torch.device | str | None = None) -> 
     tokenizer = load_tokenizer(path)
     vocab_map = VocabMap.load(path, tokenizer)
     try:
-        model = model_class(AutoConfig.from_pretrained(path)).from_pretrained(path, dtype=torch.float32)
+        config = AutoConfig.from_pretrained(path)
+        model = (load_factorized(path, config) if getattr(config, CONFIG_KEY, None)
+                 else model_class(config).from_pretrained(path, dtype=torch.float32))
     except Exception as e:  # a truncated or foreign safetensors file, a broken config.json ...
         raise StudentError(f"the student in {path} cannot be loaded ({type(e).__name__}: "
                            f"{str(e).splitlines()[0] if str(e) else 'no details'}); its files are damaged or "

@@ -190,6 +190,21 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value  # JSON has no tuples
 
 
+def embedding_dim_of(shape: dict | Any, cfg: Any) -> int | None:
+    """The factorised embedding width ``embedding_dim`` asked for by ``shape`` (None: a plain embedding),
+    checked against the student's ``cfg``: below its hidden size, and a causal LM (the output layer that shares
+    the table is a next-token head)."""
+    dim = shape.get("embedding_dim") if isinstance(shape, dict) else getattr(shape, "embedding_dim", None)
+    if dim is None:
+        return None
+    hidden = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "n_embd", 0))
+    if not 0 < int(dim) < hidden:
+        raise StudentError(f"embedding_dim = {dim} must be in (0, student hidden = {hidden})")
+    if model_kind(cfg) != "causal":
+        raise StudentError("a factorised embedding (embedding_dim) is built for causal-LM students only")
+    return int(dim)
+
+
 def derive_student_config(teacher_config: Any, shape: dict | Any, vocab_map: VocabMap | None = None,
                           arch: str = "same"):
     """The student's validated config for ``teacher_config``: call it before loading data or training.

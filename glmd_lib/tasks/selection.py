@@ -113,17 +113,20 @@ def _chose(select_on: str | None, config: dict[str, Any]) -> str:
     return "their config does not say what chose their checkpoints"
 
 
-def labels_touched(teachers: dict[str, Any] | None, stage2: dict[str, Any] | None) -> str:
+def labels_touched(teachers: dict[str, Any] | None, stage2: dict[str, Any] | None, gold: Sequence[str] = ()) -> str:
     """One paragraph: which labels trained, chose and scored which model, from the configs of notebooks 04
-    and 05 (``None``: that stage has not run)."""
+    and 05 (``None``: that stage has not run); ``gold``: the tasks whose students had gold labels in a loss."""
     t_sel, s_sel = stage_select_on(teachers or {}), stage_select_on(stage2 or {})
     text = ["**Which labels touched what.** Stage 1 learnt from unlabeled text only."]
     if teachers is not None:
         text.append(f"The task teachers (notebook 04) were trained on the gold labels of each task's train split; "
                     f"{_chose(t_sel, teachers)}.")
     if stage2 is not None:
-        text.append(f"The students (notebook 05) learnt from their task teachers' outputs on the tasks' inputs, no "
-                    f"gold label entering a loss; {_chose(s_sel, stage2)}.")
+        loss, outputs = stage2.get("task_loss"), "from their task teachers' outputs"
+        how = (f"{outputs} on the tasks' inputs, no gold label entering a loss" if not gold else
+               f"{outputs + ' and ' if loss != 'finetune' else ''}from the gold labels of the train inputs "
+               f"(task_loss {loss}: {', '.join(gold)})")
+        text.append(f"The students (notebook 05) learnt {how}; {_chose(s_sel, stage2)}.")
     dev = [who for who, sel in (("task teachers", t_sel), ("students", s_sel)) if sel == "dev"]
     if dev:
         text.append(f"Dev labels scored each final model once (notebook 06), and chose the checkpoints of the "

@@ -125,15 +125,20 @@ class LengthBatches(IndexBatches):
         return self.collate(torch.as_tensor(idx, dtype=torch.long))
 
 
-def cloze_loss(model: torch.nn.Module, clozes: list[Cloze]) -> Callable:
-    """``loss_fn(batch)`` for the trainer: cross-entropy of the gold choice under the softmax of the task
-    scores of the batch's clozes (``batch["index"]``)."""
+def gold_cross_entropy(scores: torch.Tensor, clozes: list[Cloze]) -> torch.Tensor:
+    """Cross-entropy of each cloze's gold choice under the softmax of its task scores, mean over the clozes."""
+    labels = torch.as_tensor([c.label for c in clozes], device=scores.device)
+    return torch.nn.functional.cross_entropy(scores.float(), labels)
+
+
+def cloze_loss(model: torch.nn.Module, clozes: list[Cloze], vocab_map: Any = None) -> Callable:
+    """``loss_fn(batch)`` for the trainer: :func:`gold_cross_entropy` of the task scores of the batch's clozes
+    (``batch["index"]``); ``vocab_map``: a stage-2 student's (the no-KD baseline fine-tunes with this loss)."""
     def loss_fn(batch: dict[str, torch.Tensor]):
         chosen = [clozes[i] for i in batch["index"].tolist()]
-        scores = task_scores(model, chosen).float()
-        labels = torch.as_tensor([c.label for c in chosen], device=scores.device)
+        scores = task_scores(model, chosen, vocab_map=vocab_map)
         tokens = sum(len(s) for c in chosen for s in c.sequences)
-        return torch.nn.functional.cross_entropy(scores, labels), {"tokens": tokens}
+        return gold_cross_entropy(scores, chosen), {"tokens": tokens}
     return loss_fn
 
 

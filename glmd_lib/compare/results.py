@@ -1,0 +1,141 @@
+"""``<D>/compare/results.csv``: one row per method x task x seed, read from the runs' own artifacts, and the views
+of it (the paper-style table, paired differences against GLMD).
+
+Per row: the dev score (``value``) with its bootstrap interval and ``n`` (``eval/results.csv``), the label-free
+fidelity to the task teacher (``eval/fidelity.csv``: agreement, KL), the student's parameters, stage-1 tokens
+(``stage1/metrics.json``), the wall time of the run's own notebooks (``pipeline/*.json``; the shared stages are
+not counted: they are paid once for all rows), and which signals the method uses: gold labels (as stage 2's
+``metrics.json`` recorded them, else the registry) and intermediate layers (the registry).
+
+Reference rows: ``teacher`` (the one task-teacher set, as the first method's run of each seed scored it) and
+``untrained`` (the initialised student, :mod:`glmd_lib.compare.grid`). A sweep point's rows carry its keep rate.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from glmd_lib.compare.grid import TEACHER, UNTRAINED, UNTRAINED_CSV, RunPoint, points, run_dir
+from glmd_lib.config.stages import CompareConfig
+from glmd_lib.distill.methods import METHODS
+from glmd_lib.superglue.data import DIAGNOSTICS
+from glmd_lib.tasks.comparisons import DIFF_COLUMNS, differences, read_predictions
+from glmd_lib.tasks.intervals import mean_sd
+
+COLUMNS = ["method", "run", "seed", "keep_rate", "task", "value", "ci_low", "ci_high", "n", "agreement",
+           "kl_teacher_student", "params", "stage1_tokens", "wall_s", "uses_gold_labels", "uses_intermediate_layers"]
+MAIN_METHODS = tuple(CompareConfig.profiles["demo"]["methods"])  # the issue's eight; the others are ablations
+
+
+def _json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _scores(csv: Path, model: str) -> pd.DataFrame:
+    df = pd.read_csv(csv) if csv.exists() else pd.DataFrame(columns=["model", "task", "metric"])
+    return df[(df.model == model) & (df.metric == "score") & ~df.task.isin(DIAGNOSTICS)]
+
+
+def _fidelity(run: Path) -> dict[tuple[str, str], float]:
+    path = run / "eval" / "fidelity.csv"
+    return {} if not path.exists() else {(r.task, r.metric): r.value for r in pd.read_csv(path).itertuples()}
+
+
+def _wall(run: Path) -> float:
+    return round(sum(_json(p).get("seconds", 0.0) for p in sorted((run / "pipeline").glob("*.json"))), 1)
+
+
+def _rows(scores: pd.DataFrame, base: dict[str, Any], extra=lambda task: {}) -> list[dict[str, Any]]:
+    return [{**base, "task": r.task, "value": r.value, "ci_low": r.ci_low, "ci_high": r.ci_high, "n": r.n_examples,
+             "params": r.params, **extra(r.task)} for r in scores.itertuples()]
+
+
+def method_rows(run: Path, point: RunPoint) -> list[dict[str, Any]]:
+    """The student rows of one method run (empty where its evaluation is missing)."""
+    method, fid = METHODS[point.method], _fidelity(run)
+    base = {"method": point.name if point.keep_rate is not None else point.method, "run": str(run),
+            "seed": point.seed, "keep_rate": point.keep_rate, "uses_intermediate_layers": method.uses_intermediate_layers,
+            "stage1_tokens": _json(run / "stage1" / "metrics.json").get("tokens_seen"), "wall_s": _wall(run)}
+
+    def extra(task: str) -> dict[str, Any]:
+        gold = _json(run / "stage2" / task / "metrics.json").get("gold_labels_in_loss", method.uses_gold_labels)
+        return {"agreement": fid.get((task, "agreement")), "kl_teacher_student": fid.get((task, "kl_teacher_student")),
+                "uses_gold_labels": bool(gold)}
+    return _rows(_scores(run / "eval" / "results.csv", "student"), base, extra)
+
+
+def reference_rows(root: Path, cfg: CompareConfig, seed: int) -> list[dict[str, Any]]:
+    """``teacher`` (from the first method run of ``seed`` that has an evaluation) and ``untrained``."""
+    rows = []
+    for m in cfg.methods:
+        run = run_dir(root, m, seed)
+        teacher = _scores(run / "eval" / "results.csv", "teacher")
+        if len(teacher):
+            rows = _rows(teacher, {"method": TEACHER, "run": str(run / "teachers"), "seed": seed,
+                                   "uses_gold_labels": True, "uses_intermediate_layers": False})
+            break
+    run = run_dir(root, UNTRAINED, seed)
+    return rows + _rows(_scores(run / UNTRAINED_CSV, UNTRAINED), {
+        "method": UNTRAINED, "run": str(run), "seed": seed, "stage1_tokens": 0, "wall_s": _wall(run),
+        "uses_gold_labels": False, "uses_intermediate_layers": False})
+
+
+def collect(root: str | Path, cfg: CompareConfig) -> tuple[pd.DataFrame, list[str]]:
+    """Every run of ``cfg`` under ``root`` as rows (:data:`COLUMNS`), and notes on the runs not (yet) evaluated."""
+    root, rows, notes = Path(root), [], []
+    for seed in cfg.seeds:
+        rows += reference_rows(root, cfg, seed)
+    for p in points(cfg):
+        got = method_rows(p.dir(root), p)
+        rows += got
+        if not got:
+            notes.append(f"{p.name} seed {p.seed}: no evaluation in {p.dir(root)} (run glmd compare)")
+    return pd.DataFrame(rows, columns=COLUMNS), notes
+
+
+def _cell(values: list[float], first: pd.Series | None) -> str:
+    mean, sd, n = mean_sd(values)
+    text = f"{mean:.3f}" + (f" ± {sd:.3f}" if n > 1 else "")
+    if first is not None and not math.isnan(first.ci_low):
+        text += f" [{first.ci_low:.3f}, {first.ci_high:.3f}]"
+    return text
+
+
+def summary_table(results: pd.DataFrame, methods: list[str] | None = None) -> pd.DataFrame:
+    """The paper-style table: rows methods (references first), columns tasks, ``average`` (of each seed's task
+    scores) and ``parameters``; cells ``mean ± sd [interval of the first seed]`` over seeds (no sd for one seed)."""
+    sweep = results.keep_rate.notna() & (results.method != "glmd")
+    df = results[~sweep]
+    order = [m for m in [TEACHER, UNTRAINED, *(methods or dict.fromkeys(df.method))] if m in set(df.method)]
+    tasks = list(dict.fromkeys(df.task))
+    out = {}
+    for m in order:
+        g = df[df.method == m].sort_values("seed")
+        row = {t: _cell(g[g.task == t].value.tolist(), g[g.task == t].iloc[0]) if (g.task == t).any() else ""
+               for t in tasks}
+        row["average"] = _cell(g.groupby("seed").value.mean().tolist(), None)
+        row["parameters"] = f"{int(g.params.dropna().iloc[0]):,}" if g.params.notna().any() else ""
+        out[m] = row
+    return pd.DataFrame.from_dict(out, orient="index", columns=[*tasks, "average", "parameters"]).rename_axis("method")
+
+
+def differences_vs_glmd(results: pd.DataFrame, n_boot: int = 1000) -> pd.DataFrame:
+    """Per method, task and seed: score(method) − score(glmd) on the same dev examples (both runs' predictions),
+    paired bootstrap; "not distinguishable" when the interval contains 0."""
+    runs = results[~results.method.isin([TEACHER, UNTRAINED])]
+    by_key = {(r.method, r.seed): Path(r.run) for r in runs.itertuples()
+              if (Path(r.run) / "eval" / "predictions.jsonl").exists()}
+    frames = []
+    for (method, seed), run in by_key.items():
+        glmd = by_key.get(("glmd", seed))
+        if method == "glmd" or glmd is None:
+            continue
+        mine, ref = (read_predictions(p / "eval" / "predictions.jsonl") for p in (run, glmd))
+        details = {**{(method, t): d for (m, t), d in mine.items() if m == "student"},
+                   **{("glmd", t): d for (m, t), d in ref.items() if m == "student"}}
+        frames.append(differences(details, n_boot, seed, pairs=((method, "glmd"),)).assign(seed=seed))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*DIFF_COLUMNS, "seed"])

@@ -1,0 +1,93 @@
+"""``glmd compare``: run a :class:`~glmd_lib.compare.grid.ComparePlan` through the ordinary pipeline.
+
+Every part is a :func:`glmd_lib.pipeline.run` call in its own directory, so each run has its resolved configs,
+commit and artifacts, skips what is complete and resumes what was interrupted (a rerun of the same command does
+only what is missing; a changed shared stage makes the runs that read it stale, and they run again). The shared
+stages reach a run as relative symlinks (:func:`glmd_lib.pipeline.link_stages`). At the end notebook 08 reads
+every run into ``D/compare/`` (rerun whenever a run ran). The whole root ``D`` is locked while it runs.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from glmd_lib import pipeline
+from glmd_lib.artifacts import atomic_write_csv
+from glmd_lib.compare.grid import UNTRAINED_CSV, ComparePlan, RunPoint, expand
+from glmd_lib.runlock import run_lock
+
+SHARED_STAGES = ("overview", "frequency")
+
+
+def _call(plan: ComparePlan, where: Path, only: list[str], params: dict[str, Any], log: Callable, **kw: Any) -> bool:
+    """One pipeline run of the notebooks ``only`` in ``where`` with the parameters that reach them; whether any ran."""
+    results = pipeline.run(plan.profile, where, only=only, params=pipeline.routable(params, only), log=log, **kw)
+    return any(r["status"] == "ran" for r in results)
+
+
+def _links(plan: ComparePlan, point: RunPoint) -> dict[str, Path]:
+    out = {s: plan.root / s for s in SHARED_STAGES}
+    return {**out, "vocab": plan.vocab_dir(point.vocab), "teachers": plan.root / "teachers"}
+
+
+def _shared(plan: ComparePlan, log: Callable, kw: dict) -> bool:
+    """00-02 in the root, the other vocabularies in ``variants/<tag>/``, the one task-teacher set (04)."""
+    ran = _call(plan, plan.root, ["00", "01", "02"], plan.common, log, **kw)
+    for tag, vocab in plan.vocab.items():
+        if tag:
+            where = plan.vocab_dir(tag).parent
+            pipeline.link_stages(where, {s: plan.root / s for s in SHARED_STAGES})
+            ran |= _call(plan, where, ["02"], {**plan.common, **vocab}, log, **kw)
+    log(f"[compare] one task-teacher set (notebook 04, {plan.root / 'teachers'}) for every method and seed")
+    return _call(plan, plan.root, ["04"], plan.common, log, **kw) | ran
+
+
+def evaluate_untrained(plan: ComparePlan, point: RunPoint, log: Callable) -> Path:
+    """Score the initialised student of ``point`` (its ``stage1/student``) on the dev examples the methods of its
+    seed are scored on, with the runs' evaluation settings; ``untrained.csv`` in its run directory."""
+    from glmd_lib.config.stages import EvalConfig
+    from glmd_lib.device import get_device
+    from glmd_lib.tasks.evaluate import ModelSpec, evaluate_models
+
+    where = point.dir(plan.root)
+    step = [s for s in pipeline.discover() if s.config is EvalConfig]
+    values = pipeline.validate(step, plan.profile, str(where), pipeline.routable(point.params, ["06"]))
+    cfg = EvalConfig.resolve(**values[step[0].name])
+    spec = ModelSpec("untrained", {"*": str(where / "stage1" / "student")})
+    rows, _ = evaluate_models([spec], cfg.tasks, cfg.superglue_dir, cfg.max_eval_examples, log, batch_size=cfg.batch_size,
+                              seed=cfg.seed, pattern_id=cfg.pattern_id, max_len=cfg.max_seq_len, bf16=cfg.bf16,
+                              device=get_device(cfg.device), n_boot=cfg.bootstrap_samples)
+    return atomic_write_csv(where / UNTRAINED_CSV, rows)
+
+
+def _run_point(plan: ComparePlan, point: RunPoint, log: Callable, kw: dict) -> bool:
+    where = point.dir(plan.root)
+    pipeline.link_stages(where, _links(plan, point))
+    only = ["03"] if point.method == "untrained" else ["03", "05", "06"]
+    log(f"[compare] {point.name} seed {point.seed} -> {where}")
+    ran = _call(plan, where, only, point.params, log, **kw)
+    if point.method == "untrained" and (ran or not (where / UNTRAINED_CSV).exists()):
+        evaluate_untrained(plan, point, log)
+    return ran
+
+
+def run_compare(profile: str, root: str | Path, params: dict[str, Any] | None = None,
+                methods: list[str] | None = None, log: Callable = print, force: bool = False,
+                cell_timeout: int | None = None) -> dict[str, Any]:
+    """Run the comparison (the plan of :func:`glmd_lib.compare.grid.expand`, checked before anything runs);
+    returns the plan, how many runs ran and the seconds taken."""
+    start = time.perf_counter()
+    root = Path(root).expanduser().resolve()
+    plan = expand(profile, root, dict(params or {}), methods)
+    universe = pipeline.discover()
+    trained = pipeline.select(universe, ["03", "05", "06"])
+    for p in plan.runs + plan.untrained:  # every run's parameters checked before the first notebook starts
+        pipeline.plan(profile, p.dir(root), trained, universe, pipeline.routable(p.params, ["03", "05", "06"]))
+    kw = {"force": force, "cell_timeout": cell_timeout}
+    with run_lock(root):
+        ran = _shared(plan, log, kw)
+        ran_runs = sum(_run_point(plan, p, log, kw) for p in plan.runs + plan.untrained)
+        _call(plan, root, ["08"], plan.compare_params, log, force=force or ran or ran_runs > 0,
+              cell_timeout=cell_timeout)
+    return {"plan": plan, "runs_ran": ran_runs, "seconds": time.perf_counter() - start}
