@@ -11,11 +11,28 @@ once here for the explorers of notebooks 02, 03, 05 and 06.
 from __future__ import annotations
 
 import base64
+import html
 import io
 import re
 from typing import Any, Callable, Sequence
 
 import pandas as pd
+
+# marks an error the view shows instead of its output: the cell itself raised nothing, so Jupyter shows no error
+# output; the browser tests (tests/browser) look for this class
+ERROR_CLASS = "glmd-explore-error"
+
+
+def _blank_missing(table: pd.DataFrame) -> pd.DataFrame:
+    """Missing values of nullable columns (``Int64``, ``Float64``) as blanks: ``to_html`` writes them as
+    ``<NA>`` whatever its ``na_rep`` (a kept token has no substitute: nothing to show, not "<NA>")."""
+    out = table.copy()
+    for c in out.columns:
+        col = out[c]
+        if isinstance(col.dtype, pd.api.extensions.ExtensionDtype) and col.isna().any():
+            out[c] = col.astype("float64") if pd.api.types.is_float_dtype(col.dtype) else \
+                col.astype(object).where(col.notna(), "")
+    return out
 
 
 def static_html(*parts: Any) -> str:
@@ -23,7 +40,8 @@ def static_html(*parts: Any) -> str:
     out = []
     for p in parts:
         if isinstance(p, pd.DataFrame):
-            out.append(p.to_html(float_format="{:.4f}".format))
+            # 4 significant digits: probabilities of 1e-4 would all print as 0.0000 with 4 decimals
+            out.append(_blank_missing(p).to_html(float_format="{:.4g}".format, na_rep=""))
         elif hasattr(p, "savefig"):
             buf = io.BytesIO()
             p.savefig(buf, format="png", bbox_inches="tight")
@@ -53,7 +71,7 @@ def explorer(controls: Sequence[Any], render: Callable[..., Sequence[Any]], stat
         try:
             return static_html(*render(*(c.value for c in controls)))
         except Exception as e:  # a prompt the model cannot read should not kill the widget
-            return f"<p><b>{type(e).__name__}</b>: {e}</p>"
+            return f'<p class="{ERROR_CLASS}"><b>{type(e).__name__}</b>: {html.escape(str(e))}</p>'
 
     view = widgets.HTML(draw())
     for c in controls:

@@ -160,9 +160,13 @@ def _kv_table(d: dict[str, Any], keys: list[str]) -> pd.DataFrame:
     return pd.DataFrame({"value": pd.Series([d[k] for k in keys], index=pd.Index(keys, name=""), dtype=object)})
 
 
-STAGE2_COLUMNS = ["select_on", "selection_examples", "selection_score_stage1", "selection_score_2a",
-                  "selection_score_2b", "teacher_selection_score", "majority_selection_score", "train_inputs",
-                  "steps_2a", "steps_2b", "select_by_dev"]  # select_by_dev: runs from before select_on
+# stage 2's metrics.json keys and their column headings: short words that wrap, because eleven one-word
+# headings like "selection_score_stage1" made the table wider than a notebook (cut off at the right)
+STAGE2_COLUMNS = {"select_on": "chosen on", "selection_examples": "selection examples",
+                  "selection_score_stage1": "stage 1 alone", "selection_score_2a": "after 2a",
+                  "selection_score_2b": "after 2b", "teacher_selection_score": "task teacher",
+                  "majority_selection_score": "majority", "train_inputs": "train inputs", "steps_2a": "steps 2a",
+                  "steps_2b": "steps 2b", "select_by_dev": "chosen by dev"}  # select_by_dev: runs before select_on
 
 
 def _md_cell(v: Any, floatfmt: str) -> str:
@@ -244,6 +248,12 @@ def _config(run_dir: Path, stage: str) -> dict[str, Any] | None:
     return data.get("config", data) if isinstance(data, dict) else None
 
 
+def _gold_tasks(run_dir: Path) -> list[str]:
+    """Tasks whose stage-2 student had gold labels in a loss (``gold_labels_in_loss`` of its metrics.json)."""
+    tasks = (_config(run_dir, "stage2") or {}).get("tasks") or []
+    return [t for t in tasks if (_read(artifact(run_dir, "stage2", "metrics.json", t)) or {}).get("gold_labels_in_loss")]
+
+
 def _eval_sections(run_dir: Path, table: pd.DataFrame, out_dir: Path) -> list[str]:
     """Dev scores with intervals (and their plot), the paired differences, the label-free fidelity."""
     lines = _section("Dev scores", SCORES_TEXT, score_text(task_scores(run_dir), table))
@@ -288,10 +298,11 @@ def _stage_sections(run_dir: Path, sizes: pd.DataFrame) -> list[str]:
         st2 = pd.DataFrame.from_dict({t: {k: (m or {}).get(k) for k in STAGE2_COLUMNS} for t, m in s["stage2"].items()},
                                      orient="index", dtype=object).dropna(axis=1, how="all")
         lines += ["## Stage 2 per task", "",
-                  "What notebook 05 recorded: the student's scores after stage 1 alone, after pass 2a (vocabulary KL "
-                  "on the task inputs) and after pass 2b (soft task scores) on the split that chose its checkpoints "
-                  "(`select_on`), next to its task teacher and the majority class.", "",
-                  _md_table(st2.rename_axis("task"))]
+                  "What notebook 05 recorded (`stage2/<task>/metrics.json`): the student's scores after stage 1 "
+                  "alone, after pass 2a (vocabulary KL on the task inputs) and after pass 2b (soft task scores), "
+                  "next to its task teacher and the majority class, on the split that chose its checkpoints (*chosen "
+                  "on*: `select_on`); then the training inputs and the steps of each pass.", "",
+                  _md_table(st2.rename(columns=STAGE2_COLUMNS).rename_axis("task"))]
     return lines
 
 
@@ -302,7 +313,7 @@ def render(run_dir: Path | str, title: str, table: pd.DataFrame, sizes: pd.DataF
     run_dir = Path(run_dir)
     where = f"Run directory: `{out_dir.parent}`" + (f" (tables of `{run_dir}`)" if run_dir != out_dir.parent else "")
     lines = [f"# {title}", "", where, "",
-             labels_touched(_config(run_dir, "teachers"), _config(run_dir, "stage2")), ""]
+             labels_touched(_config(run_dir, "teachers"), _config(run_dir, "stage2"), _gold_tasks(run_dir)), ""]
     lines += _eval_sections(run_dir, table, out_dir)
     seed_lines, seeds = _seed_section(runs or [run_dir])
     lines += seed_lines + _stage_sections(run_dir, sizes)

@@ -51,6 +51,7 @@ def test_explorer_carries_a_static_table_and_redraws_on_input(smol_tokenizer, vo
     w = token_explorer(smol_tokenizer, vocab_map, "The capital")
     bundle = w._repr_mimebundle_()
     assert WIDGET in bundle and "<table" in bundle["text/html"] and "capital" in bundle["text/plain"]
+    assert "NA" not in bundle["text/html"]  # kept tokens have no substitute: blank cells, not "<NA>"
     box, view = w.children
     before = view.value
     box.value = "Once upon a time"
@@ -73,11 +74,36 @@ def test_next_word_comparison_of_two_models_depends_on_temperature(make_tiny_lla
     (t1, kl1), (_, kl10) = (next_word_comparison(teacher, other, PROMPT, t, k=3) for t in (1.0, 10.0))
     assert kl1 > 0 and kl10 > 0 and kl1 != pytest.approx(kl10)
     assert (t1["p teacher"] <= 1).all() and (t1["p student (same token)"] >= 0).all()
-    w = next_word_explorer(lambda _t: (teacher, other), [(PROMPT, None), ("Once upon a", None)], temperature=1.0)
+    long = "Premise: " + "it rained " * 20 + "all day.\nQuestion: was it wet? Answer:"
+    w = next_word_explorer(lambda _t: (teacher, other), [(PROMPT, None), ("Once upon a", None), (long, "RTE")],
+                           temperature=1.0)
     pick, text, temp, view = w.children
     assert "KL" in w._repr_mimebundle_()["text/plain"]
     pick.value = 1
     assert text.value == "Once upon a" and "Once upon a" in view.value
+    # a task input: its end, on one line, from a word's start (no literal \n in the header or the drop-down)
+    assert pick.options[2][0] == "RTE: …rained it rained it rained all day. ⏎ Question: was it wet? Answer:"
+    pick.value = 2
+    assert "day. ⏎ Question: was it wet? Answer:”" in view.value and "\\n" not in view.value
+    assert temp.style.description_width == "initial"  # "temperature" shown whole, not cut to "temperat…"
+
+
+def test_an_explorer_shows_a_failing_render_as_a_marked_error():
+    """A render that raises leaves the widget alive and says so, in a class the browser tests look for."""
+    import ipywidgets as widgets
+
+    from glmd_lib.explore import ERROR_CLASS, explorer
+
+    def render(n):
+        if n < 0:
+            raise ValueError("negative <n>")
+        return [f"n = {n}"]
+
+    box = widgets.IntText(value=1)
+    view = explorer([box], render, render(1)).children[-1]
+    assert ERROR_CLASS not in view.value and "n = 1" in view.value
+    box.value = -1
+    assert f'class="{ERROR_CLASS}"' in view.value and "ValueError" in view.value and "&lt;n&gt;" in view.value
 
 
 def _predictions(path):
@@ -116,3 +142,11 @@ def test_confusion_and_error_explorer_read_the_predictions_file(tmp_path):
     assert "0 errors of 3" in view.value
     task.value = "COPA"
     assert "not a classification task" in view.value
+
+
+def test_static_tables_keep_small_probabilities_readable():
+    """Next-word probabilities of 1e-4 and below must not all print as 0.0000; a missing value is blank."""
+    from glmd_lib.explore import static_html
+
+    html = static_html(pd.DataFrame({"p": [0.25, 1.5e-5], "cosine": pd.array([None, 0.5], dtype="Float64")}))
+    assert "1.5e-05" in html and "0.25" in html and "0.0000" not in html and "NA" not in html

@@ -105,6 +105,7 @@ def test_report_written(run_dir):
     assert "Across seeds" not in text  # one run: no spread to show
     stage2 = text.split("## Stage 2 per task")[1]
     assert "| CB | 0.610 | 3 |" in stage2  # per-task metrics, through the registry (columns nobody reports dropped)
+    assert "| task | after 2b | steps 2a |" in stage2  # headings of words that wrap: the table fits a notebook
     assert (run_dir / "report" / "scores.png").exists()
     assert (run_dir / "report" / "figures" / "stage2_CB_history.png").exists()  # copied: self-contained
     assert report.scores.loc["RTE", "retention"] == pytest.approx(0.63 / 0.7)

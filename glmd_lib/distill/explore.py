@@ -7,6 +7,7 @@ quantity the stage-1 loss drives down (without the loss's T² factor), at the te
 """
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -59,9 +60,21 @@ def next_word_comparison(teacher: Student, student: Student, prompt: str, temper
     return table, kl
 
 
+def _shown(text: str, width: int) -> str:
+    """``text`` on one line (a line break as ⏎, not a literal ``\\n``), at most its last ``width`` characters,
+    from the start of a word, after "…" (the end of a prompt is what the next word follows)."""
+    text = text.replace("\n", " ⏎ ")
+    if len(text) <= width:
+        return text
+    tail = text[-width:]
+    cut = tail.find(" ")
+    return "…" + (tail[cut + 1:] if 0 <= cut < len(tail) - 1 else tail)
+
+
 def _render(pair: tuple[Student, Student], prompt: str, temperature: float, k: int) -> list[Any]:
     table, kl = next_word_comparison(*pair, prompt, temperature, k)
-    return [f"prompt {prompt[-200:]!r}: KL(teacher ‖ student) at T = {temperature:.2f}: <b>{kl:.4f}</b>", table]
+    return [f"prompt “{html.escape(_shown(prompt, 200))}”: KL(teacher ‖ student) at T = {temperature:.2f}: "
+            f"<b>{kl:.4f}</b>", table]
 
 
 def next_word_explorer(pair_for: Callable[[str | None], tuple[Student, Student]],
@@ -74,11 +87,14 @@ def next_word_explorer(pair_for: Callable[[str | None], tuple[Student, Student]]
     import ipywidgets as widgets
 
     wide = widgets.Layout(width="90%")
-    pick = widgets.Dropdown(options=[(f"{t + ': ' if t else ''}{p[-70:]}", i) for i, (p, t) in enumerate(prompts)],
-                            value=0, description="example", layout=wide)
+    labels = [f"{t + ': ' if t else ''}{_shown(p, 70)}" for p, t in prompts]
+    pick = widgets.Dropdown(options=[(label, i) for i, label in enumerate(labels)], value=0, description="example",
+                            layout=wide)
     text = widgets.Text(value=prompts[0][0], description="prompt", continuous_update=False, layout=wide)
+    # the label's own width ("initial"): the default 80 px cut "temperature" to "temperat…" in JupyterLab
     temp = widgets.FloatLogSlider(value=temperature, base=10, min=-0.5, max=1.5, step=0.05,
-                                  description="temperature", continuous_update=False)
+                                  description="temperature", continuous_update=False,
+                                  style={"description_width": "initial"}, layout=widgets.Layout(width="60%"))
     pick.observe(lambda change: setattr(text, "value", prompts[change["new"]][0]), names="value")
     render = lambda i, prompt, t: _render(pair_for(prompts[i][1]), prompt, t, k)  # noqa: E731
     return explorer([pick, text, temp], render, render(0, prompts[0][0], temperature))

@@ -194,12 +194,13 @@ def mass_explorer(grid: Any, kept: int | None = None, temperature: str = "T=15")
         return pd.Series(point).to_frame("value").to_html()
 
     sizes = [int(k) for k in grid.index]
-    size = widgets.SelectionSlider(options=[(f"{k:,} ({grid.loc[k, 'share of vocabulary']:.1%})", k) for k in sizes],
+    size = widgets.SelectionSlider(options=[(f"{k:,}", k) for k in sizes],  # the share is in the table: "(50.(" was cut
                                    value=kept if kept in sizes else sizes[len(sizes) // 2], description="kept",
                                    continuous_update=False)
     temps = [c for c in grid.columns if c.startswith("T=")]
     temp = widgets.SelectionSlider(options=temps, value=temperature if temperature in temps else temps[0],
-                                   description="temperature", continuous_update=False)
+                                   description="temperature", continuous_update=False,
+                                   style={"description_width": "initial"})  # the default 80 px cut it to "temperat…"
     view = widgets.HTML(table(size.value, temp.value))
     for w in (size, temp):
         w.observe(lambda _change: setattr(view, "value", table(size.value, temp.value)), names="value")

@@ -31,7 +31,7 @@ for (const c of w.content.model.cells) {
   for (let i = 0; c.outputs && i < c.outputs.length; i++) {
     const o = c.outputs.get(i).toJSON();
     outs.push({type: o.output_type, name: o.name || null, ename: o.ename || null, evalue: o.evalue || null,
-               text: o.output_type === 'stream' ? String(o.text).slice(0, 500) : null});
+               text: o.output_type === 'stream' ? String(o.text).slice(0, o.name === 'stdout' ? 50000 : 500) : null});
   }
   cells.push({type: c.type, count: c.type === 'code' ? c.executionCount : null, outputs: outs});
 }
@@ -45,6 +45,32 @@ const root = arguments[0];
 return [...root.querySelectorAll('img')].map(i => ({src: i.getAttribute('src') || '', resolved: i.src,
         alt: i.alt, complete: i.complete, width: i.naturalWidth}));
 """
+
+
+CELL_JS = """
+const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+if (!w || !w.content || !w.content.widgets) return 'no notebook is open';
+const hits = w.content.widgets.filter(c => c.model.sharedModel.getSource().includes(arguments[0]));
+return hits.length === 1 ? hits[0].node : `${hits.length} cells contain it`;
+"""
+
+# widget labels and slider read-outs cut short (the text does not fit its box: "temperat…", "24,576 (50.(")
+TRUNCATED_JS = """
+return [...arguments[0].querySelectorAll('.widget-label, .widget-readout')]
+  .filter(l => l.offsetParent !== null && l.textContent.trim() && l.scrollWidth > l.clientWidth + 1)
+  .map(l => `${l.textContent.trim()} (${l.scrollWidth} px of text in ${l.clientWidth} px)`);
+"""
+
+# tables wider than the output area that shows them (cut off at the right, or only readable by scrolling)
+WIDE_TABLES_JS = """
+return [...arguments[0].querySelectorAll('.jp-OutputArea-output table')].map(t => {
+  const area = t.closest('.jp-OutputArea-output');
+  const head = [...t.querySelectorAll('th')].map(h => h.textContent.trim()).slice(0, 12).join(' | ');
+  return {width: Math.ceil(t.getBoundingClientRect().width), room: area.clientWidth, head: head};
+}).filter(t => t.width > t.room);
+"""
+
+EXPLORER_ERROR = "glmd-explore-error"  # glmd_lib.explore.ERROR_CLASS (not imported: no glmd_lib in this process)
 
 
 class LabTimeout(AssertionError):
@@ -81,6 +107,12 @@ class NotebookRun:
     @property
     def unexecuted(self) -> list[int]:
         return [i for i, c in enumerate(self.cells) if c["type"] == "code" and c["count"] is None]
+
+    @property
+    def stdout(self) -> list[str]:
+        """What the cells print, one entry per stream output: ``cell N: text``."""
+        return [f"cell {i}: {o['text']}" for i, c in enumerate(self.cells)
+                for o in c["outputs"] if o["type"] == "stream" and o["name"] == "stdout"]
 
     @property
     def stderr(self) -> list[str]:
@@ -126,6 +158,7 @@ class LabPage:
                 "const b = document.querySelector('.jp-BreadCrumbs');"
                 "return b && b.textContent.replace(/\\s+/g, '').startsWith(arguments[0]) "
                 "&& [...document.querySelectorAll('.jp-DirListing-item .jp-DirListing-itemText')]"
+                ".filter(e => e.offsetParent !== null && e.offsetHeight > 0)"  # drawn, not only in the DOM
                 ".map(e => e.textContent.trim())", crumbs)
             return names or None
 
@@ -189,6 +222,40 @@ class LabPage:
         """The DOM node of the open document's content (notebook or rendered markdown)."""
         return self.driver.execute_script(f"return {CURRENT} && {CURRENT}.content.node")
 
+    def cell(self, source: str):
+        """The DOM node of the one cell of the open notebook whose source contains ``source``."""
+        found = self.driver.execute_script(CELL_JS, source)
+        if isinstance(found, str):
+            raise AssertionError(f"{self.current}: no single cell has {source!r} in its source ({found})")
+        return found
+
+    def explorer(self, source: str, timeout: float = 60) -> "Explorer":
+        """The explorer widget drawn by the cell whose source contains ``source``, once its view is there."""
+        return Explorer(self, self.cell(source), timeout)
+
+    def output_text(self, cell) -> str:
+        """The text a cell's outputs show (not its source)."""
+        return "\n".join(o.text for o in cell.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output"))
+
+    def output_table(self, node) -> tuple[list[str], list[list[str]]]:
+        """The first table under ``node``: its column headings (the index's included) and its rows' cells."""
+        table = node.find_element(By.CSS_SELECTOR, "table")
+        heads = [h.text for h in table.find_elements(By.CSS_SELECTOR, "thead tr:first-child th")]
+        rows = [[c.text for c in r.find_elements(By.CSS_SELECTOR, "th, td")]
+                for r in table.find_elements(By.CSS_SELECTOR, "tbody tr")]
+        return heads, rows
+
+    def widgets(self, cell) -> list:
+        """The widget views a cell's outputs show (empty until the widget manager has rendered them)."""
+        return cell.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output .jupyter-widgets")
+
+    def truncated_labels(self, node) -> list[str]:
+        return self.driver.execute_script(TRUNCATED_JS, node)
+
+    def wide_tables(self) -> list[dict]:
+        """Tables of the open notebook wider than their output area: ``width``, ``room``, ``head``."""
+        return self.driver.execute_script(WIDE_TABLES_JS, self.panel())
+
     def images(self, at_least: int = 0, timeout: float = 20) -> list[dict]:
         """Every ``<img>`` in the open document: ``src`` as written, ``resolved`` (the URL the browser
         fetched), ``width`` (naturalWidth; 0: broken). Returns as soon as at least ``at_least`` images are
@@ -227,25 +294,101 @@ class LabPage:
         self.driver.save_screenshot(str(path))
         return path
 
-    def cell_screenshots(self, folder: str, max_height: int = 8000) -> list[Path]:
+    def cell_screenshots(self, folder: str, max_height: int = 15000) -> list[Path]:
         """One PNG per cell that shows output (``cell_NN.png``, NN = the cell's index in the ipynb), taken
         in a window tall enough for the tallest such cell, so nothing is cut at the viewport's edge."""
         cells = self.driver.find_elements(By.CSS_SELECTOR, ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell")
-        shown = [(i, c) for i, c in enumerate(cells)
+        shown = [(c, f"{folder}/cell_{i:02d}") for i, c in enumerate(cells)
                  if c.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output")]
+        return self.element_screenshots(shown, max_height)
+
+    def element_screenshots(self, shown: list[tuple[Any, str]], max_height: int = 15000) -> list[Path]:
+        """``<shots>/<name>.png`` of each ``(element, name)``, in a window tall enough for the tallest."""
         if not shown:
             return []
         size = self.driver.get_window_size()
-        tallest = max(c.size["height"] for _, c in shown)
+        tallest = max(e.size["height"] for e, _ in shown)
         self.driver.set_window_size(size["width"], min(max_height, max(size["height"], tallest + 300)))
         out = []
         try:
-            for i, cell in shown:
-                self.driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", cell)
-                path = self.shots / folder / f"cell_{i:02d}.png"
+            for element, name in shown:
+                self.driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", element)
+                path = self.shots / f"{name}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                cell.screenshot(str(path))
+                element.screenshot(str(path))
                 out.append(path)
         finally:
             self.driver.set_window_size(size["width"], size["height"])
         return out
+
+
+class Explorer:
+    """One explorer (``glmd_lib.explore.explorer``: a box of controls above an HTML view) in a cell, driven as
+    a person drives it: type into its text box and press Enter, pick from a drop-down, drag a slider."""
+
+    def __init__(self, lab: LabPage, cell, timeout: float = 60):
+        self.lab, self.cell = lab, cell
+        self.box = wait_for("the explorer's widget to render", lambda: cell.find_elements(
+            By.CSS_SELECTOR, ".jp-OutputArea-output .widget-vbox"), timeout)[0]
+        wait_for("the explorer's view", lambda: self.text().strip(), timeout)
+
+    def _view(self):
+        return self.box.find_element(By.CSS_SELECTOR, ".widget-html-content")
+
+    def text(self) -> str:
+        return self._view().text
+
+    def errors(self) -> list[str]:
+        """What the view shows in place of its output when rendering raised (glmd_lib.explore.ERROR_CLASS)."""
+        return [e.text for e in self.box.find_elements(By.CLASS_NAME, EXPLORER_ERROR)]
+
+    def truncated_labels(self) -> list[str]:
+        return self.lab.truncated_labels(self.box)
+
+    def _controls(self, css: str, nth: int):
+        found = self.box.find_elements(By.CSS_SELECTOR, css)
+        assert len(found) > nth, f"the explorer has {len(found)} controls {css!r}, not {nth + 1}"
+        self.lab.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", found[nth])
+        return found[nth]
+
+    def type(self, text: str, nth: int = 0) -> None:
+        """Select what the ``nth`` text box holds, type ``text`` over it, press Enter."""
+        from selenium.webdriver.common.keys import Keys
+
+        box = self._controls(".widget-text input", nth)
+        box.click()
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(text, Keys.ENTER)
+
+    def value(self, nth: int = 0) -> str:
+        return self._controls(".widget-text input", nth).get_attribute("value")
+
+    def pick(self, option: int | str, nth: int = 0) -> str:
+        """Choose ``option`` (its index, or its text) in the ``nth`` drop-down; returns the option's text."""
+        from selenium.webdriver.support.select import Select
+
+        menu = Select(self._controls(".widget-dropdown select", nth))
+        if isinstance(option, int):
+            menu.select_by_index(option)
+        else:
+            menu.select_by_visible_text(option)
+        return menu.first_selected_option.text
+
+    def options(self, nth: int = 0) -> list[str]:
+        return [o.text for o in self._controls(".widget-dropdown select", nth).find_elements(By.TAG_NAME, "option")]
+
+    def slide(self, dx: int, nth: int = 0) -> tuple[str, str]:
+        """Drag the ``nth`` slider's handle ``dx`` pixels: its read-out before and after."""
+        readout = self._controls(".widget-hslider .widget-readout", nth)
+        before = readout.text
+        self.lab.drag(self._controls(".widget-hslider .noUi-handle", nth), dx)
+        wait_for("the slider's read-out to move", lambda: readout.text != before, 30)
+        return before, readout.text
+
+    def changed(self, before: str, timeout: float = 120) -> str:
+        """Wait until the view shows something other than ``before`` (the kernel recomputed it)."""
+        return wait_for("the explorer's view to change", lambda: (t := self.text()) != before and t.strip() and t,
+                        timeout)
+
+    def screenshot(self, name: str) -> Path:
+        return self.lab.element_screenshots([(self.cell, name)])[0]
