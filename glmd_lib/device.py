@@ -83,3 +83,21 @@ def autocast(device: torch.device | str, bf16: bool):
     dev = torch.device(device)
     kind = dev.type if dev.type in ("cuda", "cpu", "mps", "xpu") else "cpu"
     return torch.autocast(kind, dtype=torch.bfloat16, enabled=bool(bf16))
+
+
+def matmul_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype matrix products on ``x`` run in: autocast's where it is on (bf16), else ``x``'s own."""
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+
+
+def compile_problem() -> str | None:
+    """Why ``torch.compile`` cannot build CPU kernels on this machine (None: it can): it needs a C++ compiler."""
+    from torch._inductor import exc
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except exc.InvalidCxxCompiler as e:
+        return f"torch.compile finds no C++ compiler ({e}); install g++ or use the eager kernel"
+    return None

@@ -8,8 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from glmd_lib.distill.losses import (LossError, distill_kl, distill_kl_reference, distill_loss, mask_tokens,
-                                     soft_cross_entropy)
+from glmd_lib.device import compile_problem, matmul_dtype
+from glmd_lib.distill import losses
+from glmd_lib.distill.losses import (LossError, distill_kl, distill_kl_reference, distill_loss, loss_kernel,
+                                     mask_tokens, soft_cross_entropy)
 from glmd_lib.distill.teacher import sparse_teacher_fn
 
 V, K = 23, 11
@@ -221,3 +223,104 @@ def test_the_loss_reports_its_denominator(data):
     t_flat[0] = -math.inf  # a position without teacher mass does not count
     _, logs = distill_loss(s, None, lambda sl: t_flat[sl], mask, 2.0)
     assert logs["count"] == mask.sum() - 1
+
+
+# --------------------------------------------------------------------------------------------
+# the two kernels of the softmax/KL part (issue #12): both against plain autograd on full logits
+# --------------------------------------------------------------------------------------------
+
+KERNELS = ["eager", pytest.param("compile", marks=pytest.mark.skipif(
+    compile_problem() is not None, reason="torch.compile needs a C++ compiler"))]
+
+
+def _reference(h, head, t_kept, mask, T, labels):
+    """T^2 KL by F.kl_div on full fp32 logits over the rows where the teacher has mass, and the student's CE."""
+    logits = head(h)
+    has_mass = torch.isfinite(t_kept).any(-1)
+    m = mask.float() * has_mass.float()
+    t_safe = torch.where(has_mass[..., None], t_kept, torch.zeros_like(t_kept))
+    per_pos = F.kl_div(torch.log_softmax(logits / T, -1), torch.log_softmax(t_safe / T, -1), log_target=True,
+                       reduction="none").nan_to_num().sum(-1)
+    kl = T * T * (per_pos * m).sum() / m.sum()
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+    return kl, ce
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("T", [1.0, 15.0])
+def test_kernels_match_kl_div_on_full_logits(kernel, T, monkeypatch):
+    """Value, logged CE and every gradient (hidden states, output weight and bias), with chunks and blocks that
+    do not divide the positions, teacher logits of -inf (no mass) and a position without any teacher mass."""
+    monkeypatch.setattr(losses, "ROWS", 3)
+    g = torch.Generator().manual_seed(2)
+    N, D, KK = 37, 6, 300
+    h = torch.randn(1, N, D, generator=g, requires_grad=True)
+    head = torch.nn.Linear(D, KK)
+    t = torch.randn(1, N, KK, generator=g) * 5
+    t[0, 3, : KK // 2] = -math.inf
+    t[0, 5] = -math.inf
+    mask = torch.ones(1, N)
+    mask[0, -4:] = 0
+    labels = torch.randint(KK, (1, N), generator=g)
+    labels[0, -4:] = -100
+    loss, logs = distill_loss(h, head, lambda sl: t.reshape(-1, KK)[sl], mask, T, labels=labels, chunk=10,
+                              kernel=kernel)
+    grads = torch.autograd.grad(loss, [h, head.weight, head.bias])
+    kl, ce = _reference(h, head, t, mask, T, labels)
+    ref_grads = torch.autograd.grad(kl, [h, head.weight, head.bias])
+    torch.testing.assert_close(loss, kl, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logs["ce"], ce.detach(), rtol=1e-5, atol=1e-5)
+    assert logs["count"] == mask.sum() - 1  # the position without teacher mass does not count
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_trained_ce_gradient_matches_autograd(kernel):
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(2, 9, 5, generator=g, requires_grad=True)
+    head = torch.nn.Linear(5, 40)
+    t = torch.randn(2, 9, 40, generator=g)
+    labels = torch.randint(40, (2, 9), generator=g)
+    loss, _ = distill_loss(h, head, lambda sl: t.reshape(-1, 40)[sl], torch.ones(2, 9), 2.0, labels=labels,
+                           ce_weight=0.5, chunk=4, kernel=kernel)
+    kl, ce = _reference(h, head, t, torch.ones(2, 9), 2.0, labels)
+    for a, b in zip(torch.autograd.grad(loss, [h, head.weight]), torch.autograd.grad(kl + 0.5 * ce, [h, head.weight])):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_under_bf16_autocast_the_head_runs_in_bf16_and_the_rest_stays_fp32():
+    """The trainer's bf16 autocast: the output layer's matmuls in bf16 (close to fp32), the loss and every
+    gradient in fp32 (the master weights' dtype)."""
+    g = torch.Generator().manual_seed(4)
+    h = torch.randn(1, 40, 32, generator=g, requires_grad=True)
+    head = torch.nn.Linear(32, 500, bias=False)
+    t = torch.randn(1, 40, 500, generator=g) * 3
+    fp32, _ = distill_loss(h, head, lambda sl: t.reshape(-1, 500)[sl], torch.ones(1, 40), 15.0, chunk=16)
+    g32 = torch.autograd.grad(fp32, [h, head.weight])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert matmul_dtype(h) == torch.bfloat16
+        bf, _ = distill_loss(h, head, lambda sl: t.reshape(-1, 500)[sl], torch.ones(1, 40), 15.0, chunk=16)
+    gbf = torch.autograd.grad(bf, [h, head.weight])
+    assert bf.dtype == torch.float32 and all(x.dtype == torch.float32 for x in gbf)
+    assert not torch.equal(bf, fp32)  # it did run in bf16 ...
+    torch.testing.assert_close(bf, fp32, rtol=2e-2, atol=1e-3)  # ... to bf16's precision
+    for a, b in zip(gbf, g32):
+        assert F.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.999
+
+
+def test_loss_kernel_choice(monkeypatch):
+    monkeypatch.delenv("GLMD_LOSS_KERNEL", raising=False)
+    assert loss_kernel(None, 1000) == "eager"  # small calls never pay for a compilation
+    assert loss_kernel("eager", 1 << 30) == "eager"
+    monkeypatch.setattr(losses, "compile_problem", lambda: "no C++ compiler (test)")
+    assert loss_kernel("auto", 1 << 30) == "eager"  # auto falls back where nothing can be compiled ...
+    with pytest.raises(LossError, match="no C.. compiler"):
+        loss_kernel("compile", 10)  # ... an explicit request says why it cannot
+    monkeypatch.setattr(losses, "compile_problem", lambda: None)
+    assert loss_kernel("auto", losses.COMPILE_MIN_ENTRIES) == "compile"
+    monkeypatch.setenv("GLMD_LOSS_KERNEL", "eager")
+    assert loss_kernel(None, 1 << 30) == "eager"
+    monkeypatch.setenv("GLMD_LOSS_KERNEL", "fast")
+    with pytest.raises(LossError, match="GLMD_LOSS_KERNEL"):
+        loss_kernel(None, 10)

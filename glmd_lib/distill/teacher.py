@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from glmd_lib.device import autocast
 from glmd_lib.distill.losses import LossError, TeacherFn
@@ -55,9 +56,15 @@ class TeacherRunner:
     teachers run in full and are turned into the target chunk by chunk. ``head_w``/``head_b`` (the rows used)
     and ``target`` (rows -> the target logits) also serve cached hidden states (:func:`cached_teacher_fn`).
     ``temperature``: the loss's T, which the ``substitute`` target depends on (refused without it).
+
+    With ``bf16`` the teacher's linear weights are kept as frozen bf16 copies (``bf16_weights``, default on):
+    autocast would otherwise cast every fp32 weight again at each forward (and the head once per chunk). The
+    copies hold exactly the values autocast would make, so the logits are bitwise those of plain autocast; the
+    fp32 teacher is not changed (its owner may still use it in fp32). Cost: 2 bytes per linear weight.
     """
 
-    def __init__(self, teacher: nn.Module, vocab_map: Any, bf16: bool, temperature: float | None = None):
+    def __init__(self, teacher: nn.Module, vocab_map: Any, bf16: bool, temperature: float | None = None,
+                 bf16_weights: bool = True):
         self.teacher = teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -74,17 +81,38 @@ class TeacherRunner:
                 w = w.index_select(0, kept)
                 b = None if b is None else b.detach().index_select(0, kept)
                 self.target = _as_fp32
-            self.head_w, self.head_b = w, b
+            self.head_w, self.head_b = (w.to(torch.bfloat16) if self.bf16 and bf16_weights else w), b
+        self.module = teacher if self.head_w is None else teacher.base_model
+        self.weights = bf16_linear_weights(self.module) if self.bf16 and bf16_weights else {}
 
     @torch.no_grad()
     def chunks(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TeacherFn:
         with autocast(self.device, self.bf16):
+            out = functional_call(self.module, self.weights, (), {"input_ids": input_ids,
+                                                                 "attention_mask": attention_mask})
             if self.head_w is not None:
-                h = self.teacher.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+                h = out.last_hidden_state
                 return _head_fn(h.reshape(-1, h.shape[-1]), self.head_w, self.head_b, self.bf16, self.target)
-            logits = self.teacher(input_ids=input_ids, attention_mask=attention_mask).logits
-        flat = logits.reshape(-1, logits.shape[-1])
+        flat = out.logits.reshape(-1, out.logits.shape[-1])
         return lambda sl: self.target(flat[sl])
+
+
+def bf16_linear_weights(module: nn.Module) -> dict[str, torch.Tensor]:
+    """bf16 copies of the weights of ``module``'s ``nn.Linear`` layers, by parameter name, for
+    ``torch.func.functional_call`` under bf16 autocast (which then casts nothing).
+
+    A linear weight tied to an embedding (an output layer sharing the input embeddings) is left out: the
+    embedding lookup must stay fp32, and autocast casts that weight as before. Tied linear weights share a copy.
+    """
+    embeddings = {id(m.weight) for m in module.modules() if isinstance(m, nn.Embedding)}
+    copies: dict[int, torch.Tensor] = {}
+    out = {}
+    for name, m in module.named_modules():
+        if isinstance(m, nn.Linear) and id(m.weight) not in embeddings:
+            if id(m.weight) not in copies:
+                copies[id(m.weight)] = m.weight.detach().to(torch.bfloat16)
+            out[f"{name}.weight" if name else "weight"] = copies[id(m.weight)]
+    return out
 
 
 def _as_fp32(t: torch.Tensor) -> torch.Tensor:
@@ -137,7 +165,7 @@ def hidden_teacher_fn(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     if h.shape[-1] != weight.shape[-1]:
         raise TeacherCacheError(f"cached hidden states have {h.shape[-1]} values per position, the teacher's output "
                                 f"layer takes {weight.shape[-1]}: the cache belongs to another teacher")
-    w = weight.detach().float()
+    w = weight.detach() if bf16 else weight.detach().float()  # the runner's bf16 rows stay bf16 (no cast per chunk)
     return _head_fn(h, w, None if bias is None else bias.detach().float(), bf16, target)
 
 
