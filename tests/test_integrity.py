@@ -186,14 +186,14 @@ def test_second_glmd_run_is_refused_and_ctrl_c_says_how_to_resume(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != ENV}
     first = subprocess.Popen([*GLMD, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 300  # generous: a loaded 2-core CI machine starts a kernel slowly
         while not (rd / "started").exists():
             assert first.poll() is None and time.time() < deadline, "the first glmd run did not start its notebook"
             time.sleep(0.2)
         line = _one_line_error(_glmd(*args), f"pid {first.pid}", "run --profile smoke", str(rd), "in use")
         assert "--run-dir" in line  # what to do
         first.send_signal(signal.SIGINT)
-        _, err = first.communicate(timeout=60)
+        _, err = first.communicate(timeout=180)
     finally:
         first.kill()
         first.wait()
@@ -230,7 +230,7 @@ def test_glmd_stage1_is_refused_while_the_run_dir_is_held(tmp_path):
     ("stage2.temperature=nan", ["'temperature' must be a finite number"]),
     ("stage1.lr=.nan", ["'lr' must be a finite number"]),
     ("keep_tokens=-5", ["'keep_tokens' must be >= 1 (or None), got -5"]),
-    ("stage1.steps=0", ["'steps' must be >= 1"]),
+    ("stage1.steps=-1", ["'steps' must be >= 0"]),
     ("stage1.mlm_probability=1.5", ["'mlm_probability' must be > 0 and < 1"]),
     ("student_layers=0", ["'student_layers' must be >= 1"]),
     ("eval.models=[teacher]", ["'models[0]'", "'teachers'"]),
