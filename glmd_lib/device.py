@@ -42,7 +42,7 @@ def cpu_bf16_native() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX, as oneDNN reports it).
 
     Without them (an AVX2-only CPU, e.g. many AMD EPYC machines) PyTorch emulates bf16 and a forward under bf16
-    autocast is many times *slower* than fp32 (a demo stage-1 step: about 25 s instead of 1 s).
+    autocast is several times *slower* than fp32.
     ``GLMD_CPU_BF16=force`` claims support anyway (the tests use it to exercise the bf16 paths everywhere).
     """
     if os.environ.get("GLMD_CPU_BF16", "").lower() == "force":

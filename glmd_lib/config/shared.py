@@ -91,3 +91,17 @@ class StudentShape:
     student_intermediate: int | None = shared_param(None, "student MLP width (None: 4 x hidden, or 8/3 x hidden "
                                                           "for Llama)", ge=1)
     student_max_positions: int = shared_param(512, "student maximum sequence length", ge=1)
+
+
+@dataclass
+class SelectionSplit:
+    """Which labels choose checkpoints; shared by the task teachers and stage 2 (each key ``shared``), so both
+    hold out the same train examples and a bare ``-p select_on=dev`` reaches both."""
+
+    select_on: Literal["train_holdout", "dev", "last"] = shared_param(
+        "train_holdout", "labels that choose checkpoints: a holdout carved from the train split (and removed from "
+                         "training), dev (the paper's practice: its dev scores are then optimistic), or none (last)")
+    selection_fraction: float = shared_param(0.1, "share of each train split held out for selection "
+                                                  "(select_on='train_holdout')", gt=0, lt=1)
+    max_selection_examples: int | None = shared_param(500, "cap on the selection holdout per task (None: no cap)",
+                                                      ge=1)

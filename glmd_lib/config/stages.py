@@ -14,7 +14,7 @@ from typing import Literal
 
 from glmd_lib.config.base import ConfigError, StageConfig, check_value, param
 from glmd_lib.config.shared import (ALL_TASKS, CORE_TASKS, DEMO_TEACHER, PAPER_SEQ_LEN, PAPER_STUDENT,
-                                    PAPER_TASK_EPOCHS, SMOKE_TEACHER, StudentShape, TaskList, shared_param,
+                                    PAPER_TASK_EPOCHS, SMOKE_TEACHER, SelectionSplit, StudentShape, TaskList, shared_param,
                                     superglue_dir_param, teacher_param)
 from glmd_lib.superglue.data import TASKS
 
@@ -166,7 +166,7 @@ class Stage1Config(StudentShape, StageConfig):
 
 
 @dataclass
-class TeacherConfig(TaskList, StageConfig):
+class TeacherConfig(TaskList, SelectionSplit, StageConfig):
     stage = "teachers"
     notebook = "04_teacher_finetune"
     profiles = {
@@ -191,19 +191,12 @@ class TeacherConfig(TaskList, StageConfig):
     max_eval_examples: int | None = param(None, "cap on dev examples per task (None: all)", ge=1)
     max_seq_len: int = param(256, "inputs longer than this are truncated from the passage side", ge=1)
     evals_per_epoch: int = param(1, "evaluations on the selection split per epoch; the best one is kept", ge=1)
-    select_on: Literal["train_holdout", "dev", "last"] = shared_param(
-        "train_holdout", "labels that choose checkpoints: a holdout carved from the train split (and removed from "
-                         "training), dev (the paper's practice: its dev scores are then optimistic), or none (last)")
-    selection_fraction: float = shared_param(0.1, "share of each train split held out for selection "
-                                                  "(select_on='train_holdout')", gt=0, lt=1)
-    max_selection_examples: int | None = shared_param(500, "cap on the selection holdout per task (None: no cap)",
-                                                      ge=1)
     bf16: bool | None = param(None, "bf16 autocast (None: on CUDA only; True also on CPU, about 3x faster "
                                     "there; fp32 keeps runs bitwise repeatable)")
 
 
 @dataclass
-class Stage2Config(TaskList, StageConfig):
+class Stage2Config(TaskList, SelectionSplit, StageConfig):
     stage = "stage2"
     notebook = "05_stage2_distillation"
     profiles = {
@@ -244,13 +237,6 @@ class Stage2Config(TaskList, StageConfig):
     loss_chunk: int = param(1024, "positions per chunk of the pass-2a loss (bounds peak memory)", ge=1)
     eval_every: int = param(10, "evaluation on the selection split every N steps of each pass (0: only after "
                                 "each pass)", ge=0)
-    select_on: Literal["train_holdout", "dev", "last"] = shared_param(
-        "train_holdout", "labels that choose checkpoints: a holdout carved from the train split (and removed from "
-                         "training), dev (the paper's practice: its dev scores are then optimistic), or none (last)")
-    selection_fraction: float = shared_param(0.1, "share of each train split held out for selection "
-                                                  "(select_on='train_holdout')", gt=0, lt=1)
-    max_selection_examples: int | None = shared_param(500, "cap on the selection holdout per task (None: no cap)",
-                                                      ge=1)
     add_unlabeled: bool = param(False, "also distil on the test split's (unlabeled) inputs")
     max_train_examples: int | None = param(None, "cap on train inputs per task (None: all)", ge=1)
     max_unlabeled_examples: int | None = param(None, "cap on added test-split inputs per task (None: all)", ge=1)
