@@ -221,8 +221,10 @@ def _blocks(cfg: Stage1Config, tokenizer: Any, world: int, training: bool = True
     """Training blocks (as many as the steps consume; None unless ``training``) and held-out blocks, both
     ``[n, seq_len]``."""
     per_step = cfg.batch_size * cfg.grad_accum * world
+    # max_blocks < steps x batch: fewer distinct blocks, several epochs (the trainer's batches cycle)
+    wanted = min(cfg.steps * per_step, cfg.max_blocks or cfg.steps * per_step)
     blocks = None if not training else token_blocks(cfg.corpus or default_corpus("train"), tokenizer, cfg.seq_len,
-                          max_blocks=cfg.steps * per_step, max_lines=cfg.max_lines, separator=cfg.separator)
+                          max_blocks=wanted, max_lines=cfg.max_lines, separator=cfg.separator)
     if training:
         require_blocks(blocks, cfg.batch_size * world, "training", cfg.corpus or "default (train shards)")
     valid = token_blocks(cfg.valid_corpus or default_corpus("valid"), tokenizer, cfg.seq_len,
