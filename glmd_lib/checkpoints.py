@@ -134,7 +134,7 @@ def latest_checkpoint(directory: Path | str, fingerprint: dict[str, Any]) -> tup
         return None
     path = ckpts[-1][1]
     ckpt = load_checkpoint(path)
-    if ckpt.get("fingerprint", {}) != fingerprint:
+    if describe_diff(ckpt.get("fingerprint", {}), fingerprint):
         raise CheckpointError(f"{path} was written by a run with other settings "
                               f"({describe_diff(ckpt.get('fingerprint', {}), fingerprint)}). Nothing was changed. "
                               f"Resume with the same settings, use another run directory, or start over with "
@@ -143,6 +143,8 @@ def latest_checkpoint(directory: Path | str, fingerprint: dict[str, Any]) -> tup
 
 
 def describe_diff(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """The settings that differ ('' if none). A key one side lacks counts as None there: a setting added to
+    the code later, left at its None default, does not orphan the checkpoints written before it existed."""
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     return ", ".join(f"{k}: checkpoint {a.get(k)!r} vs now {b.get(k)!r}" for k in keys[:6])
 

@@ -7,9 +7,11 @@ import sys
 
 import pandas as pd
 import pytest
+from transformers import LlamaConfig
 
-from glmd_lib.compare.grid import UNTRAINED_CSV, expand, run_dir
-from glmd_lib.compare.results import COLUMNS, collect, differences_vs_glmd, summary_table
+from glmd_lib.compare.figures import X_AXES, sweep_figure, sweep_points
+from glmd_lib.compare.grid import UNTRAINED_CSV, UNTRAINED_PREDICTIONS, expand, run_dir
+from glmd_lib.compare.results import COLUMNS, collect, paired_differences, summary_table
 from glmd_lib.config.base import ConfigError
 from glmd_lib.config.stages import CompareConfig
 from glmd_lib.pipeline import discover, link_stages, routable, select
@@ -66,24 +68,45 @@ def test_routable_keeps_what_reaches_the_chosen_notebooks_and_links_are_relative
     assert str(link.readlink()) == "../../../vocab" and link.resolve() == (tmp_path / "vocab").resolve()
 
 
+def _tiny_config(vocab_size):
+    """FLOPs per token at seq_len 8, by hand: body 2 x 2 layers x (q 16x16 + k, v 16x8 + o 16x16 + MLP 3 x 16x32)
+    = 9216, attention 2 x 2 x 2 layers x 8 x 16 = 1024, output 2 x vocab_size x 16."""
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=4, bos_token_id=1, eos_token_id=2,
+                       pad_token_id=2)
+
+
+def _predictions_file(path, model, preds):
+    labels = ["entailment", "contradiction", "neutral", "entailment"]
+    lines = [json.dumps({"model": model, "task": "CB", "idx": i, "group": i, "label": lab, "prediction": p})
+             for i, (lab, p) in enumerate(zip(labels, preds))]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _fake_stage1(run, speed):
+    (run / "stage1").mkdir(parents=True, exist_ok=True)
+    (run / "stage1" / "config.json").write_text(json.dumps({"stage": "stage1", "config": {"seq_len": 8}}))
+    (run / "stage1" / "metrics.json").write_text(json.dumps({"tokens_seen": 128, "student_tokens_per_s": speed,
+                                                             "teacher_tokens_per_s": 200.0}))
+    _tiny_config(100).save_pretrained(run / "stage1" / "student")
+
+
 def _fake_run(root, name, seed, score, preds, gold_in_loss=False):
     run = run_dir(root, name, seed)
     for sub in ("eval", "stage1", "pipeline", "stage2/CB"):
         (run / sub).mkdir(parents=True, exist_ok=True)
+    _fake_stage1(run, 500.0 + seed)
+    _tiny_config(200).save_pretrained(run / "teachers" / "CB" / "model")
     pd.DataFrame([{"model": "student", "task": "CB", "metric": "score", "value": score, "ci_low": score - 0.1,
                    "ci_high": score + 0.1, "n_examples": 4, "params": 1000},
                   {"model": "teacher", "task": "CB", "metric": "score", "value": 0.9, "ci_low": 0.8, "ci_high": 1.0,
                    "n_examples": 4, "params": 5000}]).to_csv(run / "eval" / "results.csv", index=False)
     pd.DataFrame([{"task": "CB", "metric": "agreement", "value": 0.75}]).to_csv(run / "eval" / "fidelity.csv",
                                                                                  index=False)
-    (run / "stage1" / "metrics.json").write_text(json.dumps({"tokens_seen": 128}))
     (run / "pipeline" / "03.json").write_text(json.dumps({"seconds": 2.0}))
     (run / "pipeline" / "05.json").write_text(json.dumps({"seconds": 3.5}))
     (run / "stage2" / "CB" / "metrics.json").write_text(json.dumps({"gold_labels_in_loss": gold_in_loss}))
-    labels = ["entailment", "contradiction", "neutral", "entailment"]
-    lines = [json.dumps({"model": "student", "task": "CB", "idx": i, "group": i, "label": lab, "prediction": p})
-             for i, (lab, p) in enumerate(zip(labels, preds))]
-    (run / "eval" / "predictions.jsonl").write_text("\n".join(lines) + "\n")
+    _predictions_file(run / "eval" / "predictions.jsonl", "student", preds)
 
 
 def test_results_from_fake_run_directories(tmp_path):
@@ -92,7 +115,8 @@ def test_results_from_fake_run_directories(tmp_path):
         _fake_run(tmp_path, "glmd", seed, 0.5 + seed / 10, ["entailment"] * 4)
         _fake_run(tmp_path, "kd", seed, 0.4, ["entailment", "contradiction", "neutral", "neutral"], True)
     untrained = run_dir(tmp_path, "untrained", 0)
-    untrained.mkdir(parents=True)
+    _fake_stage1(untrained, 700.0)
+    _predictions_file(untrained / UNTRAINED_PREDICTIONS, "untrained", ["entailment"] * 4)  # as glmd's
     pd.DataFrame([{"model": "untrained", "task": "CB", "metric": "score", "value": 0.2, "ci_low": 0.1,
                    "ci_high": 0.3, "n_examples": 4, "params": 1000}]).to_csv(untrained / UNTRAINED_CSV, index=False)
     results, notes = collect(tmp_path, cfg)
@@ -100,14 +124,50 @@ def test_results_from_fake_run_directories(tmp_path):
     assert results.groupby("method").size().to_dict() == {"glmd": 2, "kd": 2, "teacher": 2, "untrained": 1}
     kd0 = results[(results.method == "kd") & (results.seed == 0)].iloc[0]
     assert (kd0.agreement, kd0.stage1_tokens, kd0.wall_s, kd0.params, kd0.n) == (0.75, 128, 5.5, 1000, 4)
+    # FLOPs from the student's config at stage 1's seq_len (hand count in _tiny_config); tokens/s from stage 1
+    by = results.set_index(["method", "seed"])
+    assert (kd0.flops_per_token, kd0.infer_tokens_per_s) == (9216 + 1024 + 3200, 500.0)
+    assert by.loc[("glmd", 1), "infer_tokens_per_s"] == 501.0
+    assert by.loc[("untrained", 0), "infer_tokens_per_s"] == 700
+    assert by.loc[("untrained", 0), "flops_per_token"] == 13440
+    assert by.loc[("teacher", 0), "flops_per_token"] == 9216 + 1024 + 6400  # the task teacher's own config
+    assert by.loc[("teacher", 0), "infer_tokens_per_s"] == 200.0
     assert kd0.uses_gold_labels and not results[results.method == "glmd"].uses_gold_labels.any()
     table = summary_table(results, ["glmd", "kd"])
     assert list(table.index) == ["teacher", "untrained", "glmd", "kd"]
     assert table.loc["glmd", "CB"] == "0.550 ± 0.071 [0.400, 0.600]" and table.loc["untrained", "CB"] == "0.200 [0.100, 0.300]"
     assert table.loc["kd", "parameters"] == "1,000"
-    diffs = differences_vs_glmd(results, n_boot=50)
+    diffs = paired_differences(results, "glmd", n_boot=50)
     assert list(diffs.seed) == [0, 1] and set(diffs.model_a) == {"kd"} and set(diffs.verdict) <= {
         "not distinguishable", "A better", "B better"}
+    # against the untrained student (seed 0 only; its predictions are glmd's, so kd's gain is its gap to glmd)
+    gains = paired_differences(results, "untrained", n_boot=50)
+    assert sorted(gains.model_a) == ["glmd", "kd"] and set(gains.model_b) == {"untrained"} and set(gains.seed) == {0}
+    g = gains.set_index("model_a")
+    assert g.loc["glmd", "difference"] == 0.0 and g.loc["glmd", "verdict"] == "not distinguishable"
+    kd_vs_glmd = diffs[diffs.seed == 0].iloc[0]
+    assert (g.loc["kd", "difference"], g.loc["kd", "ci_low"], g.loc["kd", "ci_high"]) == (
+        kd_vs_glmd.difference, kd_vs_glmd.ci_low, kd_vs_glmd.ci_high)
+
+
+def test_sweep_plotted_against_parameters_and_tokens_per_s():
+    rows = [{"method": m, "keep_rate": k, "params": p, "flops_per_token": f, "infer_tokens_per_s": s, "value": v,
+             "agreement": a, "task": t} for m, k, p, f, s, v, a in [
+        ("glmd", 0.5, 2000, 900, 300.0, 0.5, 0.7), ("glmd-keep0.25", 0.25, 1500, 700, 450.0, 0.4, 0.6),
+        ("glmd-keep1", 1.0, 3000, 1300, 250.0, 0.6, 0.8)] for t in ("CB", "RTE")]
+    results = pd.DataFrame(rows + [{"method": "untrained", "keep_rate": None, "params": 2000, "value": 0.1,
+                                    "task": "CB"}])
+    pts = sweep_points(results)
+    assert list(pts.keep_rate) == [0.25, 0.5, 1.0] and list(pts.flops_per_token) == [700, 900, 1300]
+    fig = sweep_figure(results, "infer_tokens_per_s")
+    score, agreement = fig.axes
+    assert list(score.lines[0].get_xdata()) == [250.0, 300.0, 450.0]
+    assert list(score.lines[0].get_ydata()) == [0.6, 0.5, 0.4]
+    assert agreement.get_xlabel() == X_AXES["infer_tokens_per_s"]
+    assert list(sweep_figure(results).axes[0].lines[0].get_xdata()) == [1500, 2000, 3000]
+    assert sweep_figure(results.assign(infer_tokens_per_s=None), "infer_tokens_per_s") is None  # masked LM
+    with pytest.raises(ValueError, match="infer_tokens_per_s"):
+        sweep_figure(results, "seconds")
 
 
 def test_results_name_the_runs_not_yet_evaluated(tmp_path):
@@ -127,6 +187,9 @@ def test_compare_smoke_end_to_end(tmp_path):
     assert res.returncode == 0, res.stderr
     results = pd.read_csv(root / "compare" / "results.csv")
     assert set(results.method) == {"glmd", "kd", "teacher", "untrained"} and set(results.task) == {"CB"}
+    assert results.flops_per_token.gt(0).all() and results.infer_tokens_per_s.gt(0).all()
+    gains = pd.read_csv(root / "compare" / "differences_untrained.csv")
+    assert set(gains.model_a) == {"glmd", "kd"} and set(gains.model_b) == {"untrained"}
     assert (root / "runs" / "kd" / "seed-0" / "teachers").is_symlink()  # the one task-teacher set
     assert not (root / "runs" / "kd" / "seed-0" / "notebooks" / "04_teacher_finetune.ipynb").exists()
     again = subprocess.run(cmd, capture_output=True, text=True)  # complete: every notebook skipped

@@ -72,6 +72,16 @@ def test_teacher_cache_path_trains_and_reuses(tmp_path, corpus):
     assert m["teacher_cache"] and m["steps"] == 6
 
 
+def test_max_blocks_caps_the_distinct_blocks_and_the_teacher_cache(tmp_path, corpus):
+    """max_blocks=4 with 6 steps of 2: the teacher caches 4 blocks once, the student sees them 3 times."""
+    from glmd_lib.distill.teacher_cache import TeacherCache
+    m = run_stage1(_cfg(tmp_path / "few", corpus, teacher_cache=True, max_blocks=4), progress=False)
+    assert len(TeacherCache(tmp_path / "few" / "stage1" / "teacher_cache")) == 4
+    assert m["steps"] == 6 and m["tokens_seen"] == 6 * 2 * 16
+    run_stage1(_cfg(tmp_path / "all", corpus, teacher_cache=True), progress=False)  # None: one block per view
+    assert len(TeacherCache(tmp_path / "all" / "stage1" / "teacher_cache")) == 12
+
+
 def test_gpt2_student_of_llama_teacher_and_teacher_init(tmp_path, corpus):
     m = run_stage1(_cfg(tmp_path / "a", corpus, student_arch="gpt2"), progress=False)
     assert load_student(tmp_path / "a" / "stage1" / "student").model.config.model_type == "gpt2"

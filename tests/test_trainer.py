@@ -237,6 +237,15 @@ def test_checkpoint_from_other_settings_is_refused(tmp_path):
         _train(tmp_path, steps=4, fingerprint={"hidden": 32})
 
 
+def test_a_setting_added_later_at_its_none_default_still_resumes(tmp_path):
+    """A checkpoint written before a setting existed resumes when that setting is None (its old behaviour)."""
+    _train(tmp_path, steps=4, fingerprint={"hidden": 16})
+    _train(tmp_path, steps=6, fingerprint={"hidden": 16, "max_blocks": None})
+    assert [s for s, _ in list_checkpoints(tmp_path / "checkpoints")][-1] == 6
+    with pytest.raises(CheckpointError, match="max_blocks: checkpoint None vs now 4"):
+        _train(tmp_path, steps=8, fingerprint={"hidden": 16, "max_blocks": 4})
+
+
 def test_index_batches_cover_epoch_and_shard_by_rank():
     seen = []
     b0 = IndexBatches(10, 2, lambda i: i.tolist(), seed=3, rank=0, world_size=2)

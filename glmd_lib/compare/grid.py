@@ -16,7 +16,8 @@ Pure (no file is touched): :func:`expand` turns a profile, a root directory ``D`
   rate is the ``glmd`` run itself.
 * The reference row ``untrained``: per seed, notebook 03 with ``stage1.steps=0`` (GLMD's student, initialised,
   saved, not trained) in ``D/runs/untrained/seed-<k>/``; the runner evaluates that student on the same dev
-  examples as the methods (``untrained.csv``). The task teacher's row comes from the runs' own evaluations.
+  examples as the methods (``untrained.csv``, ``untrained_predictions.jsonl``). The task teacher's row comes from
+  the runs' own evaluations.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from glmd_lib.distill.methods import METHODS, method_params
 UNTRAINED = "untrained"
 TEACHER = "teacher"
 UNTRAINED_CSV = "untrained.csv"  # the untrained student's dev scores, in its run directory
+UNTRAINED_PREDICTIONS = "untrained_predictions.jsonl"  # and its dev predictions (paired differences)
 BUDGET_LOSSES = ("kd", "finetune")  # task losses that run only the task pass (methods.py)
 TASK_STAGES = ("teachers", "stage2", "eval")
 COMPARE_KEYS = {"methods", "seeds", "keep_rates"}  # bare keys only CompareConfig declares

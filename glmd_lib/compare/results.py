@@ -1,11 +1,14 @@
 """``<D>/compare/results.csv``: one row per method x task x seed, read from the runs' own artifacts, and the views
-of it (the paper-style table, paired differences against GLMD).
+of it (the paper-style table, paired differences against GLMD and against the untrained student).
 
 Per row: the dev score (``value``) with its bootstrap interval and ``n`` (``eval/results.csv``), the label-free
 fidelity to the task teacher (``eval/fidelity.csv``: agreement, KL), the student's parameters, stage-1 tokens
-(``stage1/metrics.json``), the wall time of the run's own notebooks (``pipeline/*.json``; the shared stages are
-not counted: they are paid once for all rows), and which signals the method uses: gold labels (as stage 2's
-``metrics.json`` recorded them, else the registry) and intermediate layers (the registry).
+(``stage1/metrics.json``), the forward FLOPs per token counted from the model's config
+(:mod:`glmd_lib.models.flops`) and its measured forward tokens/s (stage 1's held-out evaluation timed the student
+and the teacher on the same blocks, so nothing is timed again; both at stage 1's ``seq_len``; a masked-LM run has
+no such evaluation, so no tokens/s), the wall time of the run's own notebooks (``pipeline/*.json``; the shared
+stages are not counted: they are paid once for all rows), and which signals the method uses: gold labels (as stage
+2's ``metrics.json`` recorded them, else the registry) and intermediate layers (the registry).
 
 Reference rows: ``teacher`` (the one task-teacher set, as the first method's run of each seed scored it) and
 ``untrained`` (the initialised student, :mod:`glmd_lib.compare.grid`). A sweep point's rows carry its keep rate.
@@ -19,15 +22,18 @@ from typing import Any
 
 import pandas as pd
 
-from glmd_lib.compare.grid import TEACHER, UNTRAINED, UNTRAINED_CSV, RunPoint, points, run_dir
+from glmd_lib.compare.grid import TEACHER, UNTRAINED, UNTRAINED_CSV, UNTRAINED_PREDICTIONS, RunPoint, points, \
+    run_dir
 from glmd_lib.config.stages import CompareConfig
 from glmd_lib.distill.methods import METHODS
+from glmd_lib.models.flops import flops_per_token
 from glmd_lib.superglue.data import DIAGNOSTICS
 from glmd_lib.tasks.comparisons import DIFF_COLUMNS, differences, read_predictions
 from glmd_lib.tasks.intervals import mean_sd
 
 COLUMNS = ["method", "run", "seed", "keep_rate", "task", "value", "ci_low", "ci_high", "n", "agreement",
-           "kl_teacher_student", "params", "stage1_tokens", "wall_s", "uses_gold_labels", "uses_intermediate_layers"]
+           "kl_teacher_student", "params", "flops_per_token", "infer_tokens_per_s", "stage1_tokens", "wall_s",
+           "uses_gold_labels", "uses_intermediate_layers"]
 MAIN_METHODS = tuple(CompareConfig.profiles["demo"]["methods"])  # the issue's eight; the others are ablations
 
 
@@ -45,6 +51,14 @@ def _fidelity(run: Path) -> dict[tuple[str, str], float]:
     return {} if not path.exists() else {(r.task, r.metric): r.value for r in pd.read_csv(path).itertuples()}
 
 
+def _cost(run: Path, model_dir: Path, speed_key: str) -> dict[str, Any]:
+    """``flops_per_token`` of the model in ``model_dir`` and ``infer_tokens_per_s`` (``speed_key`` of the run's
+    ``stage1/metrics.json``), both at the run's stage-1 ``seq_len``; None where an artifact is missing."""
+    seq_len = _json(run / "stage1" / "config.json").get("config", {}).get("seq_len")
+    flops = flops_per_token(model_dir, seq_len) if seq_len and (model_dir / "config.json").exists() else None
+    return {"flops_per_token": flops, "infer_tokens_per_s": _json(run / "stage1" / "metrics.json").get(speed_key)}
+
+
 def _wall(run: Path) -> float:
     return round(sum(_json(p).get("seconds", 0.0) for p in sorted((run / "pipeline").glob("*.json"))), 1)
 
@@ -59,7 +73,8 @@ def method_rows(run: Path, point: RunPoint) -> list[dict[str, Any]]:
     method, fid = METHODS[point.method], _fidelity(run)
     base = {"method": point.name if point.keep_rate is not None else point.method, "run": str(run),
             "seed": point.seed, "keep_rate": point.keep_rate, "uses_intermediate_layers": method.uses_intermediate_layers,
-            "stage1_tokens": _json(run / "stage1" / "metrics.json").get("tokens_seen"), "wall_s": _wall(run)}
+            "stage1_tokens": _json(run / "stage1" / "metrics.json").get("tokens_seen"), "wall_s": _wall(run),
+            **_cost(run, run / "stage1" / "student", "student_tokens_per_s")}
 
     def extra(task: str) -> dict[str, Any]:
         gold = _json(run / "stage2" / task / "metrics.json").get("gold_labels_in_loss", method.uses_gold_labels)
@@ -76,12 +91,14 @@ def reference_rows(root: Path, cfg: CompareConfig, seed: int) -> list[dict[str, 
         teacher = _scores(run / "eval" / "results.csv", "teacher")
         if len(teacher):
             rows = _rows(teacher, {"method": TEACHER, "run": str(run / "teachers"), "seed": seed,
-                                   "uses_gold_labels": True, "uses_intermediate_layers": False})
+                                   "uses_gold_labels": True, "uses_intermediate_layers": False},
+                         lambda task: _cost(run, run / "teachers" / task / "model", "teacher_tokens_per_s"))
             break
     run = run_dir(root, UNTRAINED, seed)
     return rows + _rows(_scores(run / UNTRAINED_CSV, UNTRAINED), {
         "method": UNTRAINED, "run": str(run), "seed": seed, "stage1_tokens": 0, "wall_s": _wall(run),
-        "uses_gold_labels": False, "uses_intermediate_layers": False})
+        "uses_gold_labels": False, "uses_intermediate_layers": False,
+        **_cost(run, run / "stage1" / "student", "student_tokens_per_s")})
 
 
 def collect(root: str | Path, cfg: CompareConfig) -> tuple[pd.DataFrame, list[str]]:
@@ -123,19 +140,30 @@ def summary_table(results: pd.DataFrame, methods: list[str] | None = None) -> pd
     return pd.DataFrame.from_dict(out, orient="index", columns=[*tasks, "average", "parameters"]).rename_axis("method")
 
 
-def differences_vs_glmd(results: pd.DataFrame, n_boot: int = 1000) -> pd.DataFrame:
-    """Per method, task and seed: score(method) − score(glmd) on the same dev examples (both runs' predictions),
-    paired bootstrap; "not distinguishable" when the interval contains 0."""
-    runs = results[~results.method.isin([TEACHER, UNTRAINED])]
-    by_key = {(r.method, r.seed): Path(r.run) for r in runs.itertuples()
-              if (Path(r.run) / "eval" / "predictions.jsonl").exists()}
+def _predictions(run: Path, method: str) -> tuple[Path, str]:
+    """Where a row's dev predictions are and the model name they carry there."""
+    if method == UNTRAINED:
+        return run / UNTRAINED_PREDICTIONS, UNTRAINED
+    return run / "eval" / "predictions.jsonl", "student"
+
+
+def paired_differences(results: pd.DataFrame, reference: str = "glmd", n_boot: int = 1000) -> pd.DataFrame:
+    """Per method, task and seed: score(method) − score(``reference``) on the same dev examples (both runs'
+    predictions), by the paired bootstrap of :func:`glmd_lib.tasks.comparisons.differences`; "not distinguishable"
+    when the interval contains 0. ``reference``: ``glmd`` (what the method changes) or ``untrained`` (what the
+    method adds over the initialised student); the untrained row is never a method here."""
+    by_key = {}
+    for r in results[results.method != TEACHER].itertuples():
+        path, model = _predictions(Path(r.run), r.method)
+        if path.exists():
+            by_key[(r.method, r.seed)] = (path, model)
     frames = []
-    for (method, seed), run in by_key.items():
-        glmd = by_key.get(("glmd", seed))
-        if method == "glmd" or glmd is None:
+    for (method, seed), (path, model) in by_key.items():
+        ref = by_key.get((reference, seed))
+        if method in (reference, UNTRAINED) or ref is None:
             continue
-        mine, ref = (read_predictions(p / "eval" / "predictions.jsonl") for p in (run, glmd))
-        details = {**{(method, t): d for (m, t), d in mine.items() if m == "student"},
-                   **{("glmd", t): d for (m, t), d in ref.items() if m == "student"}}
-        frames.append(differences(details, n_boot, seed, pairs=((method, "glmd"),)).assign(seed=seed))
+        mine, theirs = read_predictions(path), read_predictions(ref[0])
+        details = {**{(method, t): d for (m, t), d in mine.items() if m == model},
+                   **{(reference, t): d for (m, t), d in theirs.items() if m == ref[1]}}
+        frames.append(differences(details, n_boot, seed, pairs=((method, reference),)).assign(seed=seed))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*DIFF_COLUMNS, "seed"])

@@ -8,13 +8,14 @@ every run into ``D/compare/`` (rerun whenever a run ran). The whole root ``D`` i
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from glmd_lib import pipeline
-from glmd_lib.artifacts import atomic_write_csv
-from glmd_lib.compare.grid import UNTRAINED_CSV, ComparePlan, RunPoint, expand
+from glmd_lib.artifacts import atomic_write_csv, atomic_write_text
+from glmd_lib.compare.grid import UNTRAINED_CSV, UNTRAINED_PREDICTIONS, ComparePlan, RunPoint, expand
 from glmd_lib.runlock import run_lock
 
 SHARED_STAGES = ("overview", "frequency")
@@ -45,9 +46,11 @@ def _shared(plan: ComparePlan, log: Callable, kw: dict) -> bool:
 
 def evaluate_untrained(plan: ComparePlan, point: RunPoint, log: Callable) -> Path:
     """Score the initialised student of ``point`` (its ``stage1/student``) on the dev examples the methods of its
-    seed are scored on, with the runs' evaluation settings; ``untrained.csv`` in its run directory."""
+    seed are scored on, with the runs' evaluation settings; ``untrained.csv`` and its predictions
+    (``untrained_predictions.jsonl``, for the paired differences against it) in its run directory."""
     from glmd_lib.config.stages import EvalConfig
     from glmd_lib.device import get_device
+    from glmd_lib.tasks.comparisons import prediction_records
     from glmd_lib.tasks.evaluate import ModelSpec, evaluate_models
 
     where = point.dir(plan.root)
@@ -55,9 +58,12 @@ def evaluate_untrained(plan: ComparePlan, point: RunPoint, log: Callable) -> Pat
     values = pipeline.validate(step, plan.profile, str(where), pipeline.routable(point.params, ["06"]))
     cfg = EvalConfig.resolve(**values[step[0].name])
     spec = ModelSpec("untrained", {"*": str(where / "stage1" / "student")})
-    rows, _ = evaluate_models([spec], cfg.tasks, cfg.superglue_dir, cfg.max_eval_examples, log, batch_size=cfg.batch_size,
-                              seed=cfg.seed, pattern_id=cfg.pattern_id, max_len=cfg.max_seq_len, bf16=cfg.bf16,
-                              device=get_device(cfg.device), n_boot=cfg.bootstrap_samples)
+    rows, details = evaluate_models([spec], cfg.tasks, cfg.superglue_dir, cfg.max_eval_examples, log,
+                                    batch_size=cfg.batch_size, seed=cfg.seed, pattern_id=cfg.pattern_id,
+                                    max_len=cfg.max_seq_len, bf16=cfg.bf16, device=get_device(cfg.device),
+                                    n_boot=cfg.bootstrap_samples)
+    lines = (json.dumps(r, allow_nan=False) for r in prediction_records(details))
+    atomic_write_text(where / UNTRAINED_PREDICTIONS, "\n".join(lines) + "\n")
     return atomic_write_csv(where / UNTRAINED_CSV, rows)
 
 
@@ -67,7 +73,8 @@ def _run_point(plan: ComparePlan, point: RunPoint, log: Callable, kw: dict) -> b
     only = ["03"] if point.method == "untrained" else ["03", "05", "06"]
     log(f"[compare] {point.name} seed {point.seed} -> {where}")
     ran = _call(plan, where, only, point.params, log, **kw)
-    if point.method == "untrained" and (ran or not (where / UNTRAINED_CSV).exists()):
+    done = all((where / name).exists() for name in (UNTRAINED_CSV, UNTRAINED_PREDICTIONS))
+    if point.method == "untrained" and (ran or not done):
         evaluate_untrained(plan, point, log)
     return ran
 
