@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from glmd_lib.artifacts import artifact, ArtifactError, atomic_write_text, begin_stage, mark_complete, read_json, STAGES
+from glmd_lib.tasks.comparisons import constant_predictions, read_predictions
 from glmd_lib.tasks.intervals import interval_cell
 from glmd_lib.tasks.results import difference_table, fidelity_text
 from glmd_lib.tasks.seeds import pooled_results, seed_cells, seed_runs, seed_summary
@@ -257,6 +258,10 @@ def _gold_tasks(run_dir: Path) -> list[str]:
 def _eval_sections(run_dir: Path, table: pd.DataFrame, out_dir: Path) -> list[str]:
     """Dev scores with intervals (and their plot), the paired differences, the label-free fidelity."""
     lines = _section("Dev scores", SCORES_TEXT, score_text(task_scores(run_dir), table))
+    predictions = artifact(run_dir, "eval", "predictions.jsonl")
+    constant = constant_predictions(read_predictions(predictions)) if predictions.exists() else []
+    if constant:
+        lines += [f"**Constant predictions** (these scores say nothing about the task): {'; '.join(constant)}.", ""]
     if plot_scores(table, out_dir / "scores.png"):
         lines += ["![dev scores](scores.png)", ""]
     for name, title, text, view in (("differences.csv", "Which differences are real", DIFF_TEXT, difference_table),

@@ -113,6 +113,19 @@ def test_report_written(run_dir):
     assert "](data:image/png;base64," in report._repr_markdown_()  # figures inlined for the notebook
 
 
+def test_constant_predictions_are_named_in_the_report(run_dir):
+    """A model answering one label for every example is flagged (the majority baseline always is, so never)."""
+    rows = [{"model": m, "task": t, "idx": i, "group": i, "label": "entailment", "prediction": p(i), "pattern_id": 0}
+            for t in ("RTE", "CB") for i in range(4)
+            for m, p in (("majority", lambda i: "entailment"), ("teacher", lambda i: ["entailment", "neutral"][i % 2]),
+                         ("student", lambda i: "not_entailment" if t == "RTE" else ["entailment", "neutral"][i % 2]))]
+    (run_dir / "eval" / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = write_report(run_dir).path.read_text().split("## Dev scores")[1].split("##")[0]
+    assert "**Constant predictions** (these scores say nothing about the task): student answers " \
+           "'not_entailment' for all 4 RTE examples." in text
+    assert "majority answers" not in text and "teacher answers" not in text and "CB examples" not in text
+
+
 def test_mean_and_sd_across_seed_runs(tmp_path):
     """seed-<k>/ sub-runs (or further run directories) give mean ± sd per score; the first run's tables stay."""
     from glmd_lib.tasks.seeds import pooled_results, seed_runs, seed_summary

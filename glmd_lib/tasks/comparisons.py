@@ -73,6 +73,18 @@ def read_predictions(path: str | Path) -> dict[tuple[str, str], dict[str, list]]
     return out
 
 
+def constant_predictions(details: dict) -> list[str]:
+    """One sentence per (model, task) whose predictions on more than one example are all the same answer (the
+    majority baseline's are by construction and are left out): such a score says nothing about the task, whatever
+    its interval, and a student that copies a constant teacher has high fidelity for the same reason."""
+    notes = []
+    for (model, task), d in details.items():
+        answers = {json.dumps(p, sort_keys=True) for p in d["predictions"]}
+        if model != "majority" and len(d["predictions"]) > 1 and len(answers) == 1:
+            notes.append(f"{model} answers {d['predictions'][0]!r} for all {len(d['predictions'])} {task} examples")
+    return notes
+
+
 def differences(details: dict, n_boot: int = N_BOOT, seed: int = 0,
                 pairs: tuple[tuple[str, str], ...] = PAIRS) -> pd.DataFrame:
     """Paired bootstrap of score(A) - score(B) for every pair in ``pairs`` and task both were scored on."""
