@@ -134,9 +134,9 @@ def latest_checkpoint(directory: Path | str, fingerprint: dict[str, Any]) -> tup
         return None
     path = ckpts[-1][1]
     ckpt = load_checkpoint(path)
-    if describe_diff(ckpt.get("fingerprint", {}), fingerprint):
-        raise CheckpointError(f"{path} was written by a run with other settings "
-                              f"({describe_diff(ckpt.get('fingerprint', {}), fingerprint)}). Nothing was changed. "
+    diff = describe_diff(ckpt.get("fingerprint", {}), fingerprint)
+    if diff:
+        raise CheckpointError(f"{path} was written by a run with other settings ({diff}). Nothing was changed. "
                               f"Resume with the same settings, use another run directory, or start over with "
                               f"resume=False.")
     return path, ckpt

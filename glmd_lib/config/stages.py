@@ -98,7 +98,7 @@ class Stage1Config(StudentShape, StageConfig):
         # lr 2e-3 rather than 5e-4: on 150 steps it gave held-out KL 4.44 vs 5.31 and student perplexity
         # 3,099 vs 7,390 (same data, 2026-11-25); a 4-minute CPU stage 1 needs the larger steps.
         # One teacher pass over 480 blocks (the hidden-state cache), then 5 student epochs over them, at T = 1:
-        # held-out top-1 agreement 0.180 and perplexity 1,241 in 9 minutes on an AVX2-only CPU (2026-12-02).
+        # held-out top-1 agreement 0.180 and perplexity 1,241 after 521 s of training on an AVX2-only CPU (2026-12-02).
         # T = 15 is the paper's (and the paper profile's); README "Settings that differ from the paper" says why 1.
         "demo": {"teacher": DEMO_TEACHER, "steps": 300, "lr": 2e-3, "batch_size": 8, "seq_len": 128,
                  "eval_batches": 8, "teacher_bf16": True, "teacher_cache": True, "max_blocks": 480,

@@ -222,7 +222,7 @@ def _blocks(cfg: Stage1Config, tokenizer: Any, world: int, training: bool = True
     ``[n, seq_len]``."""
     per_step = cfg.batch_size * cfg.grad_accum * world
     # max_blocks < steps x batch: fewer distinct blocks, several epochs (the trainer's batches cycle)
-    wanted = min(cfg.steps * per_step, cfg.max_blocks or cfg.steps * per_step)
+    wanted = cfg.steps * per_step if cfg.max_blocks is None else min(cfg.steps * per_step, cfg.max_blocks)
     blocks = None if not training else token_blocks(cfg.corpus or default_corpus("train"), tokenizer, cfg.seq_len,
                           max_blocks=wanted, max_lines=cfg.max_lines, separator=cfg.separator)
     if training:
