@@ -91,6 +91,27 @@ def test_gpt2_student_of_llama_teacher_and_teacher_init(tmp_path, corpus):
                     student_intermediate=128, steps=1), progress=False)
 
 
+def test_frozen_embeddings_stay_the_teachers_projected_rows_while_the_layers_train(tmp_path, corpus):
+    """init='teacher' with a 32-wide student of the 64-wide smoke teacher projects the embeddings; with
+    train_embeddings=False stage 1 leaves them (and the tied head) exactly so and trains the rest."""
+    from glmd_lib.models.student import build_student
+    from glmd_lib.models.teacher import load_teacher
+
+    cfg = _cfg(tmp_path, corpus, init="teacher", train_embeddings=False, steps=4, lr=1e-2)
+    run_stage1(cfg, progress=False)
+    teacher, _ = load_teacher(cfg.teacher)
+    fresh = build_student(teacher.config, cfg, None, init="teacher", teacher=teacher, seed=cfg.seed)
+    trained = load_student(tmp_path / "stage1" / "student").model
+    assert torch.equal(trained.get_input_embeddings().weight, fresh.get_input_embeddings().weight)
+    assert torch.equal(trained.get_output_embeddings().weight, fresh.get_output_embeddings().weight)
+    layer = "model.layers.0.mlp.up_proj.weight"
+    assert not torch.equal(trained.state_dict()[layer], fresh.state_dict()[layer])
+    # trained (the default): the embeddings move too
+    run_stage1(_cfg(tmp_path / "t", corpus, init="teacher", steps=4, lr=1e-2), progress=False)
+    moved = load_student(tmp_path / "t" / "stage1" / "student").model
+    assert not torch.equal(moved.get_input_embeddings().weight, fresh.get_input_embeddings().weight)
+
+
 def test_masked_lm_teacher(tmp_path, tiny_bert, bert_tokenizer, corpus):
     tdir = tmp_path / "bert"
     tiny_bert.save_pretrained(tdir)

@@ -131,6 +131,49 @@ def test_student_wraps_a_teacher_with_identity_map(tiny_llama, smol_tokenizer):
     assert len(top) == 3 and sum(p for _, p in top) <= 1.0
 
 
+def test_a_narrower_student_takes_the_teachers_embeddings_through_their_principal_directions(make_tiny_llama,
+                                                                                              vocab_map):
+    """Widths differ, so no layer can be copied; the kept embedding rows are projected onto their top-d right
+    singular vectors: the best rank-d picture of the teacher's token geometry (Eckart-Young), tied head included."""
+    import numpy as np
+
+    teacher = make_tiny_llama(num_hidden_layers=2, hidden_size=32, intermediate_size=64)
+    d = 16
+    st = build_student(teacher.config, {"layers": 1, "hidden": d, "heads": 2}, vocab_map, init="teacher",
+                       teacher=teacher)
+    emb = st.get_input_embeddings().weight.detach().double().numpy()
+    rows = teacher.get_input_embeddings().weight.detach()[vocab_map.kept_ids].double().numpy()
+    u, s, _ = np.linalg.svd(rows, full_matrices=False)
+    assert np.isclose((emb ** 2).sum(), (s[:d] ** 2).sum(), rtol=1e-5)  # all the energy of the top d directions
+    # the rank-d Gram matrix (whatever the singular vectors' signs), on 400 rows to keep it small
+    best = (u[:400, :d] * s[:d]) @ (u[:400, :d] * s[:d]).T
+    np.testing.assert_allclose(emb[:400] @ emb[:400].T, best, atol=1e-6)
+    assert st.get_output_embeddings().weight is st.get_input_embeddings().weight  # still tied
+    info = init_from_teacher(st, teacher, vocab_map)
+    assert info["copied"] == 0 and info["projected"] == ["model.embed_tokens.weight", "lm_head.weight"]
+    # a random student has no such structure: its Gram matrix is far from the teacher's
+    rnd = build_student(teacher.config, {"layers": 1, "hidden": d, "heads": 2}, vocab_map, seed=0)
+    r = rnd.get_input_embeddings().weight.detach().double().numpy()[:400]
+    assert np.linalg.norm(r @ r.T - best) > 0.5 * np.linalg.norm(best)
+    # as wide as the teacher: copied, not projected
+    same = build_student(teacher.config, {"layers": 1, "hidden": 32, "heads": 2, "kv_heads": 1, "intermediate": 64},
+                         vocab_map, init="teacher", teacher=teacher)
+    assert init_from_teacher(same, teacher, vocab_map)["projected"] == []
+
+
+def test_a_narrower_gpt2_student_projects_its_position_embeddings_with_the_same_basis(smol_tokenizer):
+    from tiny_models import tiny_family_model
+
+    teacher = tiny_family_model("gpt2", smol_tokenizer, n_layer=2)
+    h = teacher.config.n_embd
+    st = build_student(teacher.config, {"layers": 1, "hidden": h // 2, "heads": 2}, init="teacher", teacher=teacher)
+    info = init_from_teacher(st, teacher)
+    assert "transformer.wpe.weight" in info["projected"] and "transformer.wte.weight" in info["projected"]
+    wte_t, wpe_t = teacher.transformer.wte.weight.detach(), teacher.transformer.wpe.weight.detach()
+    basis = torch.linalg.svd(wte_t.float(), full_matrices=False).Vh[: h // 2].T
+    assert torch.allclose(st.transformer.wpe.weight.detach(), wpe_t @ basis, atol=1e-5)
+
+
 def test_init_from_a_gpt2_teacher_maps_its_h_layers(smol_tokenizer):
     from tiny_models import tiny_family_model
 

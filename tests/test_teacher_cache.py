@@ -434,3 +434,24 @@ def test_topk_cache_refuses_the_substitute_target(tmp_path, tiny_llama, blocks, 
     vm.pruned_mass = "substitute"
     with pytest.raises(LossError, match="pruned_mass='substitute'.*cache_mode='hidden'"):
         cached_teacher_fn(cache, torch.tensor([0]), None, vm, vm.num_kept, 2.0, torch.device("cpu"))
+
+
+def test_teacher_checksum_does_not_depend_on_the_thread_count_and_sees_a_changed_weight():
+    """A cache built under 2 threads must be found under 1: a float sum of 4M weights differs between the two
+    (the reduction's order), the sampled bytes do not."""
+    from glmd_lib.distill.teacher_cache import teacher_checksum
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2048, 2048)
+    before = torch.get_num_threads()
+    try:
+        sums = set()
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            sums.add(teacher_checksum(model))
+    finally:
+        torch.set_num_threads(before)
+    assert len(sums) == 1
+    with torch.no_grad():
+        model.weight[0, 0] += 1.0  # the first value is always sampled
+    assert teacher_checksum(model) not in sums

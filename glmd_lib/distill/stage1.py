@@ -327,6 +327,10 @@ def run_stage1(cfg: Stage1Config, progress: bool = True, on_log: Any = None) -> 
     # student the teacher's family cannot have fails in seconds, not after tokenisation or training
     student = build_student(t.model.config, cfg, t.vocab_map, arch=cfg.student_arch, init=cfg.init,
                             teacher=t.model, seed=cfg.seed).to(t.device)
+    if not cfg.train_embeddings:  # frozen: the optimizer takes only parameters that require a gradient
+        for layer in (student.get_input_embeddings(), student.get_output_embeddings()):
+            if layer is not None:
+                layer.weight.requires_grad_(False)
     if cfg.steps == 0:  # no stage 1 (ablation glmd-no-stage1): the initialised student goes on, measured as it is
         atomic_write_text(artifact(cfg.run_dir, cfg.stage, "history.csv"), "step,loss,lr\n")
         valid = _blocks(cfg, t.tokenizer, world, training=False)[1]

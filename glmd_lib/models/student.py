@@ -108,9 +108,6 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module, vocab_map: VocabMa
     same_heads = _head_geometry(student.config) == _head_geometry(teacher.config)
     copied, skipped = [], []
     for name, tensor in s_state.items():
-        if not same_heads and _ATTENTION.search(name):
-            skipped.append(name)  # same shape, other heads: the weights would land in the wrong heads
-            continue
         t_name = name
         m = _LAYER_INDEX.search(name)
         if m and to_teacher:
@@ -120,9 +117,12 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module, vocab_map: VocabMa
             continue
         if kept is not None and src.shape and src.shape[0] == V and tensor.shape[0] == len(kept):
             src = src.index_select(0, kept.to(src.device))
-        if src.shape == tensor.shape:
+        if src.shape == tensor.shape and not same_heads and _ATTENTION.search(name):
+            skipped.append(name)  # same shape, other heads: the weights would land in the wrong heads
+        elif src.shape == tensor.shape:
             tensor.copy_(src.to(tensor.dtype))
             copied.append(name)
+    projected = _project_embeddings(student, teacher, s_state, t_state, kept, set(copied))
     student.load_state_dict(s_state)
     if hasattr(student, "tie_weights"):
         student.tie_weights()
@@ -130,10 +130,59 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module, vocab_map: VocabMa
         log.warning("init='teacher': attention weights not copied (%d tensors): the student's heads %s differ from "
                     "the teacher's %s, so equal shapes would still put each head's weights into another head",
                     len(skipped), _head_geometry(student.config), _head_geometry(teacher.config))
-    if not copied:
+    if projected:
+        log.info("init='teacher': the student is narrower than the teacher; %s take the teacher's rows projected "
+                 "onto their top %d principal directions", ", ".join(projected), _hidden_size(student.config))
+    if not copied and not projected:
         log.warning("init='teacher': no student tensor matched a teacher tensor's shape (different widths?); "
                     "the student stays randomly initialised")
-    return {"copied": len(copied), "total": len(s_state), "names": copied, "skipped_attention": skipped}
+    return {"copied": len(copied), "total": len(s_state), "names": copied, "skipped_attention": skipped,
+            "projected": projected}
+
+
+def _hidden_size(config: Any) -> int:
+    return int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0) or 0)
+
+
+def _project_embeddings(student: nn.Module, teacher: nn.Module, s_state: dict, t_state: dict,
+                        kept: torch.Tensor | None, copied: set[str]) -> list[str]:
+    """A narrower student's embeddings from the teacher's, through the top principal directions.
+
+    Layer weights of another width have no counterpart, but token embeddings do: the kept rows of the teacher's
+    input embeddings, projected onto their ``d`` leading right-singular vectors (``d`` = the student's width),
+    keep the geometry the teacher learned (similar tokens stay close). The same projection serves the output
+    embeddings (untied heads) and learned position embeddings, so they share one basis; everything else stays
+    random. Writes into ``s_state``; returns the names projected.
+    """
+    d, h = _hidden_size(student.config), _hidden_size(teacher.config)
+    t_in, s_in = teacher.get_input_embeddings(), student.get_input_embeddings()
+    if not d or not h or d >= h or t_in is None or s_in is None:
+        return []
+    def names_of(model: nn.Module, weight: torch.Tensor) -> list[str]:  # a tied weight has several names
+        return [n for n, q in model.named_parameters(remove_duplicate=False) if q is weight]
+
+    pairs = [(n, names_of(teacher, t_in.weight)[0]) for n in names_of(student, s_in.weight)]
+    s_out, t_out = student.get_output_embeddings(), teacher.get_output_embeddings()
+    if s_out is not None and t_out is not None and s_out.weight is not s_in.weight:
+        pairs += [(n, names_of(teacher, t_out.weight)[0]) for n in names_of(student, s_out.weight)]
+    pairs += [(n, n) for n in s_state if n.endswith(("wpe.weight", "position_embeddings.weight"))]
+    rows = t_in.weight.detach().float()
+    if kept is not None and rows.shape[0] == int(teacher.config.vocab_size):
+        rows = rows.index_select(0, kept.to(rows.device))
+    basis = torch.linalg.svd(rows, full_matrices=False).Vh[:d].T  # h x d, orthonormal columns
+    done = []
+    for s_name, t_name in pairs:
+        if s_name is None or t_name is None or s_name in copied or s_name not in s_state or t_name not in t_state:
+            continue
+        src = t_state[t_name].float()
+        if kept is not None and src.shape[0] == int(teacher.config.vocab_size):
+            src = src.index_select(0, kept.to(src.device))
+        target = s_state[s_name]
+        if src.dim() != 2 or src.shape[1] != h or src.shape[0] != target.shape[0] or target.shape[1] != d:
+            continue
+        target.copy_((src @ basis.to(src.device)).to(target.dtype))
+        done.append(s_name)
+    return done
 
 
 # attention parameters of the families the workbench builds (Llama-style q/k/v/o, GPT-2 c_attn/c_proj under
