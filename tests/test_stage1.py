@@ -56,6 +56,10 @@ def test_stage1_with_vocab_map_writes_artifacts_and_metrics(tmp_path, corpus, sm
     saved = json.loads((out / "metrics.json").read_text())
     assert set(METRICS) <= set(saved) and saved["steps"] == 12 and saved["tokens_seen"] == 12 * 2 * 16
     assert saved["num_kept"] == vm.num_kept and 0 <= saved["valid_top1_agreement"] <= 1
+    # held-out figures carry block-bootstrap intervals around them
+    assert saved["valid_top1_agreement_low"] <= saved["valid_top1_agreement"] <= saved["valid_top1_agreement_high"]
+    assert saved["valid_student_ppl_low"] < saved["valid_student_ppl"] < saved["valid_student_ppl_high"]
+    assert saved["valid_blocks"] == 2 * 2 and saved["valid_tokens"] == 4 * 16
     hist = pd.read_csv(out / "history.csv")
     assert {"step", "loss", "lr", "tokens_per_s", "kl", "ce"} <= set(hist.columns)
     assert hist["loss"].iloc[-3:].mean() < hist["loss"].iloc[:3].mean()  # it learns
@@ -366,3 +370,24 @@ def test_zero_steps_saves_the_initialised_student(tmp_path, corpus):
     fresh = build_student(teacher.config, cfg, None, arch=cfg.student_arch, init=cfg.init, teacher=teacher, seed=cfg.seed)
     saved = load_student(tmp_path / "stage1" / "student").model.state_dict()
     assert all(torch.equal(v, saved[k]) for k, v in fresh.state_dict().items())
+
+
+def test_heldout_evaluation_per_token_matches_its_means_and_intervals_resample_blocks(tiny_llama, smol_tokenizer):
+    """evaluate(): the per-token values average to the reported figures; an interval comes from resampling
+    blocks, so a student right on exactly half the blocks gets a wide one (a per-token bootstrap would not)."""
+    from glmd_lib.distill.stage1 import _heldout_intervals, evaluate
+    from glmd_lib.models.student import build_student
+
+    torch.manual_seed(0)
+    blocks = torch.randint(0, len(smol_tokenizer), (6, 12))
+    student = build_student(tiny_llama.config, {"layers": 1, "hidden": 32, "heads": 2}, seed=0)
+    tokens = {}
+    m = evaluate(student, tiny_llama, None, blocks, 4, 2.0, per_token=tokens)
+    assert len(tokens["agree"]) == 72 and len(tokens["nll"]) == 66 and set(tokens["block"]) == set(range(6))
+    assert m["valid_top1_agreement"] == pytest.approx(sum(tokens["agree"]) / 72)
+    assert m["valid_student_ppl"] == pytest.approx(math.exp(sum(tokens["nll"]) / 66), rel=1e-6)
+    half = _heldout_intervals({"agree": [b < 3 for b in range(6) for _ in range(10)],
+                               "block": [b for b in range(6) for _ in range(10)],
+                               "nll": [1.0] * 60, "nll_block": [b for b in range(6) for _ in range(10)]})
+    assert half["valid_top1_agreement"] == 0.5 and half["valid_top1_agreement_high"] - half["valid_top1_agreement_low"] > 0.5
+    assert half["valid_student_ppl_low"] == pytest.approx(math.e) == half["valid_student_ppl_high"]
