@@ -372,22 +372,27 @@ def test_zero_steps_saves_the_initialised_student(tmp_path, corpus):
     assert all(torch.equal(v, saved[k]) for k, v in fresh.state_dict().items())
 
 
-def test_heldout_evaluation_per_token_matches_its_means_and_intervals_resample_blocks(tiny_llama, smol_tokenizer):
-    """evaluate(): the per-token values average to the reported figures; an interval comes from resampling
-    blocks, so a student right on exactly half the blocks gets a wide one (a per-token bootstrap would not)."""
+def test_heldout_evaluation_per_block_matches_its_means_and_intervals_resample_blocks(tiny_llama, smol_tokenizer):
+    """evaluate(): the per-block values average to the reported figures (blocks are equally long); an interval
+    comes from resampling blocks, so a student right on exactly half the blocks gets a wide one (a per-token
+    bootstrap of the same 60 tokens would give a narrow one)."""
     from glmd_lib.distill.stage1 import _heldout_intervals, evaluate
     from glmd_lib.models.student import build_student
 
     torch.manual_seed(0)
     blocks = torch.randint(0, len(smol_tokenizer), (6, 12))
     student = build_student(tiny_llama.config, {"layers": 1, "hidden": 32, "heads": 2}, seed=0)
-    tokens = {}
-    m = evaluate(student, tiny_llama, None, blocks, 4, 2.0, per_token=tokens)
-    assert len(tokens["agree"]) == 72 and len(tokens["nll"]) == 66 and set(tokens["block"]) == set(range(6))
-    assert m["valid_top1_agreement"] == pytest.approx(sum(tokens["agree"]) / 72)
-    assert m["valid_student_ppl"] == pytest.approx(math.exp(sum(tokens["nll"]) / 66), rel=1e-6)
-    half = _heldout_intervals({"agree": [b < 3 for b in range(6) for _ in range(10)],
-                               "block": [b for b in range(6) for _ in range(10)],
-                               "nll": [1.0] * 60, "nll_block": [b for b in range(6) for _ in range(10)]})
-    assert half["valid_top1_agreement"] == 0.5 and half["valid_top1_agreement_high"] - half["valid_top1_agreement_low"] > 0.5
+    per = {}
+    m = evaluate(student, tiny_llama, None, blocks, 4, 2.0, per_block=per)
+    assert len(per["agree"]) == len(per["nll"]) == 6 and m["valid_tokens"] == 72 and m["valid_blocks"] == 6
+    with torch.no_grad():
+        t_top = tiny_llama(input_ids=blocks).logits.argmax(-1)
+        logits = student(input_ids=blocks).logits
+    agree = (t_top == logits.argmax(-1)).float().mean()
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), blocks[:, 1:].reshape(-1))
+    assert m["valid_top1_agreement"] == pytest.approx(float(agree)) == pytest.approx(sum(per["agree"]) / 6)
+    assert m["valid_student_ppl"] == pytest.approx(math.exp(float(nll)), rel=1e-5)
+    half = _heldout_intervals({"agree": [1.0, 1.0, 1.0, 0.0, 0.0, 0.0], "nll": [1.0] * 6})
+    assert half["valid_top1_agreement"] == 0.5
+    assert half["valid_top1_agreement_high"] - half["valid_top1_agreement_low"] > 0.5
     assert half["valid_student_ppl_low"] == pytest.approx(math.e) == half["valid_student_ppl_high"]

@@ -120,7 +120,7 @@ def make_loss_fn(cfg: Stage1Config, runner: TeacherRunner | None, vocab_map: Voc
 @torch.no_grad()
 def evaluate(student: nn.Module, teacher: nn.Module, vocab_map: VocabMap | None, blocks: torch.Tensor,
              batch_size: int, temperature: float, bf16_teacher: bool = False,
-             per_token: dict[str, list] | None = None) -> dict[str, float]:
+             per_block: dict[str, list] | None = None) -> dict[str, float]:
     """Held-out KL (T = 1 and the training T), top-1 agreement, both perplexities, both models' tokens/s.
 
     Agreement and KL are over the student's rows, against the target it is trained on (the map's
@@ -129,14 +129,15 @@ def evaluate(student: nn.Module, teacher: nn.Module, vocab_map: VocabMap | None,
     as their substitutes (what it can write), so the two are close but not identical measures. Agreement and
     the student's perplexity carry 95% intervals from a bootstrap over the held-out *blocks* (tokens of one
     block are not independent draws): ``valid_top1_agreement_low``/``_high``, ``valid_student_ppl_low``/``_high``.
-    ``per_token`` (a dict): filled with the per-token ``agree``, ``nll`` (student, next token) and their
-    ``block``/``nll_block`` indices, for paired comparisons of several students on the same blocks.
+    Blocks are equally long, so the means of per-block means are the per-token means. ``per_block`` (a dict):
+    filled with each block's ``agree`` (share of positions) and ``nll`` (the student's mean next-token loss), for
+    paired comparisons of several students on the same blocks.
     """
     device = next(student.parameters()).device
     student.eval()
     teacher.eval()
     sums = {"kl": 0.0, "kl_T": 0.0, "t_nll": 0.0}
-    tokens = {"agree": [], "block": [], "nll": [], "nll_block": []}
+    blocks_out: dict[str, list] = {"agree": [], "nll": []}
     t_time = s_time = 0.0
     for start in range(0, len(blocks), batch_size):
         ids = blocks[start: start + batch_size].to(device)
@@ -157,26 +158,23 @@ def evaluate(student: nn.Module, teacher: nn.Module, vocab_map: VocabMap | None,
         sums["kl"] += float((log_pt.exp() * (log_pt - log_ps)).sum())
         lpt_T, lps_T = torch.log_softmax(t_at_T / temperature, -1), torch.log_softmax(s_logits / temperature, -1)
         sums["kl_T"] += temperature ** 2 * float((lpt_T.exp() * (lpt_T - lps_T)).sum())
-        block = torch.arange(start, start + len(ids))[:, None]
-        tokens["agree"] += (t_kept.argmax(-1) == s_logits.argmax(-1)).flatten().tolist()
-        tokens["block"] += block.expand(ids.shape).flatten().tolist()
-        tokens["nll"] += F.cross_entropy(s_logits[:, :-1].flatten(0, 1), s_ids[:, 1:].flatten(), reduction="none").tolist()
-        tokens["nll_block"] += block.expand(-1, ids.shape[1] - 1).flatten().tolist()
+        blocks_out["agree"] += (t_kept.argmax(-1) == s_logits.argmax(-1)).float().mean(-1).tolist()
+        blocks_out["nll"] += F.cross_entropy(s_logits[:, :-1].transpose(1, 2), s_ids[:, 1:],
+                                             reduction="none").mean(-1).tolist()
         sums["t_nll"] += float(F.cross_entropy(t_logits[:, :-1].reshape(-1, t_logits.shape[-1]),
                                                ids[:, 1:].reshape(-1), reduction="sum"))
-    if per_token is not None:
-        per_token.update(tokens)
-    n, nn_ = max(len(tokens["agree"]), 1), max(len(tokens["nll"]), 1)
+    if per_block is not None:
+        per_block.update(blocks_out)
+    n, nn_ = max(blocks.numel(), 1), max(len(blocks) * (blocks.shape[1] - 1), 1)
     return {"valid_kl": sums["kl"] / n, "valid_kl_at_T": sums["kl_T"] / n,
-            **_heldout_intervals(tokens), "valid_teacher_ppl": math.exp(sums["t_nll"] / nn_),
-            "valid_tokens": len(tokens["agree"]), "valid_blocks": len(blocks),
+            **_heldout_intervals(blocks_out), "valid_teacher_ppl": math.exp(sums["t_nll"] / nn_),
+            "valid_tokens": blocks.numel(), "valid_blocks": len(blocks),
             "teacher_tokens_per_s": n / max(t_time, 1e-9), "student_tokens_per_s": n / max(s_time, 1e-9)}
 
 
-def _heldout_intervals(tokens: dict[str, list]) -> dict[str, float]:
+def _heldout_intervals(per_block: dict[str, list]) -> dict[str, float]:
     """Top-1 agreement and the student's perplexity with 95% intervals, resampling held-out blocks."""
-    agree = mean_interval(tokens["agree"], groups=tokens["block"])
-    nll = mean_interval(tokens["nll"], groups=tokens["nll_block"])
+    agree, nll = mean_interval(per_block["agree"]), mean_interval(per_block["nll"])
     return {"valid_top1_agreement": agree.value, "valid_top1_agreement_low": agree.low,
             "valid_top1_agreement_high": agree.high, "valid_student_ppl": math.exp(nll.value),
             "valid_student_ppl_low": math.exp(nll.low), "valid_student_ppl_high": math.exp(nll.high)}

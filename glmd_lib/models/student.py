@@ -158,6 +158,7 @@ def _project_embeddings(student: nn.Module, teacher: nn.Module, s_state: dict, t
     t_in, s_in = teacher.get_input_embeddings(), student.get_input_embeddings()
     if not d or not h or d >= h or t_in is None or s_in is None:
         return []
+
     def names_of(model: nn.Module, weight: torch.Tensor) -> list[str]:  # a tied weight has several names
         return [n for n, q in model.named_parameters(remove_duplicate=False) if q is weight]
 
@@ -172,7 +173,7 @@ def _project_embeddings(student: nn.Module, teacher: nn.Module, s_state: dict, t
     basis = torch.linalg.svd(rows, full_matrices=False).Vh[:d].T  # h x d, orthonormal columns
     done = []
     for s_name, t_name in pairs:
-        if s_name is None or t_name is None or s_name in copied or s_name not in s_state or t_name not in t_state:
+        if s_name in copied or s_name not in s_state or t_name not in t_state:
             continue
         src = t_state[t_name].float()
         if kept is not None and src.shape[0] == int(teacher.config.vocab_size):
