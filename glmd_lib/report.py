@@ -284,6 +284,17 @@ def _seed_section(runs: list[Path]) -> tuple[list[str], pd.DataFrame]:
     return _section("Across seeds", text, cells), cells
 
 
+def _with_intervals(st1: dict[str, Any]) -> dict[str, Any]:
+    """Stage 1's held-out agreement and perplexity as ``value [low, high] n=<blocks> blocks`` where the metrics
+    carry their block-bootstrap intervals (runs before they did keep the bare values)."""
+    out = dict(st1)
+    for key, digits in (("valid_top1_agreement", 3), ("valid_student_ppl", 1)):
+        if f"{key}_low" in st1 and key in st1:
+            out[key] = interval_cell(st1[key], st1[f"{key}_low"], st1[f"{key}_high"], st1.get("valid_blocks"),
+                                     digits=digits) + " blocks" * ("valid_blocks" in st1)
+    return out
+
+
 def _stage_sections(run_dir: Path, sizes: pd.DataFrame) -> list[str]:
     """Sizes, vocabulary compression, stage 1, stage 2 per task."""
     s = stage_summaries(run_dir)
@@ -297,7 +308,7 @@ def _stage_sections(run_dir: Path, sizes: pd.DataFrame) -> list[str]:
     if st1:
         keys = [k for k in ("steps", "tokens_seen", "student_params", "teacher_params", "valid_kl",
                             "valid_top1_agreement", "valid_student_ppl", "valid_teacher_ppl") if k in st1]
-        lines += ["## Stage 1 (unlabeled text)", "", _md_table(_kv_table(st1, keys))]
+        lines += ["## Stage 1 (unlabeled text)", "", _md_table(_kv_table(_with_intervals(st1), keys))]
     if s.get("stage2"):
         # orient="index" with dtype=object keeps ints as ints (steps print as 30, not 30.000)
         st2 = pd.DataFrame.from_dict({t: {k: (m or {}).get(k) for k in STAGE2_COLUMNS} for t, m in s["stage2"].items()},

@@ -87,6 +87,11 @@ def test_report_written(run_dir):
     (run_dir / "stage2" / "CB").mkdir(parents=True)
     (run_dir / "stage2" / "CB" / "metrics.json").write_text(json.dumps({"selection_score_2b": 0.61, "steps_2a": 3}))
     (run_dir / "stage2" / "CB" / "history.png").write_bytes(b"png")
+    (run_dir / "stage1").mkdir()
+    (run_dir / "stage1" / "metrics.json").write_text(json.dumps(
+        {"steps": 300, "valid_top1_agreement": 0.2569, "valid_top1_agreement_low": 0.241,
+         "valid_top1_agreement_high": 0.2712, "valid_student_ppl": 682.37, "valid_student_ppl_low": 562.04,
+         "valid_student_ppl_high": 855.01, "valid_blocks": 64, "valid_teacher_ppl": 98.76}))
     report = write_report(run_dir, title="T")
     assert report.path == artifact(run_dir, "report", "report.md")
     text = report.path.read_text()
@@ -103,6 +108,9 @@ def test_report_written(run_dir):
     assert "holdout of 10% of the train split (at most 120 examples)" in text
     assert "dev labels chose their checkpoints" in text and "never saw" not in text
     assert "Across seeds" not in text  # one run: no spread to show
+    stage1 = text.split("## Stage 1 (unlabeled text)")[1].split("##")[0]  # held-out figures with their intervals
+    assert "| valid_top1_agreement | 0.257 [0.241, 0.271] n=64 blocks |" in stage1
+    assert "| valid_student_ppl | 682.4 [562.0, 855.0] n=64 blocks |" in stage1
     stage2 = text.split("## Stage 2 per task")[1]
     assert "| CB | 0.610 | 3 |" in stage2  # per-task metrics, through the registry (columns nobody reports dropped)
     assert "| task | after 2b | steps 2a |" in stage2  # headings of words that wrap: the table fits a notebook
