@@ -189,7 +189,10 @@ def test_second_glmd_run_is_refused_and_ctrl_c_says_how_to_resume(tmp_path):
     _notebook(nbs / "01_sleep.ipynb", {"run_dir": None, "profile": None}, SLEEPER)
     args = ["run", "--profile", "smoke", "--run-dir", str(rd), "--notebook-dir", str(nbs)]
     env = {k: v for k, v in os.environ.items() if k != ENV}
-    first = subprocess.Popen([*GLMD, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # SIGINT back to its default in the child: a shell starts a background job (`make test &`, nohup) with SIGINT
+    # ignored, the child inherits that, Python then installs no KeyboardInterrupt handler, and the Ctrl-C is lost
+    first = subprocess.Popen([*GLMD, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 300  # generous: a loaded 2-core CI machine starts a kernel slowly
         while not (rd / "started").exists():
