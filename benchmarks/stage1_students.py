@@ -17,10 +17,8 @@ from pathlib import Path
 import torch
 
 from glmd_lib.config.stages import Stage1Config
-from glmd_lib.data.blocks import token_blocks
-from glmd_lib.data.corpus import default_corpus
 from glmd_lib.device import set_threads
-from glmd_lib.distill.stage1 import evaluate
+from glmd_lib.distill.stage1 import evaluate, heldout_blocks
 from glmd_lib.models.student import load_student
 from glmd_lib.models.teacher import load_teacher
 from glmd_lib.tasks.intervals import mean_interval
@@ -39,23 +37,22 @@ def main() -> None:
     cfgs = [Stage1Config.from_json(r / "stage1" / "config.json") for r in args.runs]
     first = cfgs[0]
     teacher, tok = load_teacher(first.teacher)
-    valid = token_blocks(first.valid_corpus or default_corpus("valid"), tok, first.seq_len,
-                         max_blocks=first.eval_batches * first.batch_size, separator=first.separator)
+    valid = heldout_blocks(first, tok)
     print(f"# stage1_students  {time.strftime('%Y-%m-%dT%H:%M:%S')}  teacher {first.teacher}; held-out: "
           f"{len(valid)} blocks x {first.seq_len} tokens; 95% intervals: bootstrap over blocks (1,000 resamples)")
-    tokens = []
+    per_run = []
     for run, cfg in zip(args.runs, cfgs):
         st = load_student(run / "stage1" / "student")
         per = {}
         m = evaluate(st.model, teacher, st.vocab_map, valid, first.batch_size, cfg.temperature, per_block=per)
-        tokens.append(per)
+        per_run.append(per)
         print(f"{run}: {_settings(cfg)}; {m['valid_tokens']:,} tokens\n"
               f"    top-1 agreement {m['valid_top1_agreement']:.3f} [{m['valid_top1_agreement_low']:.3f}, "
               f"{m['valid_top1_agreement_high']:.3f}]  perplexity {m['valid_student_ppl']:,.0f} "
               f"[{m['valid_student_ppl_low']:,.0f}, {m['valid_student_ppl_high']:,.0f}] (teacher "
               f"{m['valid_teacher_ppl']:.1f})  KL {m['valid_kl']:.3f}")
-    base = tokens[0]
-    for run, per in zip(args.runs[1:], tokens[1:]):
+    base = per_run[0]
+    for run, per in zip(args.runs[1:], per_run[1:]):
         # per-block differences (the blocks are equally long, so their mean is the per-token difference)
         agree = mean_interval([a - b for a, b in zip(per["agree"], base["agree"])])
         nll = mean_interval([a - b for a, b in zip(per["nll"], base["nll"])])

@@ -232,6 +232,14 @@ def _load_teacher(cfg: Stage1Config) -> _Teacher:
     return _Teacher(teacher, tokenizer, kind, use_bf16(device, cfg.teacher_bf16), vocab_map, device, separator)
 
 
+def heldout_blocks(cfg: Stage1Config, tokenizer: Any) -> torch.Tensor:
+    """The held-out blocks stage 1 is evaluated on, ``[eval_batches x batch_size, seq_len]``."""
+    valid = token_blocks(cfg.valid_corpus or default_corpus("valid"), tokenizer, cfg.seq_len,
+                         max_blocks=cfg.eval_batches * cfg.batch_size, separator=cfg.separator)
+    require_blocks(valid, 1, "validation", cfg.valid_corpus or "default (valid.txt)")
+    return valid
+
+
 def _blocks(cfg: Stage1Config, tokenizer: Any, world: int, training: bool = True
             ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Training blocks (as many as the steps consume; None unless ``training``) and held-out blocks, both
@@ -243,9 +251,7 @@ def _blocks(cfg: Stage1Config, tokenizer: Any, world: int, training: bool = True
                           max_blocks=wanted, max_lines=cfg.max_lines, separator=cfg.separator)
     if training:
         require_blocks(blocks, cfg.batch_size * world, "training", cfg.corpus or "default (train shards)")
-    valid = token_blocks(cfg.valid_corpus or default_corpus("valid"), tokenizer, cfg.seq_len,
-                         max_blocks=cfg.eval_batches * cfg.batch_size, separator=cfg.separator)
-    require_blocks(valid, 1, "validation", cfg.valid_corpus or "default (valid.txt)")
+    valid = heldout_blocks(cfg, tokenizer)
     log.info("stage 1: %d training blocks, %d held-out blocks of %d tokens", len(blocks) if training else 0,
              len(valid), cfg.seq_len)
     return blocks, valid

@@ -27,7 +27,7 @@ from torch import nn
 from glmd_lib.artifacts import atomic_path
 from glmd_lib.models.factorized import CONFIG_KEY, factorize, load_factorized
 from glmd_lib.models.families import layer_map
-from glmd_lib.models.student_config import StudentError, derive_student_config, embedding_dim_of
+from glmd_lib.models.student_config import StudentError, derive_student_config, embedding_dim_of, hidden_size_of
 from glmd_lib.models.teacher import count_parameters, model_class, model_kind
 from glmd_lib.vocab.vocab_map import VocabMap, VocabMapError
 
@@ -132,16 +132,12 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module, vocab_map: VocabMa
                     len(skipped), _head_geometry(student.config), _head_geometry(teacher.config))
     if projected:
         log.info("init='teacher': the student is narrower than the teacher; %s take the teacher's rows projected "
-                 "onto their top %d principal directions", ", ".join(projected), _hidden_size(student.config))
+                 "onto their top %d principal directions", ", ".join(projected), hidden_size_of(student.config))
     if not copied and not projected:
         log.warning("init='teacher': no student tensor matched a teacher tensor's shape (different widths?); "
                     "the student stays randomly initialised")
     return {"copied": len(copied), "total": len(s_state), "names": copied, "skipped_attention": skipped,
             "projected": projected}
-
-
-def _hidden_size(config: Any) -> int:
-    return int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0) or 0)
 
 
 def _project_embeddings(student: nn.Module, teacher: nn.Module, s_state: dict, t_state: dict,
@@ -154,7 +150,7 @@ def _project_embeddings(student: nn.Module, teacher: nn.Module, s_state: dict, t
     embeddings (untied heads) and learned position embeddings, so they share one basis; everything else stays
     random. Writes into ``s_state``; returns the names projected.
     """
-    d, h = _hidden_size(student.config), _hidden_size(teacher.config)
+    d, h = hidden_size_of(student.config), hidden_size_of(teacher.config)
     t_in, s_in = teacher.get_input_embeddings(), student.get_input_embeddings()
     if not d or not h or d >= h or t_in is None or s_in is None:
         return []
@@ -195,8 +191,7 @@ def _head_geometry(config: Any) -> tuple[int, int, int]:
     """(query heads, key/value heads, head size): attention weights correspond only where all three agree."""
     heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 0) or 0)
     kv = int(getattr(config, "num_key_value_heads", None) or heads)
-    hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0) or 0)
-    head_dim = int(getattr(config, "head_dim", None) or (hidden // heads if heads else 0))
+    head_dim = int(getattr(config, "head_dim", None) or (hidden_size_of(config) // heads if heads else 0))
     return heads, kv, head_dim
 
 

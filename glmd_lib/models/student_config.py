@@ -197,7 +197,7 @@ def embedding_dim_of(shape: dict | Any, cfg: Any) -> int | None:
     dim = shape.get("embedding_dim") if isinstance(shape, dict) else getattr(shape, "embedding_dim", None)
     if dim is None:
         return None
-    hidden = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "n_embd", 0))
+    hidden = hidden_size_of(cfg)
     if not 0 < int(dim) < hidden:
         raise StudentError(f"embedding_dim = {dim} must be in (0, student hidden = {hidden})")
     if model_kind(cfg) != "causal":
@@ -220,3 +220,8 @@ def derive_student_config(teacher_config: Any, shape: dict | Any, vocab_map: Voc
     cfg = student_config(teacher_config, shape, K, arch, _special_ids(teacher_config, vocab_map))
     validate_student_config(cfg)
     return cfg
+
+
+def hidden_size_of(config: Any) -> int:
+    """The model width, by either name a config may use (``hidden_size``; GPT-2's ``n_embd``); 0 if neither."""
+    return int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0) or 0)
