@@ -37,6 +37,26 @@ def test_grid_expands_methods_seeds_and_sweep_with_shared_vocabularies(tmp_path)
                                    "compare.methods": ["glmd", "kd", "glmd-sub-unk"]}
 
 
+def test_ablations_run_once_and_every_stage1_shares_one_teacher_cache_folder(tmp_path):
+    plan = expand("smoke", tmp_path, {"compare.seeds": [3, 4], "compare.ablations": ["glmd-no-2a", "glmd"]},
+                  methods=["glmd"])
+    assert [(p.name, p.seed) for p in plan.runs] == [("glmd", 3), ("glmd", 4), ("glmd-no-2a", 3)]
+    assert {p.params["stage1.cache_dir"] for p in plan.runs + plan.untrained} == {str(tmp_path / "teacher_cache")}
+    mine = expand("smoke", tmp_path, {"stage1.cache_dir": "/elsewhere"}, methods=["glmd"])
+    assert mine.runs[0].params["stage1.cache_dir"] == "/elsewhere"  # the user's folder wins
+    with pytest.raises(ConfigError, match="unknown \\['nope'\\]"):
+        expand("smoke", tmp_path, {"compare.ablations": ["nope"]}, methods=["glmd"])
+
+
+def test_the_compare_profile_is_the_issues_grid(tmp_path):
+    """8 methods x 3 seeds on CB, COPA, RTE; the ablations and the 4-point sweep with the first seed."""
+    plan = expand("compare", tmp_path, {})
+    main = [p for p in plan.runs if p.method in CompareConfig.profiles["demo"]["methods"] and p.keep_rate is None]
+    assert len(main) == 24 and {p.seed for p in main} == {0, 1, 2} and plan.cfg.tasks == ["CB", "COPA", "RTE"]
+    rest = [p for p in plan.runs if p not in main]
+    assert {p.seed for p in rest} == {0} and sorted(p.keep_rate for p in rest if p.keep_rate) == [0.125, 0.25, 1.0]
+
+
 def test_equal_budget_leaves_a_given_steps_2b_alone(tmp_path):
     plan = expand("smoke", tmp_path, {"stage2.steps_2b": 7}, methods=["kd"])
     assert plan.runs[0].params["stage2.steps_2b"] == 7

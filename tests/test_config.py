@@ -65,7 +65,7 @@ def test_save_round_trips_with_provenance(tmp_path):
 
 
 def test_every_profile_resolves_for_every_config():
-    from glmd_lib.config.base import PROFILES
+    from glmd_lib.config.base import PROFILE_PARENT, PROFILES
     from glmd_lib.pipeline import config_classes
 
     classes = config_classes()
@@ -73,7 +73,21 @@ def test_every_profile_resolves_for_every_config():
     for cls in classes.values():
         for p in PROFILES:
             cls.resolve(profile=p, run_dir="/tmp/x")
-        assert set(cls.profiles) == set(PROFILES), cls.__name__  # no table left behind by a rename
+        # no table left behind by a rename; a profile with a parent (compare) may have no table of its own
+        assert set(PROFILES) - set(PROFILE_PARENT) <= set(cls.profiles) <= set(PROFILES), cls.__name__
+
+
+def test_a_child_profile_is_its_parents_values_plus_its_own():
+    """compare starts from demo: a stage without a compare table resolves exactly as under demo; one with a table
+    differs only in the keys that table names."""
+    from glmd_lib.config.stages import Stage1Config, VocabConfig
+
+    demo, comp = (VocabConfig.resolve(p, run_dir="x").to_dict() for p in ("demo", "compare"))
+    assert "compare" not in VocabConfig.profiles and {**demo, "profile": "compare"} == comp
+    own = Stage1Config.profiles["compare"]
+    demo, comp = (Stage1Config.resolve(p, run_dir="x").to_dict() for p in ("demo", "compare"))
+    assert {k for k in demo if demo[k] != comp[k]} == {"profile"} | {k for k in own if own[k] != demo[k]}
+    assert Stage1Config.resolve("compare", run_dir="x", steps=7).steps == 7  # explicit parameters still win
 
 
 def test_profile_names_are_one_list():
@@ -81,7 +95,7 @@ def test_profile_names_are_one_list():
     from glmd_lib.config.base import PROFILES, StageConfig
 
     (choices, _none) = typing.get_args(typing.get_type_hints(StageConfig)["profile"])
-    assert typing.get_args(choices) == PROFILES == ("smoke", "demo", "gpu", "paper")
+    assert typing.get_args(choices) == PROFILES == ("smoke", "demo", "gpu", "paper", "compare")
     with pytest.raises(ConfigError, match="full"):
         Stage1Config.resolve(profile="full", run_dir="/tmp/x")
 

@@ -86,6 +86,24 @@ def test_max_blocks_caps_the_distinct_blocks_and_the_teacher_cache(tmp_path, cor
     assert len(TeacherCache(tmp_path / "all" / "stage1" / "teacher_cache")) == 12
 
 
+def test_runs_sharing_a_cache_dir_pay_for_one_teacher_pass(tmp_path, corpus, monkeypatch):
+    """Two runs (other students, other losses, other seeds) over the same blocks with cache_dir set: one cache, in
+    a sub-folder named by its key, built by the first and reused by the second; other blocks get their own."""
+    from glmd_lib.distill import teacher_cache
+
+    built = []
+    real = teacher_cache.build_teacher_cache
+    monkeypatch.setattr(teacher_cache, "build_teacher_cache", lambda *a, **k: built.append(1) or real(*a, **k))
+    shared = tmp_path / "caches"
+    run_stage1(_cfg(tmp_path / "a", corpus, teacher_cache=True, max_blocks=4, cache_dir=str(shared)), progress=False)
+    run_stage1(_cfg(tmp_path / "b", corpus, teacher_cache=True, max_blocks=4, cache_dir=str(shared), seed=1,
+                    loss="kd", ce_weight=0.5, student_hidden=16), progress=False)
+    assert len(built) == 1 and len(list(shared.iterdir())) == 1
+    assert not (tmp_path / "a" / "stage1" / "teacher_cache").exists()
+    run_stage1(_cfg(tmp_path / "c", corpus, teacher_cache=True, max_blocks=6, cache_dir=str(shared)), progress=False)
+    assert len(built) == 2 and len(list(shared.iterdir())) == 2  # other blocks: another key, the first cache kept
+
+
 def test_gpt2_student_of_llama_teacher_and_teacher_init(tmp_path, corpus):
     m = run_stage1(_cfg(tmp_path / "a", corpus, student_arch="gpt2"), progress=False)
     assert load_student(tmp_path / "a" / "stage1" / "student").model.config.model_type == "gpt2"

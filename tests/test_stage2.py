@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from glmd_lib.distill import stage2, task_inputs, task_losses
 from glmd_lib.config.stages import Stage2Config
 from glmd_lib.distill.losses import distill_kl_reference, soft_cross_entropy
-from glmd_lib.artifacts import is_complete, mark_complete
+from glmd_lib.artifacts import artifact, is_complete, mark_complete
 from glmd_lib.tasks.scoring import task_scores
 from glmd_lib.distill.distiller import Distiller
 from glmd_lib.distill.teacher import TeacherRunner, TeacherScores
@@ -269,7 +269,10 @@ def test_2a_loss_is_the_vocab_kl_over_every_position_of_every_sequence(models, t
         t_logits = teacher(input_ids=ids, attention_mask=attn).logits
     s_logits = student(input_ids=vm.map_ids(ids), attention_mask=attn).logits
     ref = distill_kl_reference(s_logits, t_logits, attn, 15.0, vocab_map=vm)
-    torch.testing.assert_close(loss, ref, rtol=1e-4, atol=1e-5)
+    # T^2 KL at T = 15 of two random tiny models is ~0.013, the difference of terms ~225 x log(512): fp32 carries
+    # only about 3 correct digits of it, and which 3 depends on the CPU's vector width (both this loss and the
+    # reference are ~1e-3 from a float64 computation on an AVX-512 CPU). A wrong mask or position is off by far more.
+    torch.testing.assert_close(loss, ref, rtol=3e-3, atol=1e-6)
     assert logs["loss_count"] == attn.sum()  # the trainer weighs micro-batches by their valid tokens
     # not only the answer positions: the mean over the candidates' last tokens alone is another number
     last = torch.zeros_like(attn)
@@ -426,6 +429,19 @@ def test_gold_labels_are_those_of_the_training_inputs_only(run_dir, tmp_path, sm
         removed = _write_data(tmp_path / "removed", "removed")
         task_inputs.task_inputs(_cfg(run_dir, removed, task_loss="kd", add_unlabeled=False), "CB", smol_tokenizer,
                                 "causal", 0, 64, removed)
+
+
+def test_tinybert_task_stage_runs_both_passes_without_labels(run_dir, tmp_path):
+    """TinyBERT's task stage end to end: 2a with its intermediate-layer terms logged, 2b soft targets, no label;
+    the saved student is the plain model (the trained projections are not part of it)."""
+    _run(run_dir, _write_data(tmp_path / "d", "real"), tasks=["CB"], task_loss="tinybert", steps_2a=2, steps_2b=2,
+         add_unlabeled=False)
+    m = _metrics(run_dir)
+    assert m["passes"] == task_losses.PASS_LOSSES["tinybert"] and m["gold_labels_in_loss"] is False
+    assert m["steps_2a"] == 2 and m["steps_2b"] == 2 and m["final_loss_2a"] > 0
+    h = pd.read_csv(run_dir / "stage2" / "CB" / "history.csv")
+    assert {"hidden_mse", "kl"} <= set(h.columns) and h.loc[h["pass"] == "2a", "hidden_mse"].notna().any()
+    assert not any("project" in k for k in load_student(artifact(run_dir, "stage2", "student", "CB")).model.state_dict())
 
 
 @pytest.mark.parametrize("skip", ["2a", "2b"])

@@ -17,6 +17,7 @@ from glmd_lib.config.base import ConfigError
 from glmd_lib.config.stages import Stage2Config
 from glmd_lib.distill import task_losses
 from glmd_lib.distill.stage2 import pass_steps
+from glmd_lib.distill.task_inputs import gold_labels_in_loss
 from glmd_lib.tasks import teachers
 
 NEG = -math.inf
@@ -137,7 +138,10 @@ def test_a_stage2_that_trains_nothing_is_refused_clearly():
     with pytest.raises(ConfigError, match="add_unlabeled=False"):
         Stage2Config.resolve("smoke", task_loss="finetune", add_unlabeled=True)
     with pytest.raises(ConfigError, match="task_loss"):
-        Stage2Config.resolve("smoke", task_loss="tinybert")
+        Stage2Config.resolve("smoke", task_loss="tinybert-v2")
+    with pytest.raises(ConfigError, match="would train nothing"):
+        Stage2Config.resolve("smoke", task_loss="tinybert", steps_2a=0, steps_2b=0)
+    Stage2Config.resolve("smoke", task_loss="tinybert", steps_2b=0)  # its 2a alone is an ablation
     Stage2Config.resolve("smoke", steps_2a=0)  # one skipped pass is an ablation, not an error
     Stage2Config.resolve("smoke", steps_2b=0)
 
@@ -176,3 +180,59 @@ def test_report_says_when_students_learnt_from_gold_labels(tmp_path):
     assert "no gold label entering a loss" in labels_touched(None, {**cfg, "task_loss": "glmd"}, [])
     finetune = labels_touched(None, {**cfg, "task_loss": "finetune"}, ["CB"])
     assert "learnt from the gold labels of the train inputs (task_loss finetune: CB)" in finetune
+
+
+# --------------------------------------------------------------------------------------------
+# TinyBERT's task stage: pass 2a = vocabulary KL + intermediate-layer terms against the task teacher
+# --------------------------------------------------------------------------------------------
+
+def test_tinybert_pass_2a_is_vocab_kl_plus_hidden_mse_plus_attention_kl(make_tiny_llama, smol_tokenizer):
+    """The whole 2a loss of task_loss='tinybert' on a tiny teacher (3 layers x 32) and student (1 layer x 16, as
+    many heads), against a reference written from the two models' plain forward passes: T^2 KL of the full logits
+    + mean over (embeddings, mapped layer) of MSE(W s, t) + KL of the mapped layer's attention rows."""
+    from glmd_lib.distill.distiller import Distiller
+    from glmd_lib.distill.feature_objective import FeatureObjective, use_eager_attention
+    from glmd_lib.distill.losses import distill_kl_reference
+    from glmd_lib.distill.teacher import TeacherRunner
+    from glmd_lib.vocab.vocab_map import VocabMap
+
+    teacher = make_tiny_llama(num_hidden_layers=3, hidden_size=32, num_attention_heads=4, num_key_value_heads=2)
+    student = make_tiny_llama(num_hidden_layers=1, hidden_size=16, num_attention_heads=4, num_key_value_heads=1, seed=1)
+    with torch.no_grad():  # random tiny models attend almost uniformly: sharpen them so the attention term counts
+        for m in (teacher, student):
+            use_eager_attention(m)
+            for layer in m.model.layers:
+                layer.self_attn.q_proj.weight.mul_(40.0)
+    vm = VocabMap.identity(smol_tokenizer, teacher.config.vocab_size)
+    obj = FeatureObjective("tinybert", student.config, teacher.config, causal=True)
+    assert obj.skipped == {} and obj.layer_map == [2]
+    T, w = 1.0, 0.5
+    model = Distiller(student, T, None, 3, 0.0, "tinybert", obj, w)
+    loss_fn = task_losses.make_2a_loss(TeacherRunner(teacher, vm, False, T), vm, features=True)
+    ids = torch.randint(0, 1000, (2, 5), generator=torch.Generator().manual_seed(3))
+    attn = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    loss, logs = loss_fn({"input_ids": ids, "attention_mask": attn}, model)
+
+    with torch.no_grad():
+        t_out = teacher(input_ids=ids, attention_mask=attn, output_hidden_states=True, output_attentions=True)
+    s_out = student(input_ids=ids, attention_mask=attn, output_hidden_states=True, output_attentions=True)
+    kl = distill_kl_reference(s_out.logits, t_out.logits, attn, T)
+    m = attn.bool()
+    mse = sum(((obj.project[k](s_out.hidden_states[i]) - t_out.hidden_states[j]) ** 2).mean(-1)[m].mean()
+              for k, (i, j) in enumerate([(0, 0), (1, 3)])) / 2
+    ps, pt = s_out.attentions[0], t_out.attentions[2]
+    rows = (pt * (pt.clamp_min(1e-30).log() - ps.clamp_min(1e-12).log())).where(pt > 0, torch.zeros(())).sum(-1)
+    att = rows.permute(0, 2, 1)[m].mean()  # [B, T, H] rows of counted queries, mean over queries and heads
+    torch.testing.assert_close(loss, kl + w * (mse + att), rtol=1e-4, atol=1e-5)
+    assert {"kl", "hidden_mse", "attention_kl"} <= set(logs)
+    torch.testing.assert_close(logs["hidden_mse"], mse.detach(), rtol=1e-4, atol=1e-5)
+    loss.backward()  # the projections are trained in this pass
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in obj.project.parameters())
+
+
+def test_tinybert_task_pass_is_soft_targets_without_gold(fixed_scores):
+    cfg = Stage2Config.resolve("smoke", task_loss="tinybert", kd_temperature=2.0, gold_weight=1.0)
+    loss, logs = task_losses.make_task_loss(cfg, None, _clozes([None, None]), _teacher, None)(BATCH)
+    assert float(loss.detach()) == pytest.approx(4.0 * _soft_ce(S, T_SCORES, 2.0), rel=1e-6)
+    assert float(logs["gold_ce"]) == 0.0 and task_losses.PASS_LOSSES["tinybert"]["2a"].startswith("vocab_kl")
+    assert not gold_labels_in_loss(cfg)

@@ -6,7 +6,9 @@ Pure (no file is touched): :func:`expand` turns a profile, a root directory ``D`
 * Every run is an ordinary pipeline run in ``D/runs/<method>[-keep<r>]/seed-<k>/`` (notebooks 03, 05, 06) with
   the method's registered parameters (:func:`glmd_lib.distill.methods.method_params`), the user's parameters and
   ``seed=k``. Where the user and a method set the same key, the method wins: it is what the row is named after.
-* Shared, made once: notebooks 00-01 in ``D``; notebook 02 once per distinct vocabulary (the default one in
+* ``ablations``: methods run with the first seed only (the issue allows one seed for GLMD's ablations).
+* Shared, made once: notebooks 00-01 in ``D``; one folder of teacher caches ``D/teacher_cache`` that every
+  stage 1 reads (one teacher pass over the corpus blocks for all methods and seeds); notebook 02 once per distinct vocabulary (the default one in
   ``D/vocab``, others in ``D/variants/<tag>/vocab``: methods or sweep points that change ``vocab.*``); notebook 04
   (the task teachers) ONCE in ``D/teachers`` for every method and seed, so every student learns from the same
   teachers and every fidelity is measured against them.
@@ -36,7 +38,7 @@ UNTRAINED_CSV = "untrained.csv"  # the untrained student's dev scores, in its ru
 UNTRAINED_PREDICTIONS = "untrained_predictions.jsonl"  # and its dev predictions (paired differences)
 BUDGET_LOSSES = ("kd", "finetune")  # task losses that run only the task pass (methods.py)
 TASK_STAGES = ("teachers", "stage2", "eval")
-COMPARE_KEYS = {"methods", "seeds", "keep_rates"}  # bare keys only CompareConfig declares
+COMPARE_KEYS = {"methods", "ablations", "seeds", "keep_rates"}  # bare keys only CompareConfig declares
 
 
 @dataclass(frozen=True)
@@ -77,8 +79,10 @@ def own_keep_rate() -> float:
 
 
 def points(cfg: CompareConfig) -> list[RunPoint]:
-    """The method runs (method x seed, then the sweep's points at the first seed), without parameters."""
+    """The method runs (method x seed, the ablations at the first seed, then the sweep's points at the first
+    seed), without parameters."""
     out = [RunPoint(m, k, m) for m in cfg.methods for k in cfg.seeds]
+    out += [RunPoint(m, cfg.seeds[0], m) for m in cfg.ablations or [] if m not in cfg.methods]
     for r in cfg.keep_rates or []:
         p = RunPoint("glmd", cfg.seeds[0], "glmd" if r == own_keep_rate() else f"glmd-keep{r:g}", r)
         if all((q.name, q.seed) != (p.name, p.seed) for q in out):
@@ -106,11 +110,17 @@ def _given(params: dict[str, Any], stage: str, key: str) -> Any:
     return params.get(f"{stage}.{key}", params.get(key))
 
 
-def _defaults(cfg: CompareConfig, common: dict[str, Any]) -> dict[str, Any]:
-    """The compare's tasks for 04-06 and, in the runs' evaluations, the task teachers and students only (the
-    zero-shot teacher would be scored again in every run), where the user did not choose."""
+def _defaults(cfg: CompareConfig, common: dict[str, Any], root: Path) -> dict[str, Any]:
+    """The compare's tasks for 04-06, in the runs' evaluations the task teachers and students only (the zero-shot
+    teacher would be scored again in every run), and one teacher-cache folder for every stage 1
+    (``D/teacher_cache``: the runs read the same blocks, so one teacher pass serves them all), where the user did
+    not choose."""
     out = {f"{s}.tasks": cfg.tasks for s in TASK_STAGES if _given(common, s, "tasks") is None}
-    return {**out, **({} if _given(common, "eval", "models") is not None else {"eval.models": ["teachers", "students"]})}
+    if _given(common, "eval", "models") is None:
+        out["eval.models"] = ["teachers", "students"]
+    if _given(common, "stage1", "cache_dir") is None:
+        out["stage1.cache_dir"] = str(root / "teacher_cache")
+    return out
 
 
 def _stage_values(common: dict[str, Any], stage: str, fields: list[str]) -> dict[str, Any]:
@@ -127,7 +137,7 @@ def _vocab_tag(profile: str, common: dict[str, Any], own: dict[str, Any]) -> str
 
 
 def _run_params(profile: str, cfg: CompareConfig, common: dict, method: str, seed: int,
-                keep_rate: float | None) -> tuple[dict[str, Any], str]:
+                keep_rate: float | None, root: Path) -> tuple[dict[str, Any], str]:
     """A run's parameters and its vocabulary tag."""
     own = dict(method_params(method))
     if keep_rate is not None:
@@ -136,24 +146,24 @@ def _run_params(profile: str, cfg: CompareConfig, common: dict, method: str, see
         s2 = Stage2Config.resolve(profile, run_dir="x", **_stage_values(common, "stage2", ["steps_2a", "steps_2b"]))
         own["stage2.steps_2b"] = s2.steps_2a + s2.steps_2b
     tag = "" if own.get("stage1.use_vocab_map") is False else _vocab_tag(profile, common, own)
-    return {**_defaults(cfg, common), **common, **own, "seed": seed}, tag
+    return {**_defaults(cfg, common, root), **common, **own, "seed": seed}, tag
 
 
 def expand(profile: str, root: str | Path, params: dict[str, Any], methods: list[str] | None = None) -> ComparePlan:
     """The comparison as a plan (module docstring); every method name and value checked, nothing run."""
     compare_params, common = split_params(params, methods)
     cfg = CompareConfig.resolve(profile, run_dir=str(root), **compare_params)
-    unknown = [m for m in cfg.methods if m not in METHODS]
+    unknown = [m for m in cfg.methods + (cfg.ablations or []) if m not in METHODS]
     if unknown:
         raise ConfigError(f"compare.methods: unknown {unknown}; registered: {', '.join(METHODS)}")
     runs, vocab = [], {"": {}}
     for p in points(cfg):
-        run_params, tag = _run_params(profile, cfg, common, p.method, p.seed, p.keep_rate)
+        run_params, tag = _run_params(profile, cfg, common, p.method, p.seed, p.keep_rate, Path(root))
         vocab.setdefault(tag, {k: v for k, v in run_params.items() if k.startswith("vocab.")})
         runs.append(RunPoint(p.method, p.seed, p.name, p.keep_rate, run_params, tag))
     untrained = []
     for k in cfg.seeds:
-        run_params, _ = _run_params(profile, cfg, common, "glmd", k, None)
+        run_params, _ = _run_params(profile, cfg, common, "glmd", k, None, Path(root))
         untrained.append(RunPoint(UNTRAINED, k, UNTRAINED, params={**run_params, "stage1.steps": 0}))
     return ComparePlan(Path(root), profile, cfg, {f"compare.{k}": v for k, v in compare_params.items()}, common,
                        vocab, runs, untrained)

@@ -41,8 +41,10 @@ import yaml
 
 from glmd_lib.artifacts import REPO_ROOT, atomic_write_json, provenance, stage_dir
 
-PROFILES = ("smoke", "demo", "gpu", "paper")
+PROFILES = ("smoke", "demo", "gpu", "paper", "compare")
 DEFAULT_PROFILE = "demo"
+# a profile that starts from another's values: a stage's table for it holds only what differs (or nothing)
+PROFILE_PARENT = {"compare": "demo"}
 
 
 class ConfigError(ValueError):
@@ -202,9 +204,10 @@ class StageConfig:
     run_dir: str | None = param(None, "run directory; every stage writes into <run_dir>/<stage>/ "
                                       "(default: $GLMD_RUN_DIR, else runs/<profile> in the repository)",
                                 shared=True)
-    profile: Literal["smoke", "demo", "gpu", "paper"] | None = param(  # = PROFILES (tests/test_config.py)
+    profile: Literal["smoke", "demo", "gpu", "paper", "compare"] | None = param(  # = PROFILES (tests/test_config.py)
         None, "smoke (tiny random models, CI) | demo (real teacher, ~30 min on 2 cores) | gpu (larger GPU run) | "
-              "paper (the authors' settings, GPU); default: $GLMD_PROFILE, else demo", shared=True)
+              "paper (the authors' settings, GPU) | compare (demo's teacher and data, stages sized for glmd "
+              "compare's grid on 2 cores); default: $GLMD_PROFILE, else demo", shared=True)
     seed: int = param(0, "random seed for everything this stage draws", shared=True, ge=0)
     device: str = param("auto", "auto (CUDA > MPS > CPU) or an explicit torch device such as cpu or cuda:0",
                         shared=True)
@@ -239,7 +242,7 @@ class StageConfig:
         params.pop("profile", None)
         if profile not in PROFILES:
             raise ConfigError(f"parameter 'profile': {profile!r} is not one of {list(PROFILES)}")
-        values: dict[str, Any] = dict(cls.profiles.get(profile, {}))
+        values: dict[str, Any] = cls.profile_defaults(profile)
         values.update({k: v for k, v in params.items() if v is not None})
         values["profile"] = profile
         hints = typing.get_type_hints(cls)
@@ -252,6 +255,12 @@ class StageConfig:
             setattr(cfg, f.name, _coerce(f.name, getattr(cfg, f.name), hints[f.name]))
         cfg.validate()
         return cfg
+
+    @classmethod
+    def profile_defaults(cls, profile: str) -> dict[str, Any]:
+        """This stage's table for ``profile``, on top of its parent profile's (``PROFILE_PARENT``), if any."""
+        parent = PROFILE_PARENT.get(profile)
+        return {**(cls.profile_defaults(parent) if parent else {}), **cls.profiles.get(profile, {})}
 
     @classmethod
     def from_namespace(cls, namespace: dict[str, Any]):

@@ -107,6 +107,9 @@ class Stage1Config(StudentShape, StageConfig):
                  "temperature": 1.0, "init": "teacher"},
         "gpu": {"teacher": DEMO_TEACHER, "steps": 100_000, "batch_size": 64, "seq_len": 512, "lr": 1e-4,
                 "warmup_steps": 2000, "eval_batches": 200, "checkpoint_every": 2000},
+        # demo's stage 1 at half the steps, the student in bf16 where the CPU has bf16 units (fp32 elsewhere); the
+        # blocks are demo's, so every run of a comparison reads one teacher cache (glmd compare shares it)
+        "compare": {"steps": 150, "bf16": True},
         # global batch 64 x 512 = batch_size x grad_accum x processes: 16 x 4 on one GPU (pass grad_accum=1 on
         # four); warm-up 5% of the steps; cosine to 0.05 x lr over the first 80%; Adam (0.9, 0.98), eps 1e-6
         "paper": {"teacher": DEMO_TEACHER, **PAPER_STUDENT, "init": "random", "temperature": 15.0,
@@ -163,6 +166,9 @@ class Stage1Config(StudentShape, StageConfig):
                   "kept rows applied at train time: exact at every T; 'topk' = top-k logits + tail mean/std: "
                   "close at T=1, NOT faithful at T=15 (gradient cosine 0.27, docs/benchmarks.md, Stage 1)")
     cache_topk: int = param(64, "cache_mode='topk' only: top-k logits per position stored in the teacher cache", ge=1)
+    cache_dir: str | None = param(None, "where teacher caches live (None: <run_dir>/stage1/teacher_cache, this run's "
+                                        "own); a folder shared by several runs holds one cache per key, so runs over "
+                                        "the same blocks with the same teacher pay for one teacher pass (glmd compare)")
     eval_batches: int = param(8, "held-out batches for KL / agreement / perplexity", ge=1)
     bf16: bool | None = param(None, "the student's forward/backward under bf16 autocast, fp32 master weights and "
                                     "fp32 loss (None: on CUDA only; False keeps CPU runs bitwise exact)")
@@ -218,6 +224,8 @@ class Stage2Config(TaskList, SelectionSplit, StageConfig):
                   "max_eval_examples": 16, "eval_every": 0, "warmup_steps": 0, "max_selection_examples": 16},
         "demo": {"steps_2a": 30, "steps_2b": 30, "batch_size": 8, "lr": 5e-4, "max_train_examples": 200,
                  "max_eval_examples": 120, "eval_every": 10, "teacher_bf16": True, "max_selection_examples": 120},
+        # demo's stage 2 with fewer steps and selection examples: many students per comparison
+        "compare": {"steps_2a": 20, "steps_2b": 20, "eval_every": 10, "max_selection_examples": 60},
         "gpu": {"tasks": ALL_TASKS, "steps_2a": 5000, "steps_2b": 5000, "batch_size": 32, "lr": 1e-4,
                 "warmup_steps": 200, "eval_every": 500},
         # lr 1e-5, linear decay after 10% warm-up, weight decay 0.1, the paper's epochs per task (each pass)
@@ -229,11 +237,14 @@ class Stage2Config(TaskList, SelectionSplit, StageConfig):
     superglue_dir: str | None = superglue_dir_param()
     pattern_id: int | None = shared_param(None, "cloze pattern (None: the one the task teacher was fine-tuned "
                                                 "with)", ge=0)
-    task_loss: Literal["glmd", "kd", "finetune"] = param("glmd", "glmd: 2a + 2b, no gold label in a loss; kd: pass "
-        "2b only, T^2 x soft task CE at kd_temperature + gold_weight x gold CE; finetune: 2b only, gold CE only")
+    task_loss: Literal["glmd", "kd", "finetune", "tinybert"] = param("glmd", "glmd: 2a + 2b, no gold label in a "
+        "loss; kd: pass 2b only, T^2 x soft task CE at kd_temperature + gold_weight x gold CE; finetune: 2b only, "
+        "gold CE only; tinybert: 2a = vocabulary KL + feature_weight x (hidden MSE + attention KL) against the task "
+        "teacher, 2b = T^2 x soft task CE at kd_temperature, no gold label")
     temperature: float = param(15.0, "temperature of the vocabulary KL in pass 2a (pass 2b uses T=1)", gt=0)
-    kd_temperature: float = param(1.0, "task_loss='kd': temperature T of the soft task targets", gt=0)
+    kd_temperature: float = param(1.0, "task_loss='kd' or 'tinybert' (pass 2b): temperature T of the soft task targets", gt=0)
     gold_weight: float = param(1.0, "task_loss='kd': weight of the gold-label cross-entropy", ge=0)
+    feature_weight: float = param(1.0, "task_loss='tinybert': weight of the intermediate-layer terms in pass 2a", ge=0)
     steps_2a: int = param(40, "optimizer steps of pass 2a (vocabulary KL on cloze inputs; 0 skips it)", ge=0)
     steps_2b: int = param(40, "optimizer steps of pass 2b, the task pass (task_loss; 0 skips it)", ge=0)
     task_epochs: dict[str, int] | None = param(
@@ -267,7 +278,7 @@ class Stage2Config(TaskList, SelectionSplit, StageConfig):
         if unknown:
             raise ConfigError(f"parameter 'task_epochs': unknown task(s) {unknown}; tasks are {list(ALL_TASKS)}")
         gold = self.task_loss == "finetune" or (self.task_loss == "kd" and self.gold_weight > 0)  # labels in a loss
-        if (self.steps_2b == 0 and self.task_loss != "glmd") or self.steps_2a == self.steps_2b == 0:
+        if (self.steps_2b == 0 and self.task_loss in ("kd", "finetune")) or self.steps_2a == self.steps_2b == 0:
             raise ConfigError(f"steps_2a={self.steps_2a}, steps_2b=0 with task_loss='{self.task_loss}': stage 2 would "
                               f"train nothing; give a pass steps (0 skips a pass; kd/finetune train only in pass 2b)")
         if gold and self.add_unlabeled:
@@ -289,6 +300,8 @@ class EvalConfig(TaskList, StageConfig):
                  "tasks": CORE_TASKS + ["AX-g"]},
         "gpu": {"teacher": DEMO_TEACHER},
         "paper": {"teacher": DEMO_TEACHER, "max_seq_len": PAPER_SEQ_LEN},
+        # every dev example of CB, COPA and RTE (the compare's tasks); fidelity on fewer unlabeled inputs
+        "compare": {"max_fidelity_examples": 150},
     }
     teacher: str = teacher_param("the pre-trained teacher, evaluated zero-shot")
     tasks: list[str] = param(CORE_TASKS + ["BoolQ", "WiC", "WSC", "MultiRC", "AX-b", "AX-g"],
@@ -323,6 +336,8 @@ class ReportConfig(StageConfig):
 
 # the eight methods (glmd_lib.distill.methods registers them and the ablations)
 _MAIN_METHODS = ["no-kd", "kd", "tinybert", "minilm", "glmd-vc", "glmd", "glmd+al", "dim-reduction"]
+_ABLATIONS = ["glmd-no-stage1", "glmd-no-2a", "glmd-no-2b", "glmd-t1", "glmd-sub-unk", "glmd-sub-dot",
+              "glmd-sub-cosine", "glmd-pruned-substitute"]
 
 
 @dataclass
@@ -336,8 +351,12 @@ class CompareConfig(TaskList, StageConfig):
                  "keep_rates": [1.0, 0.5, 0.25, 0.125]},
         "gpu": {"methods": _MAIN_METHODS, "tasks": ALL_TASKS, "seeds": [0, 1, 2], "keep_rates": [1.0, 0.5, 0.25, 0.125]},
         "paper": {"methods": _MAIN_METHODS, "tasks": ALL_TASKS, "seeds": [0, 1, 2]},
+        # the budget: the eight methods x 3 seeds on CB, COPA, RTE; ablations and sweep with one seed
+        "compare": {"ablations": _ABLATIONS},
     }
     methods: list[str] = param(["glmd", "kd"], "registered methods to compare (glmd_lib.distill.methods.METHODS)")
+    ablations: list[str] | None = param(None, "more registered methods (GLMD's ablations), run with the first seed "
+                                              "only (None or []: none)")
     # each element is checked against the range (validate); gt=-1, not ge=0: a bare -1 is no list to range-check
     seeds: list[int] = param([0], "seeds: each method is trained and evaluated once per seed (03-06)", gt=-1)
     keep_rates: list[float] | None = param(None, "sweep of glmd's kept-vocabulary rate, one run per point with the "

@@ -7,9 +7,9 @@ method's keys and values against the config classes (a typo or a value a stage d
 ``ConfigError`` naming the method), so the comparison never starts a run the pipeline would refuse.
 
 Baselines keep the teacher's whole vocabulary (``stage1.use_vocab_map=False``: the student gets no map, the
-vocabulary stage's outputs stay shared by every method). What stage 2 cannot do yet: TinyBERT's intermediate
-layers in the task stage (its task stage here is the soft-target pass alone). kd and finetune run only the task
-pass (``steps_2b`` steps) where GLMD runs 2a and 2b: a comparison at equal budget sets ``stage2.steps_2b`` to
+vocabulary stage's outputs stay shared by every method). TinyBERT's task stage is its own ``task_loss``: pass 2a
+its intermediate-layer distillation on the task inputs, pass 2b its prediction-layer soft targets. kd and finetune
+run only the task pass (``steps_2b`` steps) where GLMD runs 2a and 2b: a comparison at equal budget sets ``stage2.steps_2b`` to
 GLMD's ``steps_2a + steps_2b`` for them.
 """
 from __future__ import annotations
@@ -45,9 +45,9 @@ METHODS: dict[str, Method] = {m.name: m for m in [
        {**_FULL_VOCAB, "stage1.loss": "ce", "stage2.task_loss": "finetune"}, gold=True),
     _m("kd", "vanilla KD (Hinton / DistilBERT): soft targets at T + the student's own CE; task stage soft + gold",
        {**_FULL_VOCAB, "stage1.loss": "kd", "stage1.ce_weight": 1.0, "stage2.task_loss": "kd"}, gold=True),
-    _m("tinybert", "TinyBERT: hidden MSE through a projection + attention KL + logit KL; task stage soft targets",
-       {**_FULL_VOCAB, "stage1.loss": "tinybert", "stage2.task_loss": "kd", "stage2.gold_weight": 0.0},
-       layers=True),
+    _m("tinybert", "TinyBERT: hidden MSE through a projection + attention KL + logit KL in stage 1 and on the task "
+                   "inputs (2a); then soft task targets (2b)",
+       {**_FULL_VOCAB, "stage1.loss": "tinybert", "stage2.task_loss": "tinybert"}, layers=True),
     _m("minilm", "MiniLM: last-layer attention and value-relation KL + logit KL; then gold-label fine-tuning",
        {**_FULL_VOCAB, "stage1.loss": "minilm", "stage2.task_loss": "finetune"}, gold=True, layers=True),
     _m("glmd-vc", "GLMD without vocabulary compression", {**_FULL_VOCAB, **_GLMD_STAGE2}),

@@ -18,7 +18,8 @@
    summed log-probabilities; :func:`glmd_lib.tasks.scoring.task_scores`). ``steps_2a=0`` or ``steps_2b=0``
    skips a pass (the ablations of issue #13). The baselines ``task_loss='kd'`` (soft targets at T plus
    gold-label cross-entropy) and ``'finetune'`` (gold labels only) run pass 2b alone, on the training inputs
-   *with* their labels; ``metrics.json`` records ``task_loss``, each pass's loss (or ``skipped``) and
+   *with* their labels; ``'tinybert'`` runs both passes without labels (2a adds TinyBERT's hidden-state and
+   attention terms, 2b is soft targets at ``kd_temperature``); ``metrics.json`` records ``task_loss``, each pass's loss (or ``skipped``) and
    ``gold_labels_in_loss``. The losses: :mod:`glmd_lib.distill.task_losses`;
 5. after each pass the score on the **selection split** picks the checkpoint (selection is not evaluation,
    :mod:`glmd_lib.tasks.selection`): with ``select_on='train_holdout'`` (default) a seeded holdout of the
@@ -53,6 +54,7 @@ from glmd_lib.device import get_device, set_threads, use_bf16
 from glmd_lib.distill.figures import stage2_scores
 from glmd_lib.distill import task_losses
 from glmd_lib.distill.distiller import Distiller
+from glmd_lib.distill.feature_objective import FeatureObjective, use_eager_attention
 from glmd_lib.distill.task_inputs import Stage2Error, TaskInputs, cloze_settings, gold_labels_in_loss, \
     majority_score, task_inputs, teacher_dir
 from glmd_lib.distill.teacher import TeacherRunner, TeacherScores
@@ -243,14 +245,21 @@ def _save_task(job: _Job, metrics: dict[str, Any], evals: list[dict[str, Any]]) 
 
 
 def _pass_2a(job: _Job, steps: int, on_log: Any, progress: bool) -> dict[str, Any]:
-    """Pass 2a (task_loss='glmd'): the vocabulary KL of stage 1 over the cloze inputs, against the task teacher."""
+    """Pass 2a (task_loss='glmd' or 'tinybert'): the vocabulary KL of stage 1 over the cloze inputs, against the task
+    teacher; with 'tinybert' plus TinyBERT's intermediate-layer terms (fresh projections, trained in this pass)."""
     cfg, s_model, vm = job.cfg, job.student.model, job.student.vocab_map
     if not steps:  # skipped: no teacher runner, no wrapper (its set-up reads the model)
         return _run_pass(job, "2a", s_model, lambda *_: None, lambda idx: idx, 0, on_log, progress)
     runner = TeacherRunner(job.teacher, vm, job.bf16, cfg.temperature)
-    return _run_pass(job, "2a", Distiller(s_model, cfg.temperature, None, cfg.loss_chunk, 0.0),
-                     task_losses.make_2a_loss(runner, vm), task_losses.collate_2a(job.data.train), steps, on_log,
-                     progress)
+    features = None
+    if cfg.task_loss == "tinybert":  # TinyBERT's intermediate-layer terms (eager attention returns the probabilities)
+        for m in (s_model, job.teacher):
+            use_eager_attention(m)
+        features = FeatureObjective("tinybert", s_model.config, job.teacher.config, causal=job.student.kind == "causal")
+    model = Distiller(s_model, cfg.temperature, None, cfg.loss_chunk, 0.0, "tinybert" if features else "glmd",
+                      features, cfg.feature_weight)
+    return _run_pass(job, "2a", model, task_losses.make_2a_loss(runner, vm, features is not None),
+                     task_losses.collate_2a(job.data.train), steps, on_log, progress)
 
 
 def _pass_2b(job: _Job, steps: int, on_log: Any, progress: bool) -> tuple[dict[str, Any], int]:

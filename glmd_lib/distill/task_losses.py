@@ -8,9 +8,14 @@ the task teachers' own loss).
 * ``kd`` (Hinton / DistilBERT-style task stage, a baseline of issue #13):
   ``kd_temperature^2 * soft_cross_entropy(s, t, kd_temperature) + gold_weight * CE(s, gold)``; the ``T^2``
   keeps the soft term's gradients on the scale of the hard one's when T changes (Hinton et al. 2015);
-* ``finetune`` (the no-KD baseline): ``CE(s, gold)`` only, the task teachers' loss; no teacher in the step.
+* ``finetune`` (the no-KD baseline): ``CE(s, gold)`` only, the task teachers' loss; no teacher in the step;
+* ``tinybert`` (TinyBERT's task-specific distillation, a baseline of issue #13): pass 2a is its intermediate-layer
+  distillation on the task inputs, the vocabulary KL plus ``feature_weight`` x (hidden-state MSE through trained
+  projections + attention KL where head counts allow) against the task teacher
+  (:class:`~glmd_lib.distill.feature_objective.FeatureObjective`, as in stage 1); pass 2b its prediction-layer
+  distillation, ``kd`` with ``gold_weight = 0``. No gold label.
 
-Pass 2a (the vocabulary KL over every position of the cloze inputs) belongs to ``glmd`` only.
+Pass 2a (the vocabulary KL over every position of the cloze inputs) runs for ``glmd`` and ``tinybert`` only.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import torch
 from torch import nn
 
 from glmd_lib.config.stages import Stage2Config
+from glmd_lib.distill.feature_objective import teacher_features
 from glmd_lib.distill.losses import soft_cross_entropy
 from glmd_lib.distill.teacher import TeacherRunner, TeacherScores
 from glmd_lib.superglue.patterns import Cloze
@@ -28,7 +34,8 @@ from glmd_lib.tasks.teachers import cloze_loss, gold_cross_entropy
 
 # what each pass computes, by task_loss (recorded in metrics.json; None: the pass does not run)
 PASS_LOSSES = {"glmd": {"2a": "vocab_kl", "2b": "soft_ce"}, "kd": {"2a": None, "2b": "soft_ce_at_T+gold_ce"},
-               "finetune": {"2a": None, "2b": "gold_ce"}}
+               "finetune": {"2a": None, "2b": "gold_ce"},
+               "tinybert": {"2a": "vocab_kl+hidden_mse+attention_kl", "2b": "soft_ce_at_T"}}
 
 
 # --------------------------------------------------------------------------------------------
@@ -44,22 +51,28 @@ def collate_2a(clozes: Sequence[Cloze]) -> Callable[[torch.Tensor], dict[str, to
     return collate
 
 
-def make_2a_loss(runner: TeacherRunner, vocab_map: Any) -> Callable:
+def make_2a_loss(runner: TeacherRunner, vocab_map: Any, features: bool = False) -> Callable:
     """``loss_fn(batch, model)``: the chunked ``T^2 KL`` of stage 1 over all non-padding positions.
 
     ``model`` is a :class:`glmd_lib.distill.distiller.Distiller` around the student; the teacher reads teacher ids,
-    the student the same tokens mapped into its rows.
+    the student the same tokens mapped into its rows. ``features`` (task_loss='tinybert'): the teacher's pass also
+    returns its hidden states and attentions, and the Distiller adds its intermediate-layer terms.
     """
     def loss_fn(batch: dict[str, torch.Tensor], model: nn.Module):
         ids, attn = batch["input_ids"], batch["attention_mask"]
-        teacher_fn = runner.chunks(ids.to(runner.device), attn.to(runner.device))
+        t_ids, t_attn, feats = ids.to(runner.device), attn.to(runner.device), None
+        if features:
+            teacher_fn, feats = teacher_features(runner, t_ids, t_attn, values=False)
+        else:
+            teacher_fn = runner.chunks(t_ids, t_attn)
         dev = ids.device
 
         def on_student_device(sl: slice) -> torch.Tensor:
             return teacher_fn(sl).to(dev)
 
-        loss, logs = model(vocab_map.map_ids(ids), attn, on_student_device, attn.bool(), None)
-        return loss, {"kl": logs["kl"], "tokens": attn.sum(), "loss_count": logs["count"]}
+        loss, logs = model(vocab_map.map_ids(ids), attn, on_student_device, attn.bool(), None, teacher_features=feats)
+        extra = {k: logs[k] for k in ("hidden_mse", "attention_kl") if k in logs}
+        return loss, {"kl": logs["kl"], **extra, "tokens": attn.sum(), "loss_count": logs["count"]}
     return loss_fn
 
 
@@ -121,6 +134,7 @@ def make_task_loss(cfg: Stage2Config, student: nn.Module, clozes: Sequence[Cloze
     """The task pass's ``loss_fn`` for ``cfg.task_loss`` (``teacher_scores`` unused by ``finetune``)."""
     if cfg.task_loss == "finetune":
         return make_finetune_loss(student, clozes, vocab_map)
-    if cfg.task_loss == "kd":
-        return make_kd_loss(student, clozes, teacher_scores, vocab_map, cfg.kd_temperature, cfg.gold_weight)
+    if cfg.task_loss in ("kd", "tinybert"):  # tinybert's prediction-layer pass: soft targets only
+        gold_weight = cfg.gold_weight if cfg.task_loss == "kd" else 0.0
+        return make_kd_loss(student, clozes, teacher_scores, vocab_map, cfg.kd_temperature, gold_weight)
     return make_2b_loss(student, clozes, teacher_scores, vocab_map)

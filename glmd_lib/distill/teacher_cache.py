@@ -135,6 +135,11 @@ def cache_key(teacher_name: str, teacher: torch.nn.Module, blocks: torch.Tensor,
     return key
 
 
+def key_digest(key: dict[str, Any]) -> str:
+    """A short name for ``key`` (16 hex digits of its canonical JSON): the sub-folder of a shared cache folder."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
 class TeacherCache:
     """Read side. ``cache.mode`` is "hidden" or "topk".
 
