@@ -57,6 +57,19 @@ def test_the_compare_profile_is_the_issues_grid(tmp_path):
     assert {p.seed for p in rest} == {0} and sorted(p.keep_rate for p in rest if p.keep_rate) == [0.125, 0.25, 1.0]
 
 
+@pytest.mark.parametrize("profile", ["demo", "compare"])
+def test_every_run_of_the_profiles_grid_is_accepted_by_the_pipeline(tmp_path, profile):
+    """What glmd compare checks before anything runs: each run's notebooks resolve with its parameters (e.g. the
+    losses the teacher cache cannot feed switch it off)."""
+    from glmd_lib import pipeline
+
+    plan = expand(profile, tmp_path, {"compare.ablations": list(CompareConfig.profiles["compare"]["ablations"])})
+    universe = pipeline.discover()
+    trained = pipeline.select(universe, ["03", "05", "06"])
+    for p in plan.runs + plan.untrained:
+        pipeline.plan(profile, p.dir(tmp_path), trained, universe, routable(p.params, ["03", "05", "06"]))
+
+
 def test_equal_budget_leaves_a_given_steps_2b_alone(tmp_path):
     plan = expand("smoke", tmp_path, {"stage2.steps_2b": 7}, methods=["kd"])
     assert plan.runs[0].params["stage2.steps_2b"] == 7
