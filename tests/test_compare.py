@@ -48,6 +48,16 @@ def test_ablations_run_once_and_every_stage1_shares_one_teacher_cache_folder(tmp
         expand("smoke", tmp_path, {"compare.ablations": ["nope"]}, methods=["glmd"])
 
 
+def test_runs_that_differ_only_in_stage_2_share_one_stage_1(tmp_path):
+    plan = expand("smoke", tmp_path, {"compare.seeds": [0, 1], "compare.ablations": ["glmd-no-2a", "glmd-no-stage1",
+                                                                                     "glmd-sub-unk"]},
+                  methods=["glmd", "kd"])
+    by = {(p.name, p.seed): p for p in plan.runs}
+    assert by[("glmd-no-2a", 0)].stage1_from == "glmd"  # its stage 1 is glmd's of the same seed
+    assert all(not by[k].stage1_from for k in [("glmd", 0), ("glmd", 1), ("kd", 0), ("glmd-no-stage1", 0),
+                                               ("glmd-sub-unk", 0)])  # other loss, steps or vocabulary: their own
+
+
 def test_the_compare_profile_is_the_issues_grid(tmp_path):
     """8 methods x 3 seeds on CB, COPA, RTE; the ablations and the 4-point sweep with the first seed."""
     plan = expand("compare", tmp_path, {})

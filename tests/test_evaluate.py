@@ -262,3 +262,35 @@ def test_predictions_file_and_paired_differences(tmp_path, toy, teacher_dir):
     details[("majority", "CB")]["examples"] = details[("majority", "CB")]["examples"][::-1]
     with pytest.raises(ValueError, match="different examples"):
         differences(details)
+
+
+def test_frozen_teachers_predictions_are_reused_and_students_never(tmp_path, toy, teacher_dir, monkeypatch):
+    """With a prediction cache, a second evaluation of the same task teacher on the same inputs reads its
+    predictions back (none computed again) and gives the same rows; the student is computed every time; new
+    weights in the teacher's folder are a new key."""
+    import os
+
+    from glmd_lib.tasks import evaluate, fidelity
+
+    cache = tmp_path / "cache"
+    inputs = fidelity.fidelity_inputs(tmp_path / "run", ["CB"], toy, cap=None)
+    specs = [ModelSpec("teacher", {"CB": str(teacher_dir)}), ModelSpec("student", {"CB": str(teacher_dir)})]
+    calls = []
+    real = evaluate.predict_clozes
+    monkeypatch.setattr(evaluate, "predict_clozes", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def run():
+        calls.clear()
+        df, details = evaluate_models(specs, ["CB"], toy, log_fn=None, unlabeled=inputs, n_boot=50,
+                                      prediction_cache=str(cache))
+        return df, details, len(calls)
+
+    first, d1, n1 = run()
+    second, d2, n2 = run()
+    assert n1 == 4 and n2 == 2  # teacher and student on dev + unlabeled; then the student's two only
+    pd.testing.assert_frame_equal(first, second)
+    assert d1[("teacher", "CB")]["unlabeled"][0] == d2[("teacher", "CB")]["unlabeled"][0]
+    assert len(list(cache.iterdir())) == 2  # the teacher's dev and unlabeled predictions; none of the student's
+    weights = next(teacher_dir.glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert run()[2] == 4 and len(list(cache.iterdir())) == 4  # retrained (new mtime): computed again

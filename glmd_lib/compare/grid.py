@@ -7,6 +7,8 @@ Pure (no file is touched): :func:`expand` turns a profile, a root directory ``D`
   the method's registered parameters (:func:`glmd_lib.distill.methods.method_params`), the user's parameters and
   ``seed=k``. Where the user and a method set the same key, the method wins: it is what the row is named after.
 * ``ablations``: methods run with the first seed only (the issue allows one seed for GLMD's ablations).
+* A run whose stage 1 would repeat an earlier run's (same seed, vocabulary and ``stage1.*`` values: the ablations
+  that change only stage 2) links that run's ``stage1/`` (``RunPoint.stage1_from``) and runs 05-06 only.
 * Shared, made once: notebooks 00-01 in ``D``; one folder of teacher caches ``D/teacher_cache`` that every
   stage 1 reads (one teacher pass over the corpus blocks for all methods and seeds); notebook 02 once per distinct vocabulary (the default one in
   ``D/vocab``, others in ``D/variants/<tag>/vocab``: methods or sweep points that change ``vocab.*``); notebook 04
@@ -23,6 +25,7 @@ Pure (no file is touched): :func:`expand` turns a profile, a root directory ``D`
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +53,7 @@ class RunPoint:
     keep_rate: float | None = None
     params: dict[str, Any] = field(default_factory=dict, compare=False)
     vocab: str = ""  # the vocabulary variant's tag ("": D/vocab)
+    stage1_from: str = ""  # an earlier run of the same seed whose stage 1 this one would repeat: linked, not rerun
 
     def dir(self, root: Path) -> Path:
         return run_dir(root, self.name, self.seed)
@@ -112,14 +116,16 @@ def _given(params: dict[str, Any], stage: str, key: str) -> Any:
 
 def _defaults(cfg: CompareConfig, common: dict[str, Any], root: Path) -> dict[str, Any]:
     """The compare's tasks for 04-06, in the runs' evaluations the task teachers and students only (the zero-shot
-    teacher would be scored again in every run), and one teacher-cache folder for every stage 1
-    (``D/teacher_cache``: the runs read the same blocks, so one teacher pass serves them all), where the user did
-    not choose."""
+    teacher would be scored again in every run), one teacher-cache folder for every stage 1 (``D/teacher_cache``:
+    the runs read the same blocks, so one teacher pass serves them all) and one folder of the task teachers'
+    predictions for every evaluation (``D/prediction_cache``), where the user did not choose."""
     out = {f"{s}.tasks": cfg.tasks for s in TASK_STAGES if _given(common, s, "tasks") is None}
     if _given(common, "eval", "models") is None:
         out["eval.models"] = ["teachers", "students"]
     if _given(common, "stage1", "cache_dir") is None:
         out["stage1.cache_dir"] = str(root / "teacher_cache")
+    if _given(common, "eval", "prediction_cache") is None:  # the task teachers, scored once for every run
+        out["eval.prediction_cache"] = str(root / "prediction_cache")
     return out
 
 
@@ -149,6 +155,13 @@ def _run_params(profile: str, cfg: CompareConfig, common: dict, method: str, see
     return {**_defaults(cfg, common, root), **common, **own, "seed": seed}, tag
 
 
+def _stage1_identity(params: dict[str, Any], vocab_tag: str) -> str:
+    """What decides a run's stage 1: its ``stage1.*`` and bare (every-notebook) parameters, seed included, and
+    its vocabulary. Runs that differ only in stage 2 (glmd-no-2a, glmd-no-2b, ...) share one stage 1."""
+    mine = {k: v for k, v in params.items() if "." not in k or k.startswith("stage1.")}
+    return json.dumps([vocab_tag, mine], sort_keys=True, default=str)
+
+
 def expand(profile: str, root: str | Path, params: dict[str, Any], methods: list[str] | None = None) -> ComparePlan:
     """The comparison as a plan (module docstring); every method name and value checked, nothing run."""
     compare_params, common = split_params(params, methods)
@@ -156,11 +169,12 @@ def expand(profile: str, root: str | Path, params: dict[str, Any], methods: list
     unknown = [m for m in cfg.methods + (cfg.ablations or []) if m not in METHODS]
     if unknown:
         raise ConfigError(f"compare.methods: unknown {unknown}; registered: {', '.join(METHODS)}")
-    runs, vocab = [], {"": {}}
+    runs, vocab, stage1_of = [], {"": {}}, {}
     for p in points(cfg):
         run_params, tag = _run_params(profile, cfg, common, p.method, p.seed, p.keep_rate, Path(root))
         vocab.setdefault(tag, {k: v for k, v in run_params.items() if k.startswith("vocab.")})
-        runs.append(RunPoint(p.method, p.seed, p.name, p.keep_rate, run_params, tag))
+        first = stage1_of.setdefault(_stage1_identity(run_params, tag), p.name)
+        runs.append(RunPoint(p.method, p.seed, p.name, p.keep_rate, run_params, tag, "" if first == p.name else first))
     untrained = []
     for k in cfg.seeds:
         run_params, _ = _run_params(profile, cfg, common, "glmd", k, None, Path(root))

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from glmd_lib import pipeline
 from glmd_lib.artifacts import atomic_write_csv, atomic_write_text
-from glmd_lib.compare.grid import UNTRAINED_CSV, UNTRAINED_PREDICTIONS, ComparePlan, RunPoint, expand
+from glmd_lib.compare.grid import UNTRAINED_CSV, UNTRAINED_PREDICTIONS, ComparePlan, RunPoint, expand, run_dir
 from glmd_lib.runlock import run_lock
 
 SHARED_STAGES = ("overview", "frequency")
@@ -29,6 +29,8 @@ def _call(plan: ComparePlan, where: Path, only: list[str], params: dict[str, Any
 
 def _links(plan: ComparePlan, point: RunPoint) -> dict[str, Path]:
     out = {s: plan.root / s for s in SHARED_STAGES}
+    if point.stage1_from:  # the same stage 1 as an earlier run of this seed: read it, do not train it again
+        out["stage1"] = run_dir(plan.root, point.stage1_from, point.seed) / "stage1"
     return {**out, "vocab": plan.vocab_dir(point.vocab), "teachers": plan.root / "teachers"}
 
 
@@ -70,8 +72,9 @@ def evaluate_untrained(plan: ComparePlan, point: RunPoint, log: Callable) -> Pat
 def _run_point(plan: ComparePlan, point: RunPoint, log: Callable, kw: dict) -> bool:
     where = point.dir(plan.root)
     pipeline.link_stages(where, _links(plan, point))
-    only = ["03"] if point.method == "untrained" else ["03", "05", "06"]
-    log(f"[compare] {point.name} seed {point.seed} -> {where}")
+    only = ["03"] if point.method == "untrained" else ["05", "06"] if point.stage1_from else ["03", "05", "06"]
+    shared = f" (stage 1 of {point.stage1_from})" if point.stage1_from else ""
+    log(f"[compare] {point.name} seed {point.seed} -> {where}{shared}")
     ran = _call(plan, where, only, point.params, log, **kw)
     done = all((where / name).exists() for name in (UNTRAINED_CSV, UNTRAINED_PREDICTIONS))
     if point.method == "untrained" and (ran or not done):

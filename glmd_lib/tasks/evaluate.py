@@ -38,6 +38,7 @@ from glmd_lib.tasks.comparisons import differences, write_predictions
 from glmd_lib.tasks.fidelity import FIDELITY_MODELS, fidelity_inputs, fidelity_table
 from glmd_lib.tasks.figures import confusion_figure, scores_figure
 from glmd_lib.tasks.intervals import N_BOOT, Interval, interval_cell, metric_intervals
+from glmd_lib.tasks.prediction_cache import CACHED_MODELS, cache_file, load_or_compute
 from glmd_lib.tasks.results import interval_table, score_table, write_results
 from glmd_lib.tasks.scoring import predict_clozes
 from glmd_lib.tasks.submission import write_submission
@@ -160,6 +161,7 @@ class EvalOptions:
     bf16: bool | None = None
     device: Any = None
     n_boot: int = N_BOOT
+    prediction_cache: str | None = None  # folder of frozen models' predictions (glmd_lib.tasks.prediction_cache)
 
 
 def eval_examples(tasks: list[str], data_dir=None, max_examples: int | None = None,
@@ -189,11 +191,19 @@ def _log_line(rows: list[dict[str, Any]], seconds: float) -> str:
     return f"{r['model']:>10} {r['task']:<8} score {score}  ({metrics}; {seconds:.1f}s)"
 
 
-def _predict(loaded: tuple, task: str, examples: list[Example], pattern_id: int, opts: EvalOptions):
+def _predict(loaded: tuple, task: str, examples: list[Example], pattern_id: int, opts: EvalOptions,
+             cached_from: str | None = None):
+    """``(predictions, scores)``; ``cached_from``: the folder of a frozen model, whose predictions are read from
+    (or written to) ``opts.prediction_cache``."""
     model, tok, vmap = loaded
-    clozes = build_cloze(task, examples, tok, kind=model_kind(model.config), pattern_id=pattern_id,
-                         max_len=opts.max_len)
-    return predict_clozes(model, clozes, vocab_map=vmap, batch_size=opts.batch_size, bf16=opts.bf16)
+
+    def compute():
+        clozes = build_cloze(task, examples, tok, kind=model_kind(model.config), pattern_id=pattern_id,
+                             max_len=opts.max_len)
+        return predict_clozes(model, clozes, vocab_map=vmap, batch_size=opts.batch_size, bf16=opts.bf16)
+    where = cache_file(opts.prediction_cache, cached_from, task, examples, pattern_id, opts.max_len, opts.bf16) \
+        if cached_from else None
+    return load_or_compute(where, compute)
 
 
 def _by_path(spec: ModelSpec, tasks: list[str]) -> dict[str, list[str]]:
@@ -218,18 +228,18 @@ def evaluate_models(specs: list[ModelSpec], tasks: list[str], data_dir=None, max
     for spec in specs:
         for path, ptasks in _by_path(spec, tasks).items():
             loaded = load_for_eval(path, device=opts.device)
-            params = count_parameters(loaded[0])
+            params, frozen = count_parameters(loaded[0]), path if spec.name in CACHED_MODELS else None
             for t in ptasks:
                 t0 = time.perf_counter()
                 (exs, n_split), pid = examples[t], spec.pattern_for(t, opts.pattern_id)
-                preds, scores = _predict(loaded, t, exs, pid, opts)
+                preds, scores = _predict(loaded, t, exs, pid, opts, frozen)
                 new = score_rows(spec.name, t, preds, exs, n_split, opts, params=params, pattern_id=pid,
                                  select_on=spec.select_on_for(t))
                 rows += new
                 details[(spec.name, t)] = {"examples": exs, "predictions": preds, "scores": scores, "pattern_id": pid,
                                            "score": new[-1]["value"]}
                 if spec.name in FIDELITY_MODELS and t in (unlabeled or {}):
-                    details[(spec.name, t)]["unlabeled"] = _predict(loaded, t, unlabeled[t], pid, opts)
+                    details[(spec.name, t)]["unlabeled"] = _predict(loaded, t, unlabeled[t], pid, opts, frozen)
                 say(_log_line(new, time.perf_counter() - t0))
             del loaded
     return pd.DataFrame(rows, columns=COLUMNS), details
@@ -337,7 +347,8 @@ def run_eval(cfg, log_fn=print) -> EvalRun:
     begin_stage(cfg)
     specs, notes = discover_models(cfg.run_dir, cfg.teacher, cfg.tasks, cfg.models, cfg.pattern_id)
     opts = dict(batch_size=cfg.batch_size, seed=cfg.seed, pattern_id=cfg.pattern_id, max_len=cfg.max_seq_len,
-                bf16=cfg.bf16, device=get_device(cfg.device), n_boot=cfg.bootstrap_samples)
+                bf16=cfg.bf16, device=get_device(cfg.device), n_boot=cfg.bootstrap_samples,
+                prediction_cache=cfg.prediction_cache)
     results, details, unlabeled = _score(cfg, specs, opts, log_fn)
     write_results(results, cfg.run_dir)
     write_predictions(details, cfg.run_dir)
