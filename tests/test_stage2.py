@@ -286,6 +286,31 @@ def test_2a_loss_is_the_vocab_kl_over_every_position_of_every_sequence(models, t
     torch.testing.assert_close(loss2, loss, rtol=1e-4, atol=1e-5)
 
 
+def test_teacher_scores_kept_in_a_store_are_read_back_not_computed(models, tmp_path, monkeypatch):
+    """A second TeacherScores on the same file (another run of a comparison, its inputs in another order) computes
+    only the clozes the first did not score, and gives the same scores; without news, save writes nothing."""
+    from glmd_lib.distill import teacher as teacher_mod
+
+    tok, teacher, _, _ = models
+    clozes = build_cloze("CB", task_inputs.read_inputs("CB", "train", _write_data(tmp_path, "real"))[:5], tok,
+                         max_len=64)
+    calls = []
+    real = teacher_mod.task_scores
+    monkeypatch.setattr(teacher_mod, "task_scores", lambda m, cs, **k: calls.append(len(cs)) or real(m, cs, **k))
+    store = tmp_path / "scores.pt"
+    first = TeacherScores(teacher, clozes, store=store)
+    a = first([0, 2])
+    first.save()
+    second = TeacherScores(teacher, [clozes[2], clozes[4], clozes[0]], store=store)
+    b = second([2, 0, 1])
+    assert calls == [2, 1]  # only clozes[4] was new
+    torch.testing.assert_close(b[:2], a)  # rows: clozes[0], clozes[2] (then clozes[4])
+    second.save()
+    third = TeacherScores(teacher, clozes, store=store)
+    third([0, 2, 4])
+    assert calls == [2, 1] and third.added == 0  # all three read back
+
+
 def test_2b_loss_is_soft_ce_between_task_scores(models, tmp_path):
     tok, teacher, student, vm = models
     data = _write_data(tmp_path, "real")

@@ -126,6 +126,8 @@ def _defaults(cfg: CompareConfig, common: dict[str, Any], root: Path) -> dict[st
         out["stage1.cache_dir"] = str(root / "teacher_cache")
     if _given(common, "eval", "prediction_cache") is None:  # the task teachers, scored once for every run
         out["eval.prediction_cache"] = str(root / "prediction_cache")
+    if _given(common, "stage2", "teacher_scores_cache") is None:  # and their scores of the pass-2b inputs
+        out["stage2.teacher_scores_cache"] = str(root / "prediction_cache")
     return out
 
 

@@ -60,6 +60,7 @@ from glmd_lib.distill.task_inputs import Stage2Error, TaskInputs, cloze_settings
 from glmd_lib.distill.teacher import TeacherRunner, TeacherScores
 from glmd_lib.models.student import Student, load_student, save_student
 from glmd_lib.models.teacher import count_parameters, load_teacher, model_kind
+from glmd_lib.tasks.prediction_cache import digest, folder_identity
 from glmd_lib.tasks.teachers import evaluate_clozes
 from glmd_lib.trainer import BestCheckpoint, IndexBatches, TrainConfig, Trainer
 from glmd_lib.vocab.vocab_map import VocabMapError
@@ -266,10 +267,19 @@ def _pass_2b(job: _Job, steps: int, on_log: Any, progress: bool) -> tuple[dict[s
     """The task pass by ``task_loss`` (glmd: soft task scores at T=1; kd; finetune); returns it and the number of
     training inputs the teacher scored."""
     s_model, vm = job.student.model, job.student.vocab_map
-    scores = TeacherScores(job.teacher, job.data.train, job.bf16)
+    scores = TeacherScores(job.teacher, job.data.train, job.bf16, _scores_store(job))
     loss_fn = task_losses.make_task_loss(job.cfg, s_model, job.data.train, scores, vm)
-    return _run_pass(job, "2b", s_model, loss_fn, lambda idx: {"index": idx}, steps, on_log, progress), \
-        len(scores.cache)
+    result = _run_pass(job, "2b", s_model, loss_fn, lambda idx: {"index": idx}, steps, on_log, progress)
+    scores.save()
+    return result, len(scores.cache)
+
+
+def _scores_store(job: _Job) -> Path | None:
+    """The file of the task teacher's scores shared by runs (``teacher_scores_cache``), named after its weights
+    and precision; None without that setting."""
+    folder = job.cfg.teacher_scores_cache
+    model = folder_identity(teacher_dir(job.cfg.run_dir, job.task)) if folder else None
+    return Path(folder) / f"scores-{job.task}-{digest([model, job.bf16])}.pt" if model else None
 
 
 def distill_task(cfg: Stage2Config, task: str, progress: bool = True, on_log: Any = None,

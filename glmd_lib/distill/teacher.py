@@ -26,7 +26,10 @@ trainer's autocast region (bf16 on CUDA), and a teacher asked for fp32 must stay
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -34,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from glmd_lib.artifacts import atomic_path
 from glmd_lib.device import autocast
 from glmd_lib.distill.losses import LossError, TeacherFn
 from glmd_lib.distill.teacher_cache import TeacherCache, TeacherCacheError
@@ -257,24 +261,56 @@ def cached_teacher_fn(cache: TeacherCache, index: torch.Tensor, runner: TeacherR
 # --------------------------------------------------------------------------------------------
 
 class TeacherScores:
-    """The teacher's task scores per training cloze, computed on first use and cached (the teacher is frozen)."""
+    """The teacher's task scores per training cloze, computed on first use and cached (the teacher is frozen).
 
-    def __init__(self, teacher: nn.Module, clozes: Sequence[Cloze], bf16: bool = False):
-        self.teacher, self.clozes, self.bf16 = teacher, clozes, bool(bf16)
+    ``store``: a file that keeps them across runs (``glmd compare`` trains ~40 students from the same task
+    teachers on overlapping inputs): scores found there (by the cloze's content) are read, not computed, and
+    :meth:`save` adds the new ones. The caller names the file after the teacher's weights and precision.
+    """
+
+    def __init__(self, teacher: nn.Module, clozes: Sequence[Cloze], bf16: bool = False, store: Path | None = None):
+        self.teacher, self.clozes, self.bf16, self.store = teacher, clozes, bool(bf16), store
         self.device = next(teacher.parameters()).device
         self.cache: dict[int, torch.Tensor] = {}
+        self.stored: dict[str, torch.Tensor] = {}
+        self.added = 0
+        if store is not None and Path(store).exists():
+            try:
+                self.stored = dict(torch.load(store, weights_only=True))
+            except Exception:  # damaged: computed again and rewritten
+                self.stored = {}
+
+    @staticmethod
+    def key(c: Cloze) -> str:
+        """What a cloze's scores depend on (its ids, choices and scored positions), as a digest."""
+        parts = [c.kind, c.sequences, c.choices, c.choice_token_ids, c.answer_positions, c.candidate_spans,
+                 c.candidate_ids]
+        return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:24]
 
     @torch.no_grad()
     def __call__(self, idx: Sequence[int]) -> torch.Tensor:
         """Scores ``[len(idx), max choices]`` (fp32, CPU), ``-inf`` beyond an example's choices."""
+        for i in dict.fromkeys(idx):
+            if i not in self.cache and self.stored.get(self.key(self.clozes[i])) is not None:
+                self.cache[i] = self.stored[self.key(self.clozes[i])]
         missing = [i for i in dict.fromkeys(idx) if i not in self.cache]
         if missing:
             with autocast(self.device, self.bf16):
                 s = task_scores(self.teacher, [self.clozes[i] for i in missing]).float().cpu()
             for row, i in enumerate(missing):
                 self.cache[i] = s[row, :self.clozes[i].n_choices]
+                self.stored[self.key(self.clozes[i])] = self.cache[i]
+            self.added += len(missing)
         width = max(self.clozes[i].n_choices for i in idx)
         out = torch.full((len(idx), width), -math.inf)
         for row, i in enumerate(idx):
             out[row, :len(self.cache[i])] = self.cache[i]
         return out
+
+    def save(self) -> None:
+        """Write the store with the scores computed since it was read (nothing to do without a store or news)."""
+        if self.store is None or not self.added:
+            return
+        Path(self.store).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.store) as tmp:
+            torch.save(self.stored, tmp)

@@ -24,22 +24,26 @@ from glmd_lib.artifacts import atomic_path
 CACHED_MODELS = ("teacher", "zero_shot")  # evaluate.ModelSpec names of frozen models
 
 
-def _weights(folder: Path) -> list[tuple[str, int, int]] | None:
-    files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
-    return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files] or None
+def folder_identity(folder: str | Path) -> list | None:
+    """A model folder as a cache key: its real path and its weight files' names, sizes and modification times
+    (a retrained model is a new key); None when it holds no weights (a hub id, say)."""
+    folder = Path(folder)
+    files = (sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))) if folder.is_dir() else []
+    return [str(folder.resolve()), [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]] if files else None
+
+
+def digest(parts: Any, n: int = 20) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
 
 def cache_file(cache_dir: str | Path | None, model_path: str, task: str, examples: Sequence[Any], pattern_id: int,
                max_len: int, bf16: bool | None) -> Path | None:
     """The file for these predictions, or None (no cache folder, or ``model_path`` is no local folder of weights)."""
-    folder = Path(model_path)
-    weights = _weights(folder) if cache_dir is not None and folder.is_dir() else None
-    if weights is None:
+    model = folder_identity(model_path) if cache_dir is not None else None
+    if model is None:
         return None
     inputs = [[e.idx, e.fields] for e in examples]
-    key = [str(folder.resolve()), weights, task, int(pattern_id), int(max_len), bool(bf16), inputs]
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
-    return Path(cache_dir) / f"{task}-{digest}.pt"
+    return Path(cache_dir) / f"{task}-{digest([model, task, int(pattern_id), int(max_len), bool(bf16), inputs])}.pt"
 
 
 def load_or_compute(path: Path | None, compute: Callable[[], tuple[list, list]]) -> tuple[list, list]:
