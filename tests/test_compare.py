@@ -65,6 +65,8 @@ def test_the_compare_profile_is_the_issues_grid(tmp_path):
     assert len(main) == 24 and {p.seed for p in main} == {0, 1, 2} and plan.cfg.tasks == ["CB", "COPA", "RTE"]
     rest = [p for p in plan.runs if p not in main]
     assert {p.seed for p in rest} == {0} and sorted(p.keep_rate for p in rest if p.keep_rate) == [0.125, 0.25, 1.0]
+    whole = next(p for p in rest if p.keep_rate == 1.0)  # no map (a VocabMap must prune): glmd-vc's stage 1
+    assert whole.params["stage1.use_vocab_map"] is False and whole.vocab == "" and whole.stage1_from == "glmd-vc"
 
 
 @pytest.mark.parametrize("profile", ["demo", "compare"])

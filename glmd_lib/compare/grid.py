@@ -17,7 +17,7 @@ Pure (no file is touched): :func:`expand` turns a profile, a root directory ``D`
 * Equal budget: GLMD trains ``steps_2a + steps_2b`` stage-2 steps; kd and finetune train only the task pass, so
   their ``stage2.steps_2b`` becomes that sum unless the user set ``stage2.steps_2b``.
 * The sweep (``keep_rates``) is over GLMD's kept-vocabulary rate, with the first seed; the point at GLMD's own
-  rate is the ``glmd`` run itself.
+  rate is the ``glmd`` run itself, the point at 1.0 GLMD with no vocabulary map (what ``glmd-vc`` trains).
 * The reference row ``untrained``: per seed, notebook 03 with ``stage1.steps=0`` (GLMD's student, initialised,
   saved, not trained) in ``D/runs/untrained/seed-<k>/``; the runner evaluates that student on the same dev
   examples as the methods (``untrained.csv``, ``untrained_predictions.jsonl``). The task teacher's row comes from
@@ -148,7 +148,10 @@ def _run_params(profile: str, cfg: CompareConfig, common: dict, method: str, see
                 keep_rate: float | None, root: Path) -> tuple[dict[str, Any], str]:
     """A run's parameters and its vocabulary tag."""
     own = dict(method_params(method))
-    if keep_rate is not None:
+    if keep_rate is not None and keep_rate >= 1.0:  # the whole vocabulary: no map at all (a map must prune)
+        own.pop("vocab.keep_rate", None)
+        own["stage1.use_vocab_map"] = False
+    elif keep_rate is not None:
         own["vocab.keep_rate"] = keep_rate
     if own.get("stage2.task_loss") in BUDGET_LOSSES and _given(common, "stage2", "steps_2b") is None:
         s2 = Stage2Config.resolve(profile, run_dir="x", **_stage_values(common, "stage2", ["steps_2a", "steps_2b"]))
