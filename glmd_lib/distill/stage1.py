@@ -46,8 +46,7 @@ from glmd_lib.distill.distiller import stage1_distiller
 from glmd_lib.distill.feature_objective import FEATURE_LOSSES, teacher_features
 from glmd_lib.distill.losses import mask_tokens
 from glmd_lib.distill.teacher import TeacherRunner, cached_teacher_fn, topk_cache_problem
-from glmd_lib.distill.teacher_cache import TeacherCache, cache_key, ensure_teacher_cache, hidden_mode_problem, \
-    key_digest
+from glmd_lib.distill.teacher_cache import TeacherCache, cache_key, ensure_teacher_cache, hidden_mode_problem, key_digest
 from glmd_lib.models.student import build_student, save_student
 from glmd_lib.models.teacher import count_parameters, load_teacher, model_kind
 from glmd_lib.tasks.intervals import mean_interval
@@ -275,10 +274,7 @@ def _teacher_cache(cfg: Stage1Config, t: _Teacher, blocks: torch.Tensor, progres
     topk = cfg.cache_topk if cfg.cache_mode == "topk" else None
     key = cache_key(cfg.teacher, t.model, blocks, topk, mode=cfg.cache_mode, bf16=t.bf16)
     where = cfg.out_dir / "teacher_cache" if cfg.cache_dir is None else Path(cfg.cache_dir) / key_digest(key)
-    cache, built = ensure_teacher_cache(where, t.model, blocks, topk, key, batch_size=cfg.batch_size,
-                                        progress=progress)
-    log.info("stage 1: teacher cache %s (%s)", where, "built" if built else "reused")
-    return cache
+    return ensure_teacher_cache(where, t.model, blocks, topk, key, batch_size=cfg.batch_size, progress=progress)[0]
 
 
 def _train(cfg: Stage1Config, t: _Teacher, student: nn.Module, blocks: torch.Tensor, cache: TeacherCache | None,
