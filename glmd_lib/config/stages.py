@@ -57,13 +57,16 @@ class FrequencyConfig(TaskList, StageConfig):
     batch_lines: int = param(1000, "lines per tokenizer batch", ge=1)
 
 
+# the smoke profile's tiny teacher and student shape: vocab (02) and stage 1 (03) must agree on it
+SMOKE_STUDENT = {"teacher": SMOKE_TEACHER, "student_layers": 2, "student_hidden": 64, "student_heads": 2}
+
+
 @dataclass
 class VocabConfig(StudentShape, StageConfig):
     stage = "vocab"
     notebook = "02_vocab_pruning"
     profiles = {
-        "smoke": {"teacher": SMOKE_TEACHER, "student_layers": 2, "student_hidden": 64, "student_heads": 2,
-                  "mass_check_lines": 16},
+        "smoke": {**SMOKE_STUDENT, "mass_check_lines": 16},
         "demo": {"teacher": DEMO_TEACHER},
         "gpu": {"teacher": DEMO_TEACHER},
         "paper": {"teacher": DEMO_TEACHER, **PAPER_STUDENT, "keep_rate": 0.5, "substitute": "dot"},
@@ -92,8 +95,7 @@ class Stage1Config(StudentShape, StageConfig):
     stage = "stage1"
     notebook = "03_stage1_distillation"
     profiles = {
-        "smoke": {"teacher": SMOKE_TEACHER, "student_layers": 2, "student_hidden": 64, "student_heads": 2,
-                  "steps": 6, "batch_size": 4, "seq_len": 32, "max_lines": 2000, "eval_batches": 2,
+        "smoke": {**SMOKE_STUDENT, "steps": 6, "batch_size": 4, "seq_len": 32, "max_lines": 2000, "eval_batches": 2,
                   "checkpoint_every": 3, "warmup_steps": 1},
         # lr 2e-3 rather than 5e-4: on 150 steps it gave held-out KL 4.44 vs 5.31 and student perplexity
         # 3,099 vs 7,390 (same data, 2026-11-25); a 4-minute CPU stage 1 needs the larger steps.
