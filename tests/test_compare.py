@@ -20,8 +20,8 @@ from glmd_lib.pipeline import discover, link_stages, routable, select
 def test_grid_expands_methods_seeds_and_sweep_with_shared_vocabularies(tmp_path):
     plan = expand("smoke", tmp_path, {"compare.seeds": [0, 1], "keep_rates": [0.5, 0.25], "stage1.steps": 3},
                   methods=["glmd", "kd", "glmd-sub-unk"])
-    assert [(p.name, p.seed) for p in plan.runs] == [("glmd", 0), ("glmd", 1), ("kd", 0), ("kd", 1),
-                                                     ("glmd-sub-unk", 0), ("glmd-sub-unk", 1), ("glmd-keep0.25", 0)]
+    assert [(p.name, p.seed) for p in plan.runs] == [("glmd", 0), ("kd", 0), ("glmd-sub-unk", 0), ("glmd-keep0.25", 0),
+                                                     ("glmd", 1), ("kd", 1), ("glmd-sub-unk", 1)]  # seed by seed
     tags = {p.name: p.vocab for p in plan.runs}
     # glmd (keep 0.5 = the default) and kd (full vocabulary, no map) share D/vocab; unk and keep 0.25 get their own
     assert tags["glmd"] == tags["kd"] == "" and tags["glmd-sub-unk"] != "" and tags["glmd-keep0.25"] != ""
@@ -40,7 +40,10 @@ def test_grid_expands_methods_seeds_and_sweep_with_shared_vocabularies(tmp_path)
 def test_ablations_run_once_and_every_stage1_shares_one_teacher_cache_folder(tmp_path):
     plan = expand("smoke", tmp_path, {"compare.seeds": [3, 4], "compare.ablations": ["glmd-no-2a", "glmd"]},
                   methods=["glmd"])
-    assert [(p.name, p.seed) for p in plan.runs] == [("glmd", 3), ("glmd", 4), ("glmd-no-2a", 3)]
+    assert [(p.name, p.seed) for p in plan.runs] == [("glmd", 3), ("glmd-no-2a", 3), ("glmd", 4)]
+    from glmd_lib.compare.runner import _seed_by_seed
+    assert [(p.name, p.seed) for p in _seed_by_seed(plan)] == [("glmd", 3), ("glmd-no-2a", 3), ("untrained", 3),
+                                                               ("glmd", 4), ("untrained", 4)]
     assert {p.params["stage1.cache_dir"] for p in plan.runs + plan.untrained} == {str(tmp_path / "teacher_cache")}
     mine = expand("smoke", tmp_path, {"stage1.cache_dir": "/elsewhere"}, methods=["glmd"])
     assert mine.runs[0].params["stage1.cache_dir"] == "/elsewhere"  # the user's folder wins

@@ -83,15 +83,16 @@ def own_keep_rate() -> float:
 
 
 def points(cfg: CompareConfig) -> list[RunPoint]:
-    """The method runs (method x seed, the ablations at the first seed, then the sweep's points at the first
-    seed), without parameters."""
-    out = [RunPoint(m, k, m) for m in cfg.methods for k in cfg.seeds]
-    out += [RunPoint(m, cfg.seeds[0], m) for m in cfg.ablations or [] if m not in cfg.methods]
+    """The method runs, seed by seed (every method of the first seed, its ablations and the sweep's points,
+    then every method of the next seed ...), without parameters: an interrupted comparison leaves whole seeds."""
+    first = cfg.seeds[0]
+    out = [RunPoint(m, first, m) for m in cfg.methods]
+    out += [RunPoint(m, first, m) for m in cfg.ablations or [] if m not in cfg.methods]
     for r in cfg.keep_rates or []:
         p = RunPoint("glmd", cfg.seeds[0], "glmd" if r == own_keep_rate() else f"glmd-keep{r:g}", r)
         if all((q.name, q.seed) != (p.name, p.seed) for q in out):
             out.append(p)
-    return out
+    return out + [RunPoint(m, k, m) for k in cfg.seeds[1:] for m in cfg.methods]
 
 
 def split_params(params: dict[str, Any], methods: list[str] | None = None) -> tuple[dict, dict]:

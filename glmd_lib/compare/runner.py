@@ -82,6 +82,12 @@ def _run_point(plan: ComparePlan, point: RunPoint, log: Callable, kw: dict) -> b
     return ran
 
 
+def _seed_by_seed(plan: ComparePlan) -> list[RunPoint]:
+    """Each seed's runs, then its untrained reference, seed after seed (the plan's runs are already in seed order)."""
+    return [p for k in plan.cfg.seeds for p in [q for q in plan.runs if q.seed == k] + [u for u in plan.untrained
+                                                                                       if u.seed == k]]
+
+
 def run_compare(profile: str, root: str | Path, params: dict[str, Any] | None = None,
                 methods: list[str] | None = None, log: Callable = print, force: bool = False,
                 cell_timeout: int | None = None) -> dict[str, Any]:
@@ -97,7 +103,7 @@ def run_compare(profile: str, root: str | Path, params: dict[str, Any] | None = 
     kw = {"force": force, "cell_timeout": cell_timeout}
     with run_lock(root):
         ran = _shared(plan, log, kw)
-        ran_runs = sum(_run_point(plan, p, log, kw) for p in plan.runs + plan.untrained)
+        ran_runs = sum(_run_point(plan, p, log, kw) for p in _seed_by_seed(plan))
         _call(plan, root, ["08"], plan.compare_params, log, force=force or ran or ran_runs > 0,
               cell_timeout=cell_timeout)
     return {"plan": plan, "runs_ran": ran_runs, "seconds": time.perf_counter() - start}
