@@ -183,7 +183,9 @@ def test_results_from_fake_run_directories(tmp_path):
     assert kd0.uses_gold_labels and not results[results.method == "glmd"].uses_gold_labels.any()
     table = summary_table(results, ["glmd", "kd"])
     assert list(table.index) == ["teacher", "untrained", "glmd", "kd"]
-    assert table.loc["glmd", "CB"] == "0.550 ± 0.071 [0.400, 0.600]" and table.loc["untrained", "CB"] == "0.200 [0.100, 0.300]"
+    assert list(table.columns) == ["CB (n=4)", "average", "parameters"]  # every row scored on the same 4 examples
+    assert table.loc["glmd", "CB (n=4)"] == "0.550 ± 0.071 [0.400, 0.600]"
+    assert table.loc["untrained", "CB (n=4)"] == "0.200 [0.100, 0.300]"
     assert table.loc["kd", "parameters"] == "1,000"
     diffs = paired_differences(results, "glmd", n_boot=50)
     assert list(diffs.seed) == [0, 1] and set(diffs.model_a) == {"kd"} and set(diffs.verdict) <= {

@@ -124,7 +124,8 @@ def _cell(values: list[float], first: pd.Series | None) -> str:
 
 def summary_table(results: pd.DataFrame, methods: list[str] | None = None) -> pd.DataFrame:
     """The paper-style table: rows methods (references first), columns tasks, ``average`` (of each seed's task
-    scores) and ``parameters``; cells ``mean ± sd [interval of the first seed]`` over seeds (no sd for one seed)."""
+    scores) and ``parameters``; cells ``mean ± sd [interval of the first seed]`` over seeds (no sd for one seed);
+    each task's header gives its number of dev examples."""
     sweep = results.keep_rate.notna() & (results.method != "glmd")
     df = results[~sweep]
     order = [m for m in [TEACHER, UNTRAINED, *(methods or dict.fromkeys(df.method))] if m in set(df.method)]
@@ -137,7 +138,19 @@ def summary_table(results: pd.DataFrame, methods: list[str] | None = None) -> pd
         row["average"] = _cell(g.groupby("seed").value.mean().tolist(), None)
         row["parameters"] = f"{int(g.params.dropna().iloc[0]):,}" if g.params.notna().any() else ""
         out[m] = row
-    return pd.DataFrame.from_dict(out, orient="index", columns=[*tasks, "average", "parameters"]).rename_axis("method")
+    table = pd.DataFrame.from_dict(out, orient="index", columns=[*tasks, "average", "parameters"])
+    return table.rename(columns=_with_n(df)).rename_axis("method")
+
+
+def _with_n(df: pd.DataFrame) -> dict[str, str]:
+    """Task column -> ``"CB (n=56)"``: every row of a task is scored on the same dev examples (a task whose rows
+    differ in n, which a comparison never makes, keeps its bare name)."""
+    out = {}
+    for t, g in df.groupby("task"):
+        ns = set(g.n.dropna().astype(int))
+        if len(ns) == 1:
+            out[t] = f"{t} (n={ns.pop()})"
+    return out
 
 
 def _predictions(run: Path, method: str) -> tuple[Path, str]:
