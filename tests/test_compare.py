@@ -200,6 +200,40 @@ def test_results_from_fake_run_directories(tmp_path):
         kd_vs_glmd.difference, kd_vs_glmd.ci_low, kd_vs_glmd.ci_high)
 
 
+def test_notebook_08_tables_hold_the_ablations_of_compare_ablations(tmp_path):
+    from glmd_lib.compare.report import comparison
+
+    cfg = CompareConfig.resolve("smoke", run_dir=str(tmp_path), methods=["glmd", "kd"], ablations=["glmd-no-2a"])
+    _fake_run(tmp_path, "glmd", 0, 0.5, ["entailment"] * 4)
+    _fake_run(tmp_path, "kd", 0, 0.4, ["entailment", "contradiction", "neutral", "neutral"], True)
+    _fake_run(tmp_path, "glmd-no-2a", 0, 0.45, ["entailment", "neutral", "entailment", "entailment"])
+    cfg.save()  # the notebook's start() writes it before the call
+    cmp = comparison(cfg)
+    assert list(cmp.ablations.index) == ["glmd", "glmd-no-2a"] and "glmd-no-2a" not in cmp.table.index
+    assert set(cmp.differences.model_a) == {"kd", "glmd-no-2a"}
+    assert (tmp_path / "compare" / "times.csv").exists()
+
+
+def test_time_table_reads_every_notebooks_seconds(tmp_path):
+    from glmd_lib.compare.results import time_table
+
+    def record(where, nb, seconds):
+        (where / "pipeline").mkdir(parents=True, exist_ok=True)
+        (where / "pipeline" / f"{nb}.json").write_text(json.dumps({"notebook": nb, "seconds": seconds}))
+
+    record(tmp_path, "00_overview", 10.0)
+    record(tmp_path, "04_teacher_finetune", 200.0)
+    record(tmp_path / "variants" / "keep_rate0.25", "02_vocab_pruning", 30.0)
+    for nb, s in (("03_stage1_distillation", 100.0), ("05_stage2_distillation", 50.5), ("06_superglue_eval", 9.5)):
+        record(run_dir(tmp_path, "glmd", 0), nb, s)
+    record(run_dir(tmp_path, "glmd-no-2a", 0), "05_stage2_distillation", 20.0)  # its stage 1 was linked
+    t = time_table(tmp_path)
+    assert list(t.index) == ["shared", "vocabulary keep_rate0.25", "glmd seed-0", "glmd-no-2a seed-0"]
+    assert list(t.columns) == ["00", "02", "03", "04", "05", "06", "total"]
+    assert t.loc["glmd seed-0", "total"] == 160.0 and t.loc["shared", "total"] == 210.0
+    assert pd.isna(t.loc["glmd-no-2a seed-0", "03"]) and t.loc["glmd-no-2a seed-0", "total"] == 20.0
+
+
 def test_sweep_plotted_against_parameters_and_tokens_per_s():
     rows = [{"method": m, "keep_rate": k, "params": p, "flops_per_token": f, "infer_tokens_per_s": s, "value": v,
              "agreement": a, "task": t} for m, k, p, f, s, v, a in [

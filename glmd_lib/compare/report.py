@@ -9,10 +9,10 @@ import pandas as pd
 from glmd_lib.artifacts import atomic_write_csv, mark_complete, save_figure
 from glmd_lib.compare.figures import sweep_figure, sweep_points
 from glmd_lib.compare.grid import UNTRAINED
-from glmd_lib.compare.results import MAIN_METHODS, collect, paired_differences, summary_table
+from glmd_lib.compare.results import MAIN_METHODS, collect, paired_differences, summary_table, time_table
 from glmd_lib.config.stages import CompareConfig
 
-FILES = ["config.json", "results.csv", "table.csv", "differences.csv", "differences_untrained.csv"]
+FILES = ["config.json", "results.csv", "table.csv", "differences.csv", "differences_untrained.csv", "times.csv"]
 
 
 @dataclass
@@ -20,13 +20,15 @@ class Comparison:
     """``results`` (also ``compare/results.csv``), the paper-style ``table`` of the main methods, the ``ablations``
     table (GLMD and its ablations), the paired differences against GLMD (``differences``) and against the untrained
     student (``gains``: what each method adds), the ``sweep`` points and their figures against parameters
-    (``figure``) and against inference tokens/s (``speed_figure``), and ``notes`` on runs not evaluated yet."""
+    (``figure``) and against inference tokens/s (``speed_figure``), the seconds of every notebook of every run and
+    shared part (``times``), and ``notes`` on runs not evaluated yet."""
     results: pd.DataFrame
     table: pd.DataFrame
     ablations: pd.DataFrame
     differences: pd.DataFrame
     gains: pd.DataFrame
     sweep: pd.DataFrame
+    times: pd.DataFrame = field(default_factory=pd.DataFrame)
     notes: list[str] = field(default_factory=list)
     figure: Any = None
     speed_figure: Any = None
@@ -37,15 +39,16 @@ def comparison(cfg: CompareConfig) -> Comparison:
     complete."""
     results, notes = collect(cfg.run_dir, cfg)
     main = [m for m in cfg.methods if m in MAIN_METHODS]
-    ablations = ["glmd", *(m for m in cfg.methods if m not in MAIN_METHODS)]
+    ablations = ["glmd", *(m for m in cfg.methods + (cfg.ablations or []) if m not in MAIN_METHODS)]
     out = Comparison(results, summary_table(results, main), summary_table(results, ablations)
                      .drop(index=[m for m in ("teacher", "untrained")], errors="ignore"),
                      paired_differences(results, "glmd", cfg.bootstrap_samples),
-                     paired_differences(results, UNTRAINED, cfg.bootstrap_samples), sweep_points(results), notes)
+                     paired_differences(results, UNTRAINED, cfg.bootstrap_samples), sweep_points(results),
+                     time_table(cfg.run_dir), notes)
     out.figure, out.speed_figure = sweep_figure(results), sweep_figure(results, "infer_tokens_per_s")
     for name, df in (("results", results), ("table", out.table), ("differences", out.differences),
-                     ("differences_untrained", out.gains)):
-        atomic_write_csv(cfg.out_dir / f"{name}.csv", df, index=name == "table")
+                     ("differences_untrained", out.gains), ("times", out.times)):
+        atomic_write_csv(cfg.out_dir / f"{name}.csv", df, index=name in ("table", "times"))
     for name, fig in (("sweep", out.figure), ("sweep_speed", out.speed_figure)):
         if fig is not None:
             save_figure(fig, cfg.out_dir, name)

@@ -63,6 +63,21 @@ def _wall(run: Path) -> float:
     return round(sum(_json(p).get("seconds", 0.0) for p in sorted((run / "pipeline").glob("*.json"))), 1)
 
 
+def time_table(root: str | Path) -> pd.DataFrame:
+    """Where a comparison's time went: seconds per notebook (columns ``00``..``08``) of the shared parts (``D``
+    itself, each vocabulary variant) and of every run, from the pipeline records of their last execution, with
+    each row's ``total``; a notebook that was linked in or not run is blank."""
+    root, rows = Path(root), {}
+    places = [("shared", root), *((f"vocabulary {v.name}", v) for v in sorted((root / "variants").glob("*"))),
+              *((f"{r.parent.name} {r.name}", r) for r in sorted((root / "runs").glob("*/seed-*")))]
+    for name, where in places:
+        seconds = {p.stem[:2]: _json(p).get("seconds") for p in sorted((where / "pipeline").glob("*.json"))}
+        if seconds:
+            rows[name] = seconds
+    table = pd.DataFrame.from_dict(rows, orient="index").sort_index(axis=1)
+    return table.assign(total=table.sum(axis=1).round(1)).rename_axis("run")
+
+
 def _rows(scores: pd.DataFrame, base: dict[str, Any], extra=lambda task: {}) -> list[dict[str, Any]]:
     return [{**base, "task": r.task, "value": r.value, "ci_low": r.ci_low, "ci_high": r.ci_high, "n": r.n_examples,
              "params": r.params, **extra(r.task)} for r in scores.itertuples()]
