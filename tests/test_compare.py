@@ -265,15 +265,17 @@ def test_results_name_the_runs_not_yet_evaluated(tmp_path):
 def test_compare_smoke_end_to_end(tmp_path):
     root = tmp_path / "cmp"
     cmd = [sys.executable, "-m", "glmd_lib.cli", "compare", "--profile", "smoke", "--run-dir", str(root),
-           "--methods", "glmd,kd", "--cell-timeout", "600"]
+           "--methods", "glmd,kd", "-p", "compare.ablations=[glmd-no-2a]", "--cell-timeout", "600"]
     res = subprocess.run(cmd, capture_output=True, text=True)
     print(res.stdout[-3000:], res.stderr[-3000:])
     assert res.returncode == 0, res.stderr
     results = pd.read_csv(root / "compare" / "results.csv")
-    assert set(results.method) == {"glmd", "kd", "teacher", "untrained"} and set(results.task) == {"CB"}
+    assert set(results.method) == {"glmd", "kd", "glmd-no-2a", "teacher", "untrained"} and set(results.task) == {"CB"}
+    assert (root / "runs" / "glmd-no-2a" / "seed-0" / "stage1").is_symlink()  # glmd's stage 1, not trained again
+    assert any((root / "prediction_cache").iterdir()) and (root / "compare" / "times.csv").exists()
     assert results.flops_per_token.gt(0).all() and results.infer_tokens_per_s.gt(0).all()
     gains = pd.read_csv(root / "compare" / "differences_untrained.csv")
-    assert set(gains.model_a) == {"glmd", "kd"} and set(gains.model_b) == {"untrained"}
+    assert set(gains.model_a) == {"glmd", "kd", "glmd-no-2a"} and set(gains.model_b) == {"untrained"}
     assert (root / "runs" / "kd" / "seed-0" / "teachers").is_symlink()  # the one task-teacher set
     assert not (root / "runs" / "kd" / "seed-0" / "notebooks" / "04_teacher_finetune.ipynb").exists()
     again = subprocess.run(cmd, capture_output=True, text=True)  # complete: every notebook skipped
