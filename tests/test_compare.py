@@ -22,6 +22,9 @@ def test_grid_expands_methods_seeds_and_sweep_with_shared_vocabularies(tmp_path)
                   methods=["glmd", "kd", "glmd-sub-unk"])
     assert [(p.name, p.seed) for p in plan.runs] == [("glmd", 0), ("kd", 0), ("glmd-sub-unk", 0), ("glmd-keep0.25", 0),
                                                      ("glmd", 1), ("kd", 1), ("glmd-sub-unk", 1)]  # seed by seed
+    assert [p.keep_rate for p in plan.runs if p.name == "glmd"] == [0.5, None]  # its first seed: the point at 0.5
+    swept = expand("smoke", tmp_path, {"keep_rates": [0.5, 0.25]}, methods=["glmd"])
+    assert [(p.name, p.keep_rate) for p in swept.runs] == [("glmd", 0.5), ("glmd-keep0.25", 0.25)]  # own rate: glmd
     tags = {p.name: p.vocab for p in plan.runs}
     # glmd (keep 0.5 = the default) and kd (full vocabulary, no map) share D/vocab; unk and keep 0.25 get their own
     assert tags["glmd"] == tags["kd"] == "" and tags["glmd-sub-unk"] != "" and tags["glmd-keep0.25"] != ""
@@ -64,10 +67,11 @@ def test_runs_that_differ_only_in_stage_2_share_one_stage_1(tmp_path):
 def test_the_compare_profile_is_the_issues_grid(tmp_path):
     """8 methods x 3 seeds on CB, COPA, RTE; the ablations and the 4-point sweep with the first seed."""
     plan = expand("compare", tmp_path, {})
-    main = [p for p in plan.runs if p.method in CompareConfig.profiles["demo"]["methods"] and p.keep_rate is None]
+    main = [p for p in plan.runs if p.name in CompareConfig.profiles["demo"]["methods"]]
     assert len(main) == 24 and {p.seed for p in main} == {0, 1, 2} and plan.cfg.tasks == ["CB", "COPA", "RTE"]
     rest = [p for p in plan.runs if p not in main]
     assert {p.seed for p in rest} == {0} and sorted(p.keep_rate for p in rest if p.keep_rate) == [0.125, 0.25, 1.0]
+    assert [p.keep_rate for p in main if p.name == "glmd"] == [0.5, None, None]  # the sweep's 0.5 is glmd seed 0
     whole = next(p for p in rest if p.keep_rate == 1.0)  # no map (a VocabMap must prune): glmd-vc's stage 1
     assert whole.params["stage1.use_vocab_map"] is False and whole.vocab == "" and whole.stage1_from == "glmd-vc"
 

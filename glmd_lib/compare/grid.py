@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,8 +89,11 @@ def points(cfg: CompareConfig) -> list[RunPoint]:
     out = [RunPoint(m, first, m) for m in cfg.methods]
     out += [RunPoint(m, first, m) for m in cfg.ablations or [] if m not in cfg.methods]
     for r in cfg.keep_rates or []:
-        p = RunPoint("glmd", cfg.seeds[0], "glmd" if r == own_keep_rate() else f"glmd-keep{r:g}", r)
-        if all((q.name, q.seed) != (p.name, p.seed) for q in out):
+        p = RunPoint("glmd", first, "glmd" if r == own_keep_rate() else f"glmd-keep{r:g}", r)
+        same = [i for i, q in enumerate(out) if (q.name, q.seed) == (p.name, p.seed)]
+        if same:  # the point at GLMD's own rate is its first-seed run: that run is the sweep's point too
+            out[same[0]] = replace(out[same[0]], keep_rate=r)
+        else:
             out.append(p)
     return out + [RunPoint(m, k, m) for k in cfg.seeds[1:] for m in cfg.methods]
 
