@@ -7,8 +7,8 @@ Pure (no file is touched): :func:`expand` turns a profile, a root directory ``D`
   the method's registered parameters (:func:`glmd_lib.distill.methods.method_params`), the user's parameters and
   ``seed=k``. Where the user and a method set the same key, the method wins: it is what the row is named after.
 * ``ablations``: methods run with the first seed only (the issue allows one seed for GLMD's ablations).
-* A run whose stage 1 would repeat an earlier run's (same seed, vocabulary and ``stage1.*`` values: the ablations
-  that change only stage 2) links that run's ``stage1/`` (``RunPoint.stage1_from``) and runs 05-06 only.
+* A run whose stage 1 would repeat an earlier run's (same seed, vocabulary and resolved stage-1 settings: the
+  ablations that change only stage 2) links that run's ``stage1/`` (``RunPoint.stage1_from``) and runs 05-06 only.
 * Shared, made once: notebooks 00-01 in ``D``; one folder of teacher caches ``D/teacher_cache`` that every
   stage 1 reads (one teacher pass over the corpus blocks for all methods and seeds); notebook 02 once per distinct vocabulary (the default one in
   ``D/vocab``, others in ``D/variants/<tag>/vocab``: methods or sweep points that change ``vocab.*``); notebook 04
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from glmd_lib.config.base import ConfigError
-from glmd_lib.config.stages import CompareConfig, Stage2Config, VocabConfig
+from glmd_lib.config.stages import CompareConfig, Stage1Config, Stage2Config, VocabConfig
 from glmd_lib.distill.methods import METHODS, method_params
 
 UNTRAINED = "untrained"
@@ -164,11 +164,15 @@ def _run_params(profile: str, cfg: CompareConfig, common: dict, method: str, see
     return {**_defaults(cfg, common, root), **common, **own, "seed": seed}, tag
 
 
-def _stage1_identity(params: dict[str, Any], vocab_tag: str) -> str:
-    """What decides a run's stage 1: its ``stage1.*`` and bare (every-notebook) parameters, seed included, and
-    its vocabulary. Runs that differ only in stage 2 (glmd-no-2a, glmd-no-2b, ...) share one stage 1."""
-    mine = {k: v for k, v in params.items() if "." not in k or k.startswith("stage1.")}
-    return json.dumps([vocab_tag, mine], sort_keys=True, default=str)
+def _stage1_identity(profile: str, params: dict[str, Any], vocab_tag: str) -> str:
+    """What decides a run's stage 1: its resolved :class:`Stage1Config` (the ``stage1.*`` and bare parameters it
+    declares on top of the profile, seed included; a value equal to the profile's counts as not given) and its
+    vocabulary. Runs that differ only in stage 2 (glmd-no-2a, glmd-no-2b, glmd-t1 ...) share one stage 1."""
+    fields = Stage1Config.field_names()
+    mine = {n: v for k, v in params.items() if (n := k.removeprefix("stage1.")) in fields
+            and ("." not in k or k.startswith("stage1."))}
+    resolved = Stage1Config.resolve(profile, **{**mine, "run_dir": "x"}).to_dict()
+    return json.dumps([vocab_tag, resolved], sort_keys=True, default=str)
 
 
 def expand(profile: str, root: str | Path, params: dict[str, Any], methods: list[str] | None = None) -> ComparePlan:
@@ -182,7 +186,7 @@ def expand(profile: str, root: str | Path, params: dict[str, Any], methods: list
     for p in points(cfg):
         run_params, tag = _run_params(profile, cfg, common, p.method, p.seed, p.keep_rate, Path(root))
         vocab.setdefault(tag, {k: v for k, v in run_params.items() if k.startswith("vocab.")})
-        first = stage1_of.setdefault(_stage1_identity(run_params, tag), p.name)
+        first = stage1_of.setdefault(_stage1_identity(profile, run_params, tag), p.name)
         runs.append(RunPoint(p.method, p.seed, p.name, p.keep_rate, run_params, tag, "" if first == p.name else first))
     untrained = []
     for k in cfg.seeds:
