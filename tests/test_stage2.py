@@ -463,6 +463,7 @@ def test_tinybert_task_stage_runs_both_passes_without_labels(run_dir, tmp_path):
          add_unlabeled=False)
     m = _metrics(run_dir)
     assert m["passes"] == task_losses.PASS_LOSSES["tinybert"] and m["gold_labels_in_loss"] is False
+    assert m["feature_terms_skipped"] == {}  # student and teacher both have 2 heads: the attention term applies
     assert m["steps_2a"] == 2 and m["steps_2b"] == 2 and m["final_loss_2a"] > 0
     h = pd.read_csv(run_dir / "stage2" / "CB" / "history.csv")
     assert {"hidden_mse", "kl"} <= set(h.columns) and h.loc[h["pass"] == "2a", "hidden_mse"].notna().any()

@@ -230,6 +230,7 @@ def _task_metrics(job: _Job, scores: dict[str, Any], a: dict, b: dict, teacher_s
         "student_params": count_parameters(job.student.model), "teacher_params": count_parameters(job.teacher),
         "final_loss_2a": a["summary"]["final_loss"], "final_loss_2b": b["summary"]["final_loss"],
         "teacher_scored_inputs": teacher_scored, "seconds": seconds, "fingerprint": _fingerprint(cfg, job.task),
+        "feature_terms_skipped": a.get("feature_terms_skipped", {}),  # tinybert: terms the shapes did not allow
     }
 
 
@@ -259,8 +260,9 @@ def _pass_2a(job: _Job, steps: int, on_log: Any, progress: bool) -> dict[str, An
         features = FeatureObjective("tinybert", s_model.config, job.teacher.config, causal=job.student.kind == "causal")
     model = Distiller(s_model, cfg.temperature, None, cfg.loss_chunk, 0.0, "tinybert" if features else "glmd",
                       features, cfg.feature_weight)
-    return _run_pass(job, "2a", model, task_losses.make_2a_loss(runner, vm, features is not None),
-                     task_losses.collate_2a(job.data.train), steps, on_log, progress)
+    result = _run_pass(job, "2a", model, task_losses.make_2a_loss(runner, vm, features is not None),
+                       task_losses.collate_2a(job.data.train), steps, on_log, progress)
+    return {**result, "feature_terms_skipped": features.skipped if features is not None else {}}
 
 
 def _pass_2b(job: _Job, steps: int, on_log: Any, progress: bool) -> tuple[dict[str, Any], int]:
