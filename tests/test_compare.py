@@ -62,8 +62,8 @@ def test_runs_that_differ_only_in_stage_2_share_one_stage_1(tmp_path):
     assert by[("glmd-no-2a", 0)].stage1_from == "glmd"  # its stage 1 is glmd's of the same seed
     # glmd-t1 names stage1.temperature=1.0: under the compare profile that is the profile's own value, so the same
     # stage 1 as glmd's; under smoke (T = 15) it is another stage 1
-    t1 = {prof: expand(prof, tmp_path, {"compare.seeds": [0], "compare.ablations": ["glmd-t1"], "compare.keep_rates": []},
-                       methods=["glmd"]).runs[-1] for prof in ("compare", "smoke")}
+    grid = {"compare.seeds": [0], "compare.ablations": ["glmd-t1"], "compare.keep_rates": []}
+    t1 = {prof: expand(prof, tmp_path, grid, methods=["glmd"]).runs[-1] for prof in ("compare", "smoke")}
     assert t1["compare"].stage1_from == "glmd" and t1["smoke"].stage1_from == ""
     assert all(not by[k].stage1_from for k in [("glmd", 0), ("glmd", 1), ("kd", 0), ("glmd-no-stage1", 0),
                                                ("glmd-sub-unk", 0)])  # other loss, steps or vocabulary: their own

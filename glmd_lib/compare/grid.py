@@ -10,7 +10,8 @@ Pure (no file is touched): :func:`expand` turns a profile, a root directory ``D`
 * A run whose stage 1 would repeat an earlier run's (same seed, vocabulary and resolved stage-1 settings: the
   ablations that change only stage 2) links that run's ``stage1/`` (``RunPoint.stage1_from``) and runs 05-06 only.
 * Shared, made once: notebooks 00-01 in ``D``; one folder of teacher caches ``D/teacher_cache`` that every
-  stage 1 reads (one teacher pass over the corpus blocks for all methods and seeds); notebook 02 once per distinct vocabulary (the default one in
+  stage 1 reads (one teacher pass over the corpus blocks for all methods and seeds); the task teachers'
+  predictions and pass-2b scores (``D/prediction_cache``); notebook 02 once per distinct vocabulary (the default one in
   ``D/vocab``, others in ``D/variants/<tag>/vocab``: methods or sweep points that change ``vocab.*``); notebook 04
   (the task teachers) ONCE in ``D/teachers`` for every method and seed, so every student learns from the same
   teachers and every fidelity is measured against them.

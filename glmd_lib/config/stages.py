@@ -246,7 +246,8 @@ class Stage2Config(TaskList, SelectionSplit, StageConfig):
         "gold CE only; tinybert: 2a = vocabulary KL + feature_weight x (hidden MSE + attention KL) against the task "
         "teacher, 2b = T^2 x soft task CE at kd_temperature, no gold label")
     temperature: float = param(15.0, "temperature of the vocabulary KL in pass 2a (pass 2b uses T=1)", gt=0)
-    kd_temperature: float = param(1.0, "task_loss='kd' or 'tinybert' (pass 2b): temperature T of the soft task targets", gt=0)
+    kd_temperature: float = param(1.0, "task_loss='kd' or 'tinybert' (pass 2b): temperature T of the soft task "
+                                       "targets", gt=0)
     gold_weight: float = param(1.0, "task_loss='kd': weight of the gold-label cross-entropy", ge=0)
     feature_weight: float = param(1.0, "task_loss='tinybert': weight of the intermediate-layer terms in pass 2a", ge=0)
     steps_2a: int = param(40, "optimizer steps of pass 2a (vocabulary KL on cloze inputs; 0 skips it)", ge=0)

@@ -26,8 +26,6 @@ trainer's autocast region (bf16 on CUDA), and a teacher asked for fp32 must stay
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -43,6 +41,7 @@ from glmd_lib.distill.losses import LossError, TeacherFn
 from glmd_lib.distill.teacher_cache import TeacherCache, TeacherCacheError
 from glmd_lib.models.teacher import linear_head
 from glmd_lib.superglue.patterns import Cloze
+from glmd_lib.tasks.prediction_cache import digest
 from glmd_lib.tasks.scoring import task_scores
 from glmd_lib.vocab.vocab_map import VocabMap
 
@@ -285,14 +284,14 @@ class TeacherScores:
         """What a cloze's scores depend on (its ids, choices and scored positions), as a digest."""
         parts = [c.kind, c.sequences, c.choices, c.choice_token_ids, c.answer_positions, c.candidate_spans,
                  c.candidate_ids]
-        return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:24]
+        return digest(parts, 24)
 
     @torch.no_grad()
     def __call__(self, idx: Sequence[int]) -> torch.Tensor:
         """Scores ``[len(idx), max choices]`` (fp32, CPU), ``-inf`` beyond an example's choices."""
-        for i in dict.fromkeys(idx):
-            if i not in self.cache and self.stored.get(self.key(self.clozes[i])) is not None:
-                self.cache[i] = self.stored[self.key(self.clozes[i])]
+        for i in dict.fromkeys(idx):  # each cloze is hashed once: after this it is in self.cache either way
+            if i not in self.cache and (kept := self.stored.get(self.key(self.clozes[i]))) is not None:
+                self.cache[i] = kept
         missing = [i for i in dict.fromkeys(idx) if i not in self.cache]
         if missing:
             with autocast(self.device, self.bf16):
