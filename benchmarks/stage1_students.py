@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/stage1_students.py runs/a runs/b ...   (each a run directory with a finished stage 1)
 
-Every student is scored by ``glmd_lib.distill.stage1.evaluate`` on the held-out blocks of the *first* run's
+Every student is scored by ``glmd_lib.distill.heldout.evaluate`` on the held-out blocks of the *first* run's
 settings (they must share teacher, tokenizer and ``seq_len``). Top-1 agreement with the teacher and the
 student's perplexity carry 95% intervals from a bootstrap over blocks; each later run's difference from the
 first is a paired bootstrap over the same blocks, and a difference is claimed only where its interval excludes 0.
@@ -18,7 +18,8 @@ import torch
 
 from glmd_lib.config.stages import Stage1Config
 from glmd_lib.device import set_threads
-from glmd_lib.distill.stage1 import evaluate, heldout_blocks
+from glmd_lib.distill.heldout import evaluate
+from glmd_lib.distill.stage1 import heldout_blocks
 from glmd_lib.models.student import load_student
 from glmd_lib.models.teacher import load_teacher
 from glmd_lib.tasks.intervals import mean_interval

@@ -94,6 +94,28 @@ def test_every_run_of_the_profiles_grid_is_accepted_by_the_pipeline(tmp_path, pr
         pipeline.plan(profile, p.dir(tmp_path), trained, universe, routable(p.params, ["03", "05", "06"]))
 
 
+def test_dim_reduction_gets_glmds_parameter_count_from_the_vocabulary_stage(tmp_path):
+    """Once notebook 02 has written the default map, dim-reduction's E is the width at which its full-vocabulary
+    factorised embedding costs what GLMD's pruned one does; other runs keep their parameters."""
+    from glmd_lib.compare.runner import match_glmd_size
+    from glmd_lib.distill.methods import matched_embedding_dim
+
+    plan = expand("smoke", tmp_path, {}, methods=["glmd", "dim-reduction"])
+    (tmp_path / "vocab").mkdir()
+    (tmp_path / "vocab" / "vocab_map.json").write_text(json.dumps({"num_kept": 1000, "vocab_size": 3000}))
+    before = {p.name: dict(p.params) for p in plan.runs}
+    logged = []
+    match_glmd_size(plan, logged.append)
+    dim = next(p for p in plan.runs if p.name == "dim-reduction")
+    E = matched_embedding_dim(1000, 3000, 64)  # the smoke student is 64 wide
+    assert dim.params["stage1.embedding_dim"] == E == 20 and "E = 20" in logged[0]
+    gap = [abs(3000 * e + 2 * e * 64 - 1000 * 64) for e in (E - 1, E, E + 1)]  # V*E + 2*E*H against K*H
+    assert gap[1] < min(gap[0], gap[2])  # the nearest whole width
+    assert {k: v for k, v in dim.params.items() if k != "stage1.embedding_dim"} == \
+        {k: v for k, v in before["dim-reduction"].items() if k != "stage1.embedding_dim"}
+    assert next(p for p in plan.runs if p.name == "glmd").params == before["glmd"]
+
+
 def test_equal_budget_leaves_a_given_steps_2b_alone(tmp_path):
     plan = expand("smoke", tmp_path, {"stage2.steps_2b": 7}, methods=["kd"])
     assert plan.runs[0].params["stage2.steps_2b"] == 7

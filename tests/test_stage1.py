@@ -87,21 +87,33 @@ def test_max_blocks_caps_the_distinct_blocks_and_the_teacher_cache(tmp_path, cor
 
 
 def test_runs_sharing_a_cache_dir_pay_for_one_teacher_pass(tmp_path, corpus, monkeypatch):
-    """Two runs (other students, other losses, other seeds) over the same blocks with cache_dir set: one cache, in
-    a sub-folder named by its key, built by the first and reused by the second; other blocks get their own."""
+    """Two runs (other students, other losses, other seeds) over the same blocks with cache_dir set: one training
+    cache and one of the held-out blocks, each in a sub-folder named by its key, built by the first run and reused
+    by the second (the held-out one also by a run without a training cache); other blocks get their own. The
+    held-out figures from the kept hidden states are the live teacher's up to fp16 rounding."""
     from glmd_lib.distill import teacher_cache
 
     built = []
     real = teacher_cache.build_teacher_cache
     monkeypatch.setattr(teacher_cache, "build_teacher_cache", lambda *a, **k: built.append(1) or real(*a, **k))
     shared = tmp_path / "caches"
-    run_stage1(_cfg(tmp_path / "a", corpus, teacher_cache=True, max_blocks=4, cache_dir=str(shared)), progress=False)
+    corpus = (corpus[0], tmp_path / "other_valid.txt")  # the fixture's valid.txt is the first training blocks
+    corpus[1].write_text(corpus[0].read_text()[700:])
+    a = run_stage1(_cfg(tmp_path / "a", corpus, teacher_cache=True, max_blocks=4, cache_dir=str(shared)),
+                   progress=False)
+    assert len(built) == 2 and len(list(shared.iterdir())) == 2  # the training blocks' and the held-out blocks'
     run_stage1(_cfg(tmp_path / "b", corpus, teacher_cache=True, max_blocks=4, cache_dir=str(shared), seed=1,
                     loss="kd", ce_weight=0.5, student_hidden=16), progress=False)
-    assert len(built) == 1 and len(list(shared.iterdir())) == 1
+    run_stage1(_cfg(tmp_path / "live", corpus, teacher_cache=False, cache_dir=str(shared)), progress=False)
+    assert len(built) == 2 and len(list(shared.iterdir())) == 2
     assert not (tmp_path / "a" / "stage1" / "teacher_cache").exists()
     run_stage1(_cfg(tmp_path / "c", corpus, teacher_cache=True, max_blocks=6, cache_dir=str(shared)), progress=False)
-    assert len(built) == 2 and len(list(shared.iterdir())) == 2  # other blocks: another key, the first cache kept
+    assert len(built) == 3 and len(list(shared.iterdir())) == 3  # other blocks: another key, the first cache kept
+    alone = run_stage1(_cfg(tmp_path / "alone", corpus, teacher_cache=True, max_blocks=4), progress=False)
+    assert a["teacher_tokens_per_s"] is None and alone["teacher_tokens_per_s"] > 0  # a ran no teacher body there
+    for k in ("valid_kl", "valid_kl_at_T", "valid_teacher_ppl", "valid_student_ppl"):
+        assert a[k] == pytest.approx(alone[k], rel=1e-3), k
+    assert abs(a["valid_top1_agreement"] - alone["valid_top1_agreement"]) <= 1 / a["valid_tokens"]
 
 
 def test_gpt2_student_of_llama_teacher_and_teacher_init(tmp_path, corpus):
@@ -394,7 +406,7 @@ def test_heldout_evaluation_per_block_matches_its_means_and_intervals_resample_b
     """evaluate(): the per-block values average to the reported figures (blocks are equally long); an interval
     comes from resampling blocks, so a student right on exactly half the blocks gets a wide one (a per-token
     bootstrap of the same 60 tokens would give a narrow one)."""
-    from glmd_lib.distill.stage1 import _heldout_intervals, evaluate
+    from glmd_lib.distill.heldout import _heldout_intervals, evaluate
     from glmd_lib.models.student import build_student
 
     torch.manual_seed(0)

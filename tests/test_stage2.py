@@ -5,6 +5,7 @@ over a 512-token VocabMap as the "stage-1 student", and tiny CB/COPA files in th
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import shutil
@@ -22,7 +23,7 @@ from glmd_lib.distill.losses import distill_kl_reference, soft_cross_entropy
 from glmd_lib.artifacts import artifact, is_complete, mark_complete
 from glmd_lib.tasks.scoring import task_scores
 from glmd_lib.distill.distiller import Distiller
-from glmd_lib.distill.teacher import TeacherRunner, TeacherScores
+from glmd_lib.distill.teacher import TeacherHidden, TeacherRunner, TeacherScores
 from glmd_lib.models.student import Student, build_student, load_student, save_student
 from glmd_lib.superglue.data import read_file, task_path
 from glmd_lib.superglue.toy import write_toy_dataset
@@ -235,6 +236,34 @@ def test_artifacts_metrics_history_and_resume(run_dir, tmp_path):
     assert not any("skipped" in s for s in messages)
 
 
+def test_a_second_run_reads_the_kept_teacher_outputs_and_trains_the_same_student(run_dir, tmp_path, monkeypatch):
+    """With teacher_scores_cache (what glmd compare sets), a second run of the same inputs runs neither the task
+    teacher's body (2a hidden states), nor its task scores (2b), nor its selection predictions, and gives bitwise
+    the student of the first."""
+    from glmd_lib.distill import teacher as teacher_mod
+    from glmd_lib.tasks import evaluate as evaluate_mod
+
+    bodies, scored, predicted = [], [], []
+    hidden, scores, predict = TeacherRunner.hidden, teacher_mod.task_scores, evaluate_mod.predict_clozes
+    monkeypatch.setattr(TeacherRunner, "hidden", lambda self, *a: bodies.append(1) or hidden(self, *a))
+    monkeypatch.setattr(teacher_mod, "task_scores", lambda *a, **k: scored.append(1) or scores(*a, **k))
+    monkeypatch.setattr(evaluate_mod, "predict_clozes",  # by depth: the teachers have 2 layers, the student 1
+                        lambda m, *a, **k: predicted.append(m.config.num_hidden_layers) or predict(m, *a, **k))
+    data = _write_data(tmp_path / "data", "real")
+    kw = {"select_on": "train_holdout", "eval_every": 1, "add_unlabeled": False, "selection_fraction": 0.2,
+          "teacher_scores_cache": str(tmp_path / "keep")}
+    first = _run(run_dir, data, **kw)
+    assert bodies and scored and predicted.count(2) == len(TASKS)
+    kept = sorted(f.name.split("-")[0] for f in (tmp_path / "keep").iterdir())
+    assert kept == sorted(TASKS + ["hidden", "scores"] * len(TASKS))  # the selection predictions: <TASK>-<key>.pt
+    students = predicted.count(1)
+    bodies.clear(), scored.clear(), predicted.clear()
+    second = _run(run_dir, data, **kw)
+    assert _same(first, second)
+    assert not bodies and not scored  # the teacher's body ran for nothing the first run saw
+    assert predicted == [1] * students  # only the students' selection evaluations, not the teacher's
+
+
 def test_missing_stage1_names_the_notebook(tmp_path):
     cfg = _cfg(tmp_path, _write_data(tmp_path / "d", "real"))
     with pytest.raises(Exception, match="03_stage1"):
@@ -309,6 +338,36 @@ def test_teacher_scores_kept_in_a_store_are_read_back_not_computed(models, tmp_p
     third = TeacherScores(teacher, clozes, store=store)
     third([0, 2, 4])
     assert calls == [2, 1] and third.added == 0  # all three read back
+
+
+@pytest.mark.parametrize("pruned_mass", ["renormalize", "substitute"])
+def test_2a_loss_from_kept_hidden_states_is_the_live_loss(models, tmp_path, monkeypatch, pruned_mass):
+    """Pass 2a from TeacherHidden (the teacher's final hidden states kept per sequence) gives the live teacher's
+    loss, whichever batch a sequence was first seen in; a second run on the same store runs the teacher's body
+    only for sequences the first did not see; the map's pruned mass and T are applied per run, not stored."""
+    tok, teacher, student, vm = models
+    vm = dataclasses.replace(vm, pruned_mass=pruned_mass)
+    clozes = build_cloze("COPA", task_inputs.read_inputs("COPA", "train", _write_data(tmp_path, "real"))[:4], tok,
+                         max_len=64)
+    collate = task_losses.collate_2a(clozes)
+    runner = TeacherRunner(teacher, vm, bf16=False, temperature=15.0)
+    bodies = []
+    real = runner.hidden
+    monkeypatch.setattr(runner, "hidden", lambda ids, attn: bodies.append(len(ids)) or real(ids, attn))
+    model = Distiller(student, 15.0, None, 7, 0.0)
+    store = tmp_path / "hidden.pt"
+    first = TeacherHidden(runner, store)
+    live, _ = task_losses.make_2a_loss(runner, vm)(collate(torch.tensor([0, 2])), model)
+    kept, _ = task_losses.make_2a_loss(first, vm)(collate(torch.tensor([0, 2])), model)
+    torch.testing.assert_close(kept, live, rtol=1e-5, atol=1e-6)
+    first.save()
+    assert bodies == [4, 4]  # the live loss, then the store's first batch (2 examples x 2 candidate sequences)
+    second = TeacherHidden(runner, store)
+    batch = collate(torch.tensor([3, 0]))  # example 0 now in another batch, padded to another length
+    kept, _ = task_losses.make_2a_loss(second, vm)(batch, model)
+    live, _ = task_losses.make_2a_loss(runner, vm)(batch, model)
+    torch.testing.assert_close(kept, live, rtol=1e-5, atol=1e-6)
+    assert bodies[2] == 2 and second.added == 2  # only example 3's two sequences ran the body
 
 
 def test_2b_loss_is_soft_ce_between_task_scores(models, tmp_path):

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from glmd_lib import pipeline
 from glmd_lib.artifacts import atomic_write_csv, atomic_write_text
+from glmd_lib.distill.methods import METHODS, matched_embedding_dim
 from glmd_lib.compare.grid import UNTRAINED_CSV, UNTRAINED_PREDICTIONS, ComparePlan, RunPoint, expand, run_dir
 from glmd_lib.runlock import run_lock
 
@@ -69,6 +70,27 @@ def evaluate_untrained(plan: ComparePlan, point: RunPoint, log: Callable) -> Pat
     return atomic_write_csv(where / UNTRAINED_CSV, rows)
 
 
+def match_glmd_size(plan: ComparePlan, log: Callable) -> None:
+    """Set ``stage1.embedding_dim`` of the runs whose method matches GLMD's parameter count (``dim-reduction``)
+    to :func:`~glmd_lib.distill.methods.matched_embedding_dim` of the default vocabulary's kept size (read from
+    notebook 02's map, so after :func:`_shared`), its full size and the student's width."""
+    from transformers import AutoConfig
+
+    from glmd_lib.config.stages import Stage1Config
+    from glmd_lib.models.student_config import hidden_size_of
+    from glmd_lib.models.teacher import resolve_model_path
+
+    vm = json.loads((plan.vocab_dir("") / "vocab_map.json").read_text())
+    for p in plan.runs:
+        if METHODS[p.method].matches_glmd_size:
+            s1 = {k.removeprefix("stage1."): v for k, v in pipeline.routable(p.params, ["03"]).items()}
+            cfg = Stage1Config.resolve(plan.profile, **{k: v for k, v in s1.items() if "." not in k}, run_dir="x")
+            hidden = cfg.student_hidden or hidden_size_of(AutoConfig.from_pretrained(resolve_model_path(cfg.teacher)))
+            p.params["stage1.embedding_dim"] = matched_embedding_dim(vm["num_kept"], vm["vocab_size"], hidden)
+            log(f"[compare] {p.name} seed {p.seed}: embedding width E = {p.params['stage1.embedding_dim']} (GLMD's "
+                f"parameter count: {vm['num_kept']:,} of {vm['vocab_size']:,} tokens kept, student width {hidden})")
+
+
 def _run_point(plan: ComparePlan, point: RunPoint, log: Callable, kw: dict) -> bool:
     where = point.dir(plan.root)
     pipeline.link_stages(where, _links(plan, point))
@@ -103,6 +125,7 @@ def run_compare(profile: str, root: str | Path, params: dict[str, Any] | None = 
     kw = {"force": force, "cell_timeout": cell_timeout}
     with run_lock(root):
         ran = _shared(plan, log, kw)
+        match_glmd_size(plan, log)
         ran_runs = sum(_run_point(plan, p, log, kw) for p in _seed_by_seed(plan))
         _call(plan, root, ["08"], plan.compare_params, log, force=force or ran or ran_runs > 0,
               cell_timeout=cell_timeout)

@@ -276,8 +276,9 @@ class Stage2Config(TaskList, SelectionSplit, StageConfig):
     teacher_bf16: bool | None = param(None, "run the frozen teacher under bf16 autocast (None: on CUDA only; "
                                             "True also on CPU, faster there; fp32 keeps runs bitwise exact)")
     resume: bool = param(True, "skip tasks already finished in <run_dir>/stage2 with the same settings")
-    teacher_scores_cache: str | None = param(None, "folder where the task teachers' scores of training inputs are "
-                                                   "kept and reused by later runs (glmd compare sets one; None: not kept)")
+    teacher_scores_cache: str | None = param(None, "folder where the task teachers' scores (2b) and hidden states (2a) "
+                                                   "of training inputs are kept and reused by later runs (glmd "
+                                                   "compare sets one; None: not kept)")
 
     def validate(self) -> None:
         super().validate()

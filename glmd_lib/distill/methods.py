@@ -30,6 +30,9 @@ class Method:
     params: dict[str, Any] = field(default_factory=dict)
     uses_gold_labels: bool = False
     uses_intermediate_layers: bool = False
+    # stage1.embedding_dim is set by glmd compare, once the vocabulary stage has run, to the width E at which this
+    # full-vocabulary student has GLMD's parameter count (matched_embedding_dim); the registered E stands otherwise
+    matches_glmd_size: bool = False
 
 
 _FULL_VOCAB = {"stage1.use_vocab_map": False}
@@ -56,9 +59,9 @@ METHODS: dict[str, Method] = {m.name: m for m in [
        {"vocab.keep_rate": 0.5, **_GLMD_STAGE2}),
     _m("glmd+al", "GLMD plus a trained ALBERT-style factorised embedding (E = 16)",
        {"vocab.keep_rate": 0.5, "stage1.embedding_dim": 16, **_GLMD_STAGE2}),
-    _m("dim-reduction", "full vocabulary, factorised embedding instead of pruning (E: matched_embedding_dim for "
-                        "GLMD's parameter count; 32 as registered)",
-       {**_FULL_VOCAB, "stage1.embedding_dim": 32, **_GLMD_STAGE2}),
+    Method("dim-reduction", "full vocabulary, factorised embedding instead of pruning (E set by glmd compare to GLMD's "
+                            "parameter count; 32 outside a comparison)",
+           {**_FULL_VOCAB, "stage1.embedding_dim": 32, **_GLMD_STAGE2}, matches_glmd_size=True),
     _m("glmd-no-stage1", "GLMD without stage 1 (the untrained student goes to stage 2)",
        {"stage1.steps": 0, **_GLMD_STAGE2}),
     _m("glmd-no-2a", "GLMD without pass 2a", {"stage2.steps_2a": 0, **_GLMD_STAGE2}),

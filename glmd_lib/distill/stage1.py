@@ -13,7 +13,8 @@
 4. train with the chunked ``T^2 KL`` loss (:mod:`glmd_lib.distill.losses`) on the resumable trainer
    (:mod:`glmd_lib.trainer`), the teacher's logits made on the fly or from its cached final hidden states
    (exact) or top-k logits (approximate) (:mod:`glmd_lib.distill.teacher`, :mod:`glmd_lib.distill.teacher_cache`);
-5. evaluate on held-out text, save ``student/``, ``metrics.json`` and ``curves.png`` (the trainer wrote
+5. evaluate on held-out text (:mod:`glmd_lib.distill.heldout`; with a shared ``cache_dir`` the teacher's
+   held-out hidden states are kept there, so a comparison's runs pay for that teacher pass once), save ``student/``, ``metrics.json`` and ``curves.png`` (the trainer wrote
    ``history.csv``), and mark the stage complete.
 
 Under ``accelerate launch`` every process runs this function; only the main process evaluates and writes.
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -31,7 +31,6 @@ from typing import Any
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from glmd_lib.artifacts import STAGES, ArtifactError, artifact, atomic_write_json, atomic_write_text, begin_stage, \
@@ -40,16 +39,16 @@ from glmd_lib.config.base import PROFILES, ConfigError, parse_params
 from glmd_lib.config.stages import Stage1Config
 from glmd_lib.data.blocks import require_blocks, separator_ids, token_blocks
 from glmd_lib.data.corpus import default_corpus
-from glmd_lib.device import autocast, get_device, set_threads, use_bf16
+from glmd_lib.device import get_device, set_threads, use_bf16
 from glmd_lib.distill.figures import stage1_curves
 from glmd_lib.distill.distiller import stage1_distiller
 from glmd_lib.distill.feature_objective import FEATURE_LOSSES, teacher_features
+from glmd_lib.distill.heldout import evaluate
 from glmd_lib.distill.losses import mask_tokens
 from glmd_lib.distill.teacher import TeacherRunner, cached_teacher_fn, topk_cache_problem
 from glmd_lib.distill.teacher_cache import TeacherCache, cache_key, ensure_teacher_cache, hidden_mode_problem, key_digest
 from glmd_lib.models.student import build_student, save_student
 from glmd_lib.models.teacher import count_parameters, load_teacher, model_kind
-from glmd_lib.tasks.intervals import mean_interval
 from glmd_lib.trainer import IndexBatches, TrainConfig, Trainer
 from glmd_lib.vocab.vocab_map import VocabMap
 
@@ -112,73 +111,6 @@ def make_loss_fn(cfg: Stage1Config, runner: TeacherRunner | None, vocab_map: Voc
         return loss, {**logs, "tokens": attn.sum(), "loss_count": count}
 
     return loss_fn
-
-
-# --------------------------------------------------------------------------------------------
-# evaluation
-# --------------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def evaluate(student: nn.Module, teacher: nn.Module, vocab_map: VocabMap | None, blocks: torch.Tensor,
-             batch_size: int, temperature: float, bf16_teacher: bool = False,
-             per_block: dict[str, list] | None = None) -> dict[str, float]:
-    """Held-out KL (T = 1 and the training T), top-1 agreement, both perplexities, both models' tokens/s.
-
-    Agreement and KL are over the student's rows, against the target it is trained on (the map's
-    ``pruned_mass``: kept tokens renormalised, or pruned mass added to substitutes). Perplexities:
-    the teacher over its full vocabulary; the student over its kept rows with pruned next tokens counted
-    as their substitutes (what it can write), so the two are close but not identical measures. Agreement and
-    the student's perplexity carry 95% intervals from a bootstrap over the held-out *blocks* (tokens of one
-    block are not independent draws): ``valid_top1_agreement_low``/``_high``, ``valid_student_ppl_low``/``_high``.
-    Blocks are equally long, so the means of per-block means are the per-token means. ``per_block`` (a dict):
-    filled with each block's ``agree`` (share of positions) and ``nll`` (the student's mean next-token loss), for
-    paired comparisons of several students on the same blocks.
-    """
-    device = next(student.parameters()).device
-    student.eval()
-    teacher.eval()
-    sums = {"kl": 0.0, "kl_T": 0.0, "t_nll": 0.0}
-    blocks_out: dict[str, list] = {"agree": [], "nll": []}
-    t_time = s_time = 0.0
-    for start in range(0, len(blocks), batch_size):
-        ids = blocks[start: start + batch_size].to(device)
-        attn = torch.ones_like(ids)
-        t0 = time.perf_counter()
-        with autocast(device, bf16_teacher):
-            t_logits = teacher(input_ids=ids, attention_mask=attn).logits
-        t_logits = t_logits.float()
-        t1 = time.perf_counter()
-        s_ids = vocab_map.map_ids(ids) if vocab_map is not None else ids
-        s_logits = student(input_ids=s_ids, attention_mask=attn).logits.float()
-        t2 = time.perf_counter()
-        t_time, s_time = t_time + (t1 - t0), s_time + (t2 - t1)
-        t_kept = vocab_map.target_logits(t_logits, 1.0) if vocab_map is not None else t_logits
-        t_at_T = vocab_map.target_logits(t_logits, temperature) if vocab_map is not None else t_logits
-        log_pt = torch.log_softmax(t_kept, -1)
-        log_ps = torch.log_softmax(s_logits, -1)
-        sums["kl"] += float((log_pt.exp() * (log_pt - log_ps)).sum())
-        lpt_T, lps_T = torch.log_softmax(t_at_T / temperature, -1), torch.log_softmax(s_logits / temperature, -1)
-        sums["kl_T"] += temperature ** 2 * float((lpt_T.exp() * (lpt_T - lps_T)).sum())
-        blocks_out["agree"] += (t_kept.argmax(-1) == s_logits.argmax(-1)).float().mean(-1).tolist()
-        blocks_out["nll"] += F.cross_entropy(s_logits[:, :-1].transpose(1, 2), s_ids[:, 1:],
-                                             reduction="none").mean(-1).tolist()
-        sums["t_nll"] += float(F.cross_entropy(t_logits[:, :-1].reshape(-1, t_logits.shape[-1]),
-                                               ids[:, 1:].reshape(-1), reduction="sum"))
-    if per_block is not None:
-        per_block.update(blocks_out)
-    n, nn_ = max(blocks.numel(), 1), max(len(blocks) * (blocks.shape[1] - 1), 1)
-    return {"valid_kl": sums["kl"] / n, "valid_kl_at_T": sums["kl_T"] / n,
-            **_heldout_intervals(blocks_out), "valid_teacher_ppl": math.exp(sums["t_nll"] / nn_),
-            "valid_tokens": blocks.numel(), "valid_blocks": len(blocks),
-            "teacher_tokens_per_s": n / max(t_time, 1e-9), "student_tokens_per_s": n / max(s_time, 1e-9)}
-
-
-def _heldout_intervals(per_block: dict[str, list]) -> dict[str, float]:
-    """Top-1 agreement and the student's perplexity with 95% intervals, resampling held-out blocks."""
-    agree, nll = mean_interval(per_block["agree"]), mean_interval(per_block["nll"])
-    return {"valid_top1_agreement": agree.value, "valid_top1_agreement_low": agree.low,
-            "valid_top1_agreement_high": agree.high, "valid_student_ppl": math.exp(nll.value),
-            "valid_student_ppl_low": math.exp(nll.low), "valid_student_ppl_high": math.exp(nll.high)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,6 +209,17 @@ def _teacher_cache(cfg: Stage1Config, t: _Teacher, blocks: torch.Tensor, progres
     return ensure_teacher_cache(where, t.model, blocks, topk, key, batch_size=cfg.batch_size, progress=progress)[0]
 
 
+def heldout_hidden(cfg: Stage1Config, t: _Teacher, valid: torch.Tensor) -> torch.Tensor | None:
+    """With a shared ``cache_dir`` (a comparison: every run evaluates on the same blocks), the teacher's final
+    hidden states of the held-out blocks, built once there; None otherwise (evaluate runs the live teacher)."""
+    if cfg.cache_dir is None or t.kind != "causal" or hidden_mode_problem(t.model):
+        return None
+    key = cache_key(cfg.teacher, t.model, valid, None, mode="hidden", bf16=t.bf16)
+    cache = ensure_teacher_cache(Path(cfg.cache_dir) / key_digest(key), t.model, valid, None, key,
+                                 batch_size=cfg.batch_size, progress=False)[0]
+    return cache.lookup_hidden(torch.arange(len(valid)))
+
+
 def _train(cfg: Stage1Config, t: _Teacher, student: nn.Module, blocks: torch.Tensor, cache: TeacherCache | None,
            progress: bool, on_log: Any) -> tuple[Trainer, dict[str, Any]]:
     """Train the student on the blocks (resuming from the last checkpoint if asked); returns the trainer and
@@ -316,7 +259,8 @@ def _finish(cfg: Stage1Config, t: _Teacher, student: nn.Module, summary: dict[st
                "pruned_mass": t.pruned_mass, "separator": t.tokenizer.decode(t.separator), "loss": cfg.loss,
                "embedding_dim": cfg.embedding_dim, "feature_terms_skipped": summary["feature_terms_skipped"]}
     if t.kind == "causal":
-        metrics.update(evaluate(student, t.model, t.vocab_map, valid, cfg.batch_size, cfg.temperature, t.bf16))
+        metrics.update(evaluate(student, t.model, t.vocab_map, valid, cfg.batch_size, cfg.temperature, t.bf16,
+                                teacher_hidden=heldout_hidden(cfg, t, valid)))
     save_student(student, artifact(cfg.run_dir, cfg.stage, "student"), t.tokenizer, t.vocab_map,
                  extra={"teacher": cfg.teacher, "stage": cfg.stage})
     atomic_write_json(artifact(cfg.run_dir, cfg.stage, "metrics.json"), metrics)

@@ -8,19 +8,18 @@
 2. read the task's *inputs*: the train split (and, with ``add_unlabeled``, the test split). Their labels are
    dropped as they are read (:func:`glmd_lib.distill.task_inputs.read_inputs`), so no student loss can see a gold label, and a train
    file without labels works just as well. The inputs become cloze sequences with the teacher's pattern;
-3. **pass 2a**, word-prediction distillation on task inputs: the vocabulary KL of stage 1
-   (``T^2 KL(softmax(t/T) || softmax(s/T))`` over the kept vocabulary, with the pruned mass as the
-   stage-1 student's map says, averaged over the non-padding positions of all the step's sequences) on the
-   *whole* cloze-formatted input, not only the answer position. For COPA/ReCoRD every
-   candidate-filled sequence is distilled;
+3. **pass 2a**, word-prediction distillation on task inputs: the vocabulary KL of stage 1 (``T^2 KL`` over the
+   kept vocabulary, pruned mass as the stage-1 student's map says, averaged over the non-padding positions of
+   the step's sequences) on the *whole* cloze-formatted input, not only the answer position; for COPA/ReCoRD
+   every candidate-filled sequence. The teacher's body runs once per sequence (:class:`TeacherHidden`);
 4. **pass 2b**, task-level soft targets, from 2a's selected checkpoint: soft cross-entropy at T = 1 between
    the teacher's and the student's task scores (softmax over the verbalizer logits, or over the candidates'
    summed log-probabilities; :func:`glmd_lib.tasks.scoring.task_scores`). ``steps_2a=0`` or ``steps_2b=0``
    skips a pass (the ablations of issue #13). The baselines ``task_loss='kd'`` (soft targets at T plus
    gold-label cross-entropy) and ``'finetune'`` (gold labels only) run pass 2b alone, on the training inputs
    *with* their labels; ``'tinybert'`` runs both passes without labels (2a adds TinyBERT's hidden-state and
-   attention terms, 2b is soft targets at ``kd_temperature``); ``metrics.json`` records ``task_loss``, each pass's loss (or ``skipped``) and
-   ``gold_labels_in_loss``. The losses: :mod:`glmd_lib.distill.task_losses`;
+   attention terms, 2b is soft targets at ``kd_temperature``). ``metrics.json`` records ``task_loss``, each
+   pass's loss (or ``skipped``) and ``gold_labels_in_loss``. The losses: :mod:`glmd_lib.distill.task_losses`;
 5. after each pass the score on the **selection split** picks the checkpoint (selection is not evaluation,
    :mod:`glmd_lib.tasks.selection`): with ``select_on='train_holdout'`` (default) a seeded holdout of the
    train split, removed from the inputs that train, so dev labels never influence the weights; with
@@ -57,10 +56,10 @@ from glmd_lib.distill.distiller import Distiller
 from glmd_lib.distill.feature_objective import FeatureObjective, use_eager_attention
 from glmd_lib.distill.task_inputs import Stage2Error, TaskInputs, cloze_settings, gold_labels_in_loss, \
     majority_score, task_inputs, teacher_dir
-from glmd_lib.distill.teacher import TeacherRunner, TeacherScores
+from glmd_lib.distill.teacher import TeacherHidden, TeacherRunner, TeacherScores
 from glmd_lib.models.student import Student, load_student, save_student
 from glmd_lib.models.teacher import count_parameters, load_teacher, model_kind
-from glmd_lib.tasks.prediction_cache import digest, folder_identity
+from glmd_lib.tasks.prediction_cache import cache_file, digest, folder_identity
 from glmd_lib.tasks.teachers import evaluate_clozes
 from glmd_lib.trainer import BestCheckpoint, IndexBatches, TrainConfig, Trainer
 from glmd_lib.vocab.vocab_map import VocabMapError
@@ -109,13 +108,8 @@ class _Job:
     student: Student
     data: TaskInputs
 
-    @property
-    def out(self) -> Path:
-        return self.cfg.out_dir / self.task
-
-    @property
-    def eval_batch_size(self) -> int:
-        return max(self.cfg.batch_size, 16)
+    out = property(lambda self: self.cfg.out_dir / self.task)
+    eval_batch_size = property(lambda self: max(self.cfg.batch_size, 16))
 
     def evaluate(self, model: nn.Module) -> dict[str, Any]:
         """Selection-split metrics of the student ``model`` (its rows: the student's vocabulary map)."""
@@ -179,12 +173,13 @@ def pass_steps(cfg: Stage2Config, task: str, n_train: int) -> tuple[int, int]:
 
 
 def _teacher_selection(job: _Job) -> dict[str, Any] | None:
-    """The task teacher's score on the selection examples (in its precision); None without any."""
-    data = job.data
-    if not data.selection:
-        return None
+    """The task teacher's score on the selection examples (in its precision; its predictions kept beside its 2b
+    scores, ``teacher_scores_cache``); None without any."""
+    data, keep = job.data, job.cfg.teacher_scores_cache
+    where = cache_file(keep, str(teacher_dir(job.cfg.run_dir, job.task)), job.task, data.selection_examples,
+                       data.pattern_id, data.max_len, job.bf16)
     return evaluate_clozes(job.teacher, job.task, data.selection, data.selection_examples, job.eval_batch_size,
-                           bf16=job.bf16)
+                           bf16=job.bf16, cache=where) if data.selection else None
 
 
 def _selection_metrics(best: dict[str, Any]) -> dict[str, Any]:
@@ -253,15 +248,19 @@ def _pass_2a(job: _Job, steps: int, on_log: Any, progress: bool) -> dict[str, An
     if not steps:  # skipped: no teacher runner, no wrapper (its set-up reads the model)
         return _run_pass(job, "2a", s_model, lambda *_: None, lambda idx: idx, 0, on_log, progress)
     runner = TeacherRunner(job.teacher, vm, job.bf16, cfg.temperature)
-    features = None
+    features = hidden = None
     if cfg.task_loss == "tinybert":  # TinyBERT's intermediate-layer terms (eager attention returns the probabilities)
         for m in (s_model, job.teacher):
             use_eager_attention(m)
         features = FeatureObjective("tinybert", s_model.config, job.teacher.config, causal=job.student.kind == "causal")
+    elif runner.head_w is not None:  # the teacher's body runs once per sequence, across runs with a store
+        hidden = TeacherHidden(runner, _store(job, "hidden"))
     model = Distiller(s_model, cfg.temperature, None, cfg.loss_chunk, 0.0, "tinybert" if features else "glmd",
                       features, cfg.feature_weight)
-    result = _run_pass(job, "2a", model, task_losses.make_2a_loss(runner, vm, features is not None),
+    result = _run_pass(job, "2a", model, task_losses.make_2a_loss(hidden or runner, vm, features is not None),
                        task_losses.collate_2a(job.data.train), steps, on_log, progress)
+    if hidden is not None:
+        hidden.save()
     return {**result, "feature_terms_skipped": features.skipped if features is not None else {}}
 
 
@@ -269,19 +268,19 @@ def _pass_2b(job: _Job, steps: int, on_log: Any, progress: bool) -> tuple[dict[s
     """The task pass by ``task_loss`` (glmd: soft task scores at T=1; kd; finetune); returns it and the number of
     training inputs the teacher scored."""
     s_model, vm = job.student.model, job.student.vocab_map
-    scores = TeacherScores(job.teacher, job.data.train, job.bf16, _scores_store(job))
+    scores = TeacherScores(job.teacher, job.data.train, job.bf16, _store(job, "scores"))
     loss_fn = task_losses.make_task_loss(job.cfg, s_model, job.data.train, scores, vm)
     result = _run_pass(job, "2b", s_model, loss_fn, lambda idx: {"index": idx}, steps, on_log, progress)
     scores.save()
     return result, len(scores.cache)
 
 
-def _scores_store(job: _Job) -> Path | None:
-    """The file of the task teacher's scores shared by runs (``teacher_scores_cache``), named after its weights
-    and precision; None without that setting."""
+def _store(job: _Job, kind: str) -> Path | None:
+    """The file of the task teacher's ``kind`` ('scores' of 2b, 'hidden' states of 2a) shared by runs
+    (``teacher_scores_cache``), named after its weights and precision; None without that setting."""
     folder = job.cfg.teacher_scores_cache
     model = folder_identity(teacher_dir(job.cfg.run_dir, job.task)) if folder else None
-    return Path(folder) / f"scores-{job.task}-{digest([model, job.bf16])}.pt" if model else None
+    return Path(folder) / f"{kind}-{job.task}-{digest([model, job.bf16])}.pt" if model else None
 
 
 def distill_task(cfg: Stage2Config, task: str, progress: bool = True, on_log: Any = None,
@@ -314,10 +313,9 @@ def distill_task(cfg: Stage2Config, task: str, progress: bool = True, on_log: An
 
 def _said(res: dict[str, Any], teacher: dict[str, Any] | None) -> str:
     """The kept step of a pass and, when the selection split scored it, its score beside the teacher's."""
-    best = res["best"]
     if res.get("skipped"):
         return "skipped (0 steps)"
-    done = f"done in {res['seconds']:.0f}s; "
+    best, done = res["best"], f"done in {res['seconds']:.0f}s; "
     if best["selection_score"] is None:
         return done + f"kept the last step ({best['step']}; select_on='last')"
     return done + f"selection score {best['selection_score']:.4f} (step {best['step']}), teacher {teacher['score']:.4f}"

@@ -27,7 +27,7 @@ from torch import nn
 from glmd_lib.config.stages import Stage2Config
 from glmd_lib.distill.feature_objective import teacher_features
 from glmd_lib.distill.losses import soft_cross_entropy
-from glmd_lib.distill.teacher import TeacherRunner, TeacherScores
+from glmd_lib.distill.teacher import TeacherHidden, TeacherRunner, TeacherScores
 from glmd_lib.superglue.patterns import Cloze
 from glmd_lib.tasks.scoring import collate_sequences, task_scores
 from glmd_lib.tasks.teachers import cloze_loss, gold_cross_entropy
@@ -51,8 +51,11 @@ def collate_2a(clozes: Sequence[Cloze]) -> Callable[[torch.Tensor], dict[str, to
     return collate
 
 
-def make_2a_loss(runner: TeacherRunner, vocab_map: Any, features: bool = False) -> Callable:
+def make_2a_loss(runner: TeacherRunner | TeacherHidden, vocab_map: Any, features: bool = False) -> Callable:
     """``loss_fn(batch, model)``: the chunked ``T^2 KL`` of stage 1 over all non-padding positions.
+
+    ``runner``: the live teacher, or its hidden states kept per sequence (:class:`TeacherHidden`; not with
+    ``features``, which need the live teacher's intermediate layers).
 
     ``model`` is a :class:`glmd_lib.distill.distiller.Distiller` around the student; the teacher reads teacher ids,
     the student the same tokens mapped into its rows. ``features`` (task_loss='tinybert'): the teacher's pass also

@@ -89,13 +89,23 @@ class TeacherRunner:
         self.weights = bf16_linear_weights(self.module) if self.bf16 and bf16_weights else {}
 
     @torch.no_grad()
-    def chunks(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TeacherFn:
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
         with autocast(self.device, self.bf16):
-            out = functional_call(self.module, self.weights, (), {"input_ids": input_ids,
-                                                                 "attention_mask": attention_mask})
-            if self.head_w is not None:
-                h = out.last_hidden_state
-                return _head_fn(h.reshape(-1, h.shape[-1]), self.head_w, self.head_b, self.bf16, self.target)
+            return functional_call(self.module, self.weights, (), {"input_ids": input_ids,
+                                                                  "attention_mask": attention_mask})
+
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The final hidden states [B, L, D] in the dtype the head reads them in (a plain linear head only)."""
+        return self._forward(input_ids, attention_mask).last_hidden_state.to(self.head_w.dtype)
+
+    def head(self, hidden: torch.Tensor) -> TeacherFn:
+        """The chunked target logits made from final hidden states [..., D] (a plain linear head only)."""
+        return _head_fn(hidden.reshape(-1, hidden.shape[-1]), self.head_w, self.head_b, self.bf16, self.target)
+
+    def chunks(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TeacherFn:
+        if self.head_w is not None:
+            return self.head(self.hidden(input_ids, attention_mask))
+        out = self._forward(input_ids, attention_mask)
         flat = out.logits.reshape(-1, out.logits.shape[-1])
         return lambda sl: self.target(flat[sl])
 
@@ -256,10 +266,72 @@ def cached_teacher_fn(cache: TeacherCache, index: torch.Tensor, runner: TeacherR
 
 
 # --------------------------------------------------------------------------------------------
-# task scores (stage 2b)
+# kept across runs (stage 2)
 # --------------------------------------------------------------------------------------------
 
-class TeacherScores:
+class _Store:
+    """Tensors by a content key, read from a file shared by runs (``store``) and written back with the new ones.
+
+    ``glmd compare`` trains ~40 students from the same task teachers on overlapping inputs; the teacher is
+    frozen, so what it computed for an input once holds for every later run. The caller names the file after
+    the teacher's weights and precision; a damaged file is ignored (computed again and rewritten).
+    """
+
+    def __init__(self, store: Path | None):
+        self.store, self.stored, self.added = store, {}, 0
+        if store is not None and Path(store).exists():
+            try:
+                self.stored = dict(torch.load(store, weights_only=True))
+            except Exception:  # damaged: computed again and rewritten
+                self.stored = {}
+
+    def save(self) -> None:
+        """Write the store with what was computed since it was read (nothing to do without a store or news)."""
+        if self.store is None or not self.added:
+            return
+        Path(self.store).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.store) as tmp:
+            torch.save(self.stored, tmp)
+
+
+class TeacherHidden(_Store):
+    """Pass 2a's teacher signal from the task teacher's final hidden states, kept per sequence across runs.
+
+    The body of a 135M teacher is most of pass 2a's time, and every method and ablation of a comparison reads
+    the same cloze sequences: each sequence's hidden states [n, D] are computed once (in the dtype the head
+    reads them in), keyed by its token ids, and the chunked target is made from them by the runner's own head
+    rows and target (:meth:`TeacherRunner.head`), so the vocabulary map, ``pruned_mass`` and T are applied per
+    run. The same logits as :meth:`TeacherRunner.chunks` up to float rounding: a sequence's hidden states come
+    from the batch it was first seen in (padding never changes them beyond that). Plain linear heads only
+    (``runner.head_w``); the caller uses the live runner otherwise.
+    """
+
+    def __init__(self, runner: TeacherRunner, store: Path | None = None):
+        if runner.head_w is None:
+            raise LossError("TeacherHidden needs a teacher whose logits are a linear layer on its last hidden state")
+        super().__init__(store)
+        self.runner, self.device = runner, runner.device
+
+    @torch.no_grad()
+    def chunks(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TeacherFn:
+        """As :meth:`TeacherRunner.chunks` for a right-padded batch (``attention_mask`` marks each row's length)."""
+        lengths = attention_mask.sum(-1).tolist()
+        keys = [digest(row[:n].tolist(), 24) for row, n in zip(input_ids, lengths)]
+        missing = [i for i, k in enumerate(keys) if k not in self.stored]
+        if missing:
+            width = max(lengths[i] for i in missing)
+            h = self.runner.hidden(input_ids[missing, :width], attention_mask[missing, :width]).cpu()
+            for row, i in enumerate(missing):
+                self.stored[keys[i]] = h[row, :lengths[i]].clone()
+            self.added += len(missing)
+        first = self.stored[keys[0]]
+        hidden = torch.zeros(*input_ids.shape, first.shape[-1], dtype=first.dtype)
+        for i, (k, n) in enumerate(zip(keys, lengths)):
+            hidden[i, :n] = self.stored[k]
+        return self.runner.head(hidden.to(self.runner.device))
+
+
+class TeacherScores(_Store):
     """The teacher's task scores per training cloze, computed on first use and cached (the teacher is frozen).
 
     ``store``: a file that keeps them across runs (``glmd compare`` trains ~40 students from the same task
@@ -268,16 +340,10 @@ class TeacherScores:
     """
 
     def __init__(self, teacher: nn.Module, clozes: Sequence[Cloze], bf16: bool = False, store: Path | None = None):
-        self.teacher, self.clozes, self.bf16, self.store = teacher, clozes, bool(bf16), store
+        super().__init__(store)
+        self.teacher, self.clozes, self.bf16 = teacher, clozes, bool(bf16)
         self.device = next(teacher.parameters()).device
         self.cache: dict[int, torch.Tensor] = {}
-        self.stored: dict[str, torch.Tensor] = {}
-        self.added = 0
-        if store is not None and Path(store).exists():
-            try:
-                self.stored = dict(torch.load(store, weights_only=True))
-            except Exception:  # damaged: computed again and rewritten
-                self.stored = {}
 
     @staticmethod
     def key(c: Cloze) -> str:
@@ -305,11 +371,3 @@ class TeacherScores:
         for row, i in enumerate(idx):
             out[row, :len(self.cache[i])] = self.cache[i]
         return out
-
-    def save(self) -> None:
-        """Write the store with the scores computed since it was read (nothing to do without a store or news)."""
-        if self.store is None or not self.added:
-            return
-        Path(self.store).parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.store) as tmp:
-            torch.save(self.stored, tmp)

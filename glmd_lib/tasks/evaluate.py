@@ -143,9 +143,11 @@ def load_for_eval(path: str, device: torch.device | str | None = None):
 
 
 def evaluate_clozes(model, task: str, clozes, examples, batch_size: int = 16, vocab_map: Any = None,
-                    bf16: bool | None = None) -> dict[str, Any]:
-    """Dev metrics of ``model`` on prepared clozes (with their examples): metrics, score, predictions, scores."""
-    preds, scores = predict_clozes(model, clozes, vocab_map=vocab_map, batch_size=batch_size, bf16=bf16)
+                    bf16: bool | None = None, cache: Path | None = None) -> dict[str, Any]:
+    """Dev metrics of ``model`` on prepared clozes (with their examples): metrics, score, predictions, scores.
+    ``cache``: a frozen model's file of these predictions (:func:`glmd_lib.tasks.prediction_cache.cache_file`)."""
+    preds, scores = load_or_compute(cache, lambda: predict_clozes(model, clozes, vocab_map=vocab_map,
+                                                                  batch_size=batch_size, bf16=bf16))
     metrics = task_metrics(task, preds, examples)
     return {"metrics": metrics, "score": task_score(task, metrics), "predictions": preds, "scores": scores}
 
