@@ -110,7 +110,7 @@ def test_runs_sharing_a_cache_dir_pay_for_one_teacher_pass(tmp_path, corpus, mon
     run_stage1(_cfg(tmp_path / "c", corpus, teacher_cache=True, max_blocks=6, cache_dir=str(shared)), progress=False)
     assert len(built) == 3 and len(list(shared.iterdir())) == 3  # other blocks: another key, the first cache kept
     alone = run_stage1(_cfg(tmp_path / "alone", corpus, teacher_cache=True, max_blocks=4), progress=False)
-    assert a["teacher_tokens_per_s"] is None and alone["teacher_tokens_per_s"] > 0  # a ran no teacher body there
+    assert a["teacher_tokens_per_s"] > 0 and alone["teacher_tokens_per_s"] > 0  # measured on a's first batch
     for k in ("valid_kl", "valid_kl_at_T", "valid_teacher_ppl", "valid_student_ppl"):
         assert a[k] == pytest.approx(alone[k], rel=1e-3), k
     assert abs(a["valid_top1_agreement"] - alone["valid_top1_agreement"]) <= 1 / a["valid_tokens"]

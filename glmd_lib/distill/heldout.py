@@ -35,29 +35,31 @@ def evaluate(student: nn.Module, teacher: nn.Module, vocab_map: VocabMap | None,
     Blocks are equally long, so the means of per-block means are the per-token means. ``per_block`` (a dict):
     filled with each block's ``agree`` (share of positions) and ``nll`` (the student's mean next-token loss), for
     paired comparisons of several students on the same blocks. ``teacher_hidden`` [N, L, D]: the teacher's final
-    hidden states of the blocks (:func:`heldout_hidden`); its logits are then its output layer applied to them
-    (the live logits up to fp16 rounding of the hidden state) and ``teacher_tokens_per_s`` is None.
+    hidden states of the blocks (:func:`glmd_lib.distill.stage1.heldout_hidden`); from the second batch on, its
+    logits are its output layer applied to them (the live logits up to fp16 rounding of the hidden state); the
+    first batch runs the whole teacher, so ``teacher_tokens_per_s`` is measured on it.
     """
     device = next(student.parameters()).device
     student.eval()
     teacher.eval()
     sums = {"kl": 0.0, "kl_T": 0.0, "t_nll": 0.0}
     blocks_out: dict[str, list] = {"agree": [], "nll": []}
-    t_time = s_time = 0.0
+    t_time = s_time = t_tokens = 0.0
     head = linear_head(teacher) if teacher_hidden is not None else None  # (it checks the teacher once per call)
     for start in range(0, len(blocks), batch_size):
         ids = blocks[start: start + batch_size].to(device)
         attn = torch.ones_like(ids)
+        live = head is None or start == 0  # the first batch always runs the whole teacher: its speed is measured
         t0 = time.perf_counter()
         with autocast(device, bf16_teacher):
-            t_logits = (teacher(input_ids=ids, attention_mask=attn).logits if teacher_hidden is None else
+            t_logits = (teacher(input_ids=ids, attention_mask=attn).logits if live else
                         head(teacher_hidden[start: start + batch_size].to(device).float()))
         t_logits = t_logits.float()
         t1 = time.perf_counter()
         s_ids = vocab_map.map_ids(ids) if vocab_map is not None else ids
         s_logits = student(input_ids=s_ids, attention_mask=attn).logits.float()
         t2 = time.perf_counter()
-        t_time, s_time = t_time + (t1 - t0), s_time + (t2 - t1)
+        t_time, s_time, t_tokens = t_time + (t1 - t0) * live, s_time + (t2 - t1), t_tokens + ids.numel() * live
         t_kept = vocab_map.target_logits(t_logits, 1.0) if vocab_map is not None else t_logits
         t_at_T = vocab_map.target_logits(t_logits, temperature) if vocab_map is not None else t_logits
         log_pt = torch.log_softmax(t_kept, -1)
@@ -76,8 +78,7 @@ def evaluate(student: nn.Module, teacher: nn.Module, vocab_map: VocabMap | None,
     return {"valid_kl": sums["kl"] / n, "valid_kl_at_T": sums["kl_T"] / n,
             **_heldout_intervals(blocks_out), "valid_teacher_ppl": math.exp(sums["t_nll"] / nn_),
             "valid_tokens": blocks.numel(), "valid_blocks": len(blocks),
-            "teacher_tokens_per_s": n / max(t_time, 1e-9) if teacher_hidden is None else None,
-            "student_tokens_per_s": n / max(s_time, 1e-9)}
+            "teacher_tokens_per_s": t_tokens / max(t_time, 1e-9), "student_tokens_per_s": n / max(s_time, 1e-9)}
 
 
 def _heldout_intervals(per_block: dict[str, list]) -> dict[str, float]:
