@@ -42,6 +42,20 @@ def test_single_parameters_cell_mirrors_config(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_papermill_reads_every_parameter_with_its_help(path):
+    """``papermill --help-notebook`` lists each parameter with its comment as help (papermill gives up on a line,
+    with a warning in every run, when its comment holds an ``=``)."""
+    from papermill.translators import PythonTranslator
+
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    names = [node.targets[0].id for node in ast.parse(cell.source).body]
+    found = PythonTranslator.inspect(cell)
+    assert [p.name for p in found] == names, f"{path.name}: papermill cannot read {set(names) - {p.name for p in found}}"
+    assert all(p.help for p in found), f"{path.name}: parameters without a comment: {[p.name for p in found if not p.help]}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_set_up_by_start_right_after_the_parameters(path):
     """The cell after the parameters is the one set-up: ``cfg = start(<its config class>, globals())``."""
     nb = nbformat.read(path, as_version=4)
