@@ -2,14 +2,16 @@
 
 The vocabulary KL (:func:`glmd_lib.distill.losses.distill_loss`) reads the teacher through a
 ``teacher_fn(slice) -> logits``: the teacher's logits over the *student's* (kept) vocabulary at those
-flattened positions, made chunk by chunk so no ``[B, L, V]`` tensor is needed. Three sources:
+flattened positions, made chunk by chunk so no ``[B, L, V]`` tensor is needed. Four sources:
 
 * live: :class:`TeacherRunner` runs the frozen teacher's body on the batch and applies only the kept rows
   of its output layer per chunk (stage 1, pass 2a of stage 2);
 * cached hidden states (exact): :func:`hidden_teacher_fn`, the same kept rows applied to the final hidden
   states stored by :mod:`glmd_lib.distill.teacher_cache`;
 * cached top-k logits (approximate): :func:`sparse_teacher_fn` with the tail fill :func:`tail_fill`, ids
-  moved into student space by :func:`student_space`.
+  moved into student space by :func:`student_space`;
+* hidden states kept per sequence (pass 2a of stage 2, exact): :class:`TeacherHidden`, shared by the runs of a
+  comparison through a file.
 
 The target follows the ``VocabMap``'s ``pruned_mass`` (:meth:`~glmd_lib.vocab.vocab_map.VocabMap.target_logits`):
 ``renormalize`` needs only the kept logits; ``substitute`` adds each pruned token's probability at the loss
@@ -301,9 +303,11 @@ class TeacherHidden(_Store):
     the same cloze sequences: each sequence's hidden states [n, D] are computed once (in the dtype the head
     reads them in), keyed by its token ids, and the chunked target is made from them by the runner's own head
     rows and target (:meth:`TeacherRunner.head`), so the vocabulary map, ``pruned_mass`` and T are applied per
-    run. The same logits as :meth:`TeacherRunner.chunks` up to float rounding: a sequence's hidden states come
-    from the batch it was first seen in (padding never changes them beyond that). Plain linear heads only
-    (``runner.head_w``); the caller uses the live runner otherwise.
+    run. The logits are those of :meth:`TeacherRunner.chunks` up to float rounding: a sequence's hidden states are
+    computed in the first batch it appears in, and a right-padded row does not depend on the rows beside it (only
+    the matmuls' blocking may round differently). In the first epoch of a run with an empty store every batch is
+    computed as the live runner would. Memory: ``n x D`` values per sequence held for the run (SmolLM2 in bf16:
+    about 1.1 kB per token). Plain linear heads only (``runner.head_w``); the caller uses the live runner otherwise.
     """
 
     def __init__(self, runner: TeacherRunner, store: Path | None = None):
