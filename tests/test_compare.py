@@ -75,10 +75,14 @@ def test_the_compare_profile_is_the_issues_grid(tmp_path):
     main = [p for p in plan.runs if p.name in CompareConfig.profiles["demo"]["methods"]]
     assert len(main) == 24 and {p.seed for p in main} == {0, 1, 2} and plan.cfg.tasks == ["CB", "COPA", "RTE"]
     rest = [p for p in plan.runs if p not in main]
-    assert {p.seed for p in rest} == {0} and sorted(p.keep_rate for p in rest if p.keep_rate) == [0.125, 0.25, 1.0]
+    assert {p.seed for p in rest} == {0} and sorted(p.keep_rate for p in rest if p.keep_rate) == [0.125, 0.25]
     assert [p.keep_rate for p in main if p.name == "glmd"] == [0.5, None, None]  # the sweep's 0.5 is glmd seed 0
-    whole = next(p for p in rest if p.keep_rate == 1.0)  # no map (a VocabMap must prune): glmd-vc's stage 1
-    assert whole.params["stage1.use_vocab_map"] is False and whole.vocab == "" and whole.stage1_from == "glmd-vc"
+    # and its 1.0 is glmd-vc seed 0 (GLMD with no vocabulary map: a VocabMap must prune), not a second such run
+    assert [p.keep_rate for p in main if p.name == "glmd-vc"] == [1.0, None, None]
+    alone = [p for p in expand("compare", tmp_path, {}, methods=["glmd"]).runs if p.keep_rate == 1.0]
+    assert [(p.name, p.params["stage1.use_vocab_map"], p.vocab) for p in alone] == [("glmd-keep1", False, "")]
+    vc = next(p for p in main if p.name == "glmd-vc" and p.seed == 0)
+    assert {k: v for k, v in alone[0].params.items()} == vc.params  # why it may stand for the sweep's point
 
 
 @pytest.mark.parametrize("profile", ["demo", "compare"])

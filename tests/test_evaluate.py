@@ -294,3 +294,20 @@ def test_frozen_teachers_predictions_are_reused_and_students_never(tmp_path, toy
     weights = next(teacher_dir.glob("*.safetensors"))
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
     assert run()[2] == 4 and len(list(cache.iterdir())) == 4  # retrained (new mtime): computed again
+
+
+def test_the_fidelity_sample_is_the_same_for_every_seed(tmp_path, toy, monkeypatch):
+    """Runs of several seeds are compared on the same unlabeled inputs (their spread is the training's, and the
+    shared prediction cache scores the teachers once); the dev bootstrap still follows the seed."""
+    from glmd_lib.config.stages import EvalConfig
+    from glmd_lib.tasks import evaluate as ev
+
+    seen = []
+    monkeypatch.setattr(ev, "evaluate_models", lambda *a, **k: (seen.append(a[5]), (pd.DataFrame(), {}))[1])
+    specs = [ev.ModelSpec("teacher", {"CB": "t"}), ev.ModelSpec("student", {"CB": "s"})]
+    for seed in (0, 1, 2):
+        cfg = EvalConfig.resolve("smoke", run_dir=str(tmp_path / "run"), superglue_dir=str(toy), tasks=["CB"],
+                                 max_fidelity_examples=5, seed=seed)
+        ev._score(cfg, specs, {}, None)
+    keys = [[ex.group for ex in inputs["CB"]] for inputs in seen]
+    assert len(keys[0]) == 5 and keys[0] == keys[1] == keys[2]

@@ -426,3 +426,28 @@ def test_heldout_evaluation_per_block_matches_its_means_and_intervals_resample_b
     assert half["valid_top1_agreement"] == 0.5
     assert half["valid_top1_agreement_high"] - half["valid_top1_agreement_low"] > 0.5
     assert half["valid_student_ppl_low"] == pytest.approx(math.e) == half["valid_student_ppl_high"]
+
+
+@pytest.mark.parametrize("loss", ["tinybert", "minilm"])
+def test_feature_losses_train_from_the_teacher_cache_as_from_the_live_teacher(tmp_path, corpus, loss):
+    """Student heads 4, teacher heads 2: no attention term, so the teacher's layers (TinyBERT) or last values
+    (MiniLM) come from the cache and its body never runs; the student ends where the live run does (fp16-rounded
+    targets). With equal head counts the attention term needs the live teacher: no cache is built."""
+    from safetensors.torch import load_file
+
+    def weights(name, **kw):
+        m = run_stage1(_cfg(tmp_path / name, corpus, loss=loss, student_heads=4, steps=4, lr=3e-3, **kw),
+                       progress=False)
+        sd = load_file(tmp_path / name / "stage1" / "student" / "model.safetensors")
+        return m, torch.cat([sd[k].flatten().float() for k in sorted(sd)])
+
+    _, live = weights("live")
+    m, cached = weights("cached", teacher_cache=True, cache_dir=str(tmp_path / "caches"))
+    assert "attention" in m["feature_terms_skipped"]
+    keys = [json.loads(p.read_text())["key"] for p in (tmp_path / "caches").glob("*/meta.json")]
+    (key,) = [k for k in keys if "layers" in k or "values" in k]  # + the held-out blocks' plain hidden cache
+    assert key["layers" if loss == "tinybert" else "values"] == ([0, 2] if loss == "tinybert" else 32)
+    assert float((cached - live).norm() / live.norm()) < 1e-3
+    run_stage1(_cfg(tmp_path / "same", corpus, loss=loss, student_heads=2, steps=1, teacher_cache=True,
+                    checkpoint_every=1), progress=False)
+    assert not (tmp_path / "same" / "stage1" / "teacher_cache").exists()

@@ -455,3 +455,33 @@ def test_teacher_checksum_does_not_depend_on_the_thread_count_and_sees_a_changed
     with torch.no_grad():
         model.weight[0, 0] += 1.0  # the first value is always sampled
     assert teacher_checksum(model) not in sums
+
+
+def test_feature_cache_keeps_the_asked_layers_and_the_last_values(tmp_path, wide_llama, blocks):
+    """TinyBERT's / MiniLM's stage 1 from the cache: hidden_states[i] for the key's layers and the last layer's
+    value projection, each exactly the fp16-rounded output of the live pass; a cache without them is another key."""
+    from glmd_lib.distill.feature_objective import value_projection
+
+    key = cache_key("tiny", wide_llama, blocks, layers=(0, 2), values=16)
+    assert key["layers"] == [0, 2] and key["values"] == 16 and key != cache_key("tiny", wide_llama, blocks)
+    cache, _ = ensure_teacher_cache(tmp_path / "c", wide_llama, blocks, None, key, batch_size=4, progress=False)
+    assert cache.meta["bytes_per_position"] == 2 * (32 + 2 * 32 + 16)
+    idx = torch.tensor([0, 5])
+    seen = {}
+    hook = value_projection(wide_llama).register_forward_hook(lambda m, i, o: seen.__setitem__("v", o))
+    with torch.no_grad():
+        out = wide_llama.base_model(input_ids=blocks[idx], output_hidden_states=True)
+    hook.remove()
+    layers, values = cache.lookup_features(idx)
+    assert layers.shape == (2, 16, 2, 32) and values.shape == (2, 16, 16)
+    for n, i in enumerate((0, 2)):
+        torch.testing.assert_close(layers[:, :, n], out.hidden_states[i].half(), rtol=0, atol=0)
+    torch.testing.assert_close(values, seen["v"].half(), rtol=0, atol=0)
+    torch.testing.assert_close(cache.lookup_hidden(idx), out.last_hidden_state.half(), rtol=0, atol=0)
+    assert cache_key("tiny", wide_llama, blocks, layers=(0,)) != key  # other layers: another cache
+    with pytest.raises(TeacherCacheError, match="only a hidden-state"):
+        cache_key("tiny", wide_llama, blocks, topk=4, layers=(0,))
+    plain = TeacherCache(ensure_teacher_cache(tmp_path / "p", wide_llama, blocks, None, cache_key("tiny", wide_llama,
+                                                                                                  blocks),
+                                              progress=False)[0].directory)
+    assert plain.lookup_features(idx) == (None, None)

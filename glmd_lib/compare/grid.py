@@ -18,7 +18,8 @@ Pure (no file is touched): :func:`expand` turns a profile, a root directory ``D`
 * Equal budget: GLMD trains ``steps_2a + steps_2b`` stage-2 steps; kd and finetune train only the task pass, so
   their ``stage2.steps_2b`` becomes that sum unless the user set ``stage2.steps_2b``.
 * The sweep (``keep_rates``) is over GLMD's kept-vocabulary rate, with the first seed; the point at GLMD's own
-  rate is the ``glmd`` run itself, the point at 1.0 GLMD with no vocabulary map (what ``glmd-vc`` trains).
+  rate is the ``glmd`` run itself, the point at 1.0 GLMD with no vocabulary map: the ``glmd-vc`` run of the first
+  seed where that method is compared (the same parameters), else its own run ``glmd-keep1``.
 * The reference row ``untrained``: per seed, notebook 03 with ``stage1.steps=0`` (GLMD's student, initialised,
   saved, not trained) in ``D/runs/untrained/seed-<k>/``; the runner evaluates that student on the same dev
   examples as the methods (``untrained.csv``, ``untrained_predictions.jsonl``). The task teacher's row comes from
@@ -89,10 +90,13 @@ def points(cfg: CompareConfig) -> list[RunPoint]:
     first = cfg.seeds[0]
     out = [RunPoint(m, first, m) for m in cfg.methods]
     out += [RunPoint(m, first, m) for m in cfg.ablations or [] if m not in cfg.methods]
+    names = {q.name for q in out}
     for r in cfg.keep_rates or []:
-        p = RunPoint("glmd", first, "glmd" if r == own_keep_rate() else f"glmd-keep{r:g}", r)
+        name = ("glmd" if r == own_keep_rate() else "glmd-vc" if r >= 1.0 and "glmd-vc" in names
+                else f"glmd-keep{r:g}")
+        p = RunPoint("glmd", first, name, r)
         same = [i for i, q in enumerate(out) if (q.name, q.seed) == (p.name, p.seed)]
-        if same:  # the point at GLMD's own rate is its first-seed run: that run is the sweep's point too
+        if same:  # the point at GLMD's own rate (at 1.0: glmd-vc's) is that first-seed run, not a second one
             out[same[0]] = replace(out[same[0]], keep_rate=r)
         else:
             out.append(p)

@@ -141,7 +141,7 @@ def summary_table(results: pd.DataFrame, methods: list[str] | None = None) -> pd
     """The paper-style table: rows methods (references first), columns tasks, ``average`` (of each seed's task
     scores) and ``parameters``; cells ``mean ± sd [interval of the first seed]`` over seeds (no sd for one seed);
     each task's header gives its number of dev examples."""
-    sweep = results.keep_rate.notna() & (results.method != "glmd")
+    sweep = results.keep_rate.notna() & ~results.method.isin(list(METHODS))  # glmd-keep0.25 ..., not glmd(-vc)
     df = results[~sweep]
     order = [m for m in [TEACHER, UNTRAINED, *(methods or dict.fromkeys(df.method))] if m in set(df.method)]
     tasks = list(dict.fromkeys(df.task))

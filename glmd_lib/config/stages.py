@@ -182,8 +182,8 @@ class Stage1Config(StudentShape, StageConfig):
         if (self.loss == "kd") != (self.ce_weight > 0):
             raise ConfigError(f"parameter 'ce_weight' = {self.ce_weight} with loss={self.loss!r}: the student's own "
                               f"cross-entropy is added only by loss='kd', which needs ce_weight > 0")
-        if self.loss in ("ce", "tinybert", "minilm") and self.teacher_cache:
-            raise ConfigError(f"loss={self.loss!r} cannot use the teacher cache; set teacher_cache=False")
+        if self.loss == "ce" and self.teacher_cache:
+            raise ConfigError("loss='ce' runs no teacher, so there is no teacher cache to use; set teacher_cache=False")
 
 
 @dataclass
@@ -327,7 +327,7 @@ class EvalConfig(TaskList, StageConfig):
     bf16: bool | None = param(None, "bf16 autocast (None: on CUDA only; True also on CPU, about 3x faster "
                                     "there; fp32 keeps runs bitwise repeatable)")
     max_fidelity_examples: int | None = param(1000, "cap on the unlabeled dev + test inputs per task on which student "
-                                                    "and task teacher are compared (None: all)", ge=1)
+                                                    "and task teacher are compared (None: all); one sample for every seed", ge=1)
     bootstrap_samples: int = param(1000, "bootstrap resamples behind every interval", ge=10)
     show_errors: int = param(3, "examples each model gets wrong, shown per task", ge=0)
     prediction_cache: str | None = param(None, "folder where the frozen teachers' predictions are kept and reused "

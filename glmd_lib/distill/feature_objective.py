@@ -38,7 +38,7 @@ class Features:
     hidden_states: tuple[torch.Tensor, ...]
     attentions: tuple[torch.Tensor, ...]
     values: torch.Tensor | None
-    last_hidden: torch.Tensor
+    last_hidden: torch.Tensor | None  # None when read from a teacher cache (the logit KL reads its own copy)
 
 
 def use_eager_attention(model: nn.Module) -> None:
@@ -101,6 +101,35 @@ def _heads(config: Any) -> int:
     return int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 0))
 
 
+def _tinybert_layers(layer_map: list[int]) -> list[int]:
+    """The ``hidden_states`` indices TinyBERT reads of the teacher: its embeddings and the mapped layers."""
+    return [0] + [j + 1 for j in layer_map]
+
+
+def cached_feature_spec(method: str, student_config: Any, teacher: nn.Module) -> tuple[list[int], int] | None:
+    """What a teacher cache has to keep for ``method``'s terms: (``hidden_states`` indices, width of the last
+    layer's values, 0 = none). None when a term compares attention probabilities (equal head counts): those
+    ([B, H, T, T] per layer) are never cached, so the live teacher runs."""
+    if _heads(student_config) == _heads(teacher.config):
+        return None
+    if method == "tinybert":
+        layers = uniform_layer_map(int(student_config.num_hidden_layers), int(teacher.config.num_hidden_layers))
+        return _tinybert_layers(layers), 0
+    return [], int(value_projection(teacher).out_features)
+
+
+def cached_features(cache: Any, index: torch.Tensor, device: torch.device) -> Features:
+    """The teacher's features of the training blocks ``index`` from a teacher cache built with
+    :func:`cached_feature_spec`'s key (``cache.key["layers"]`` / ``["values"]``), as fp32 on ``device``;
+    ``hidden_states[i]`` is None for a layer the cache does not keep (no term reads it)."""
+    layers, values = cache.lookup_features(index)
+    wanted = cache.key.get("layers", [])
+    hidden: list[torch.Tensor | None] = [None] * (max(wanted, default=-1) + 1)
+    for n, i in enumerate(wanted):
+        hidden[i] = layers[:, :, n].to(device).float()
+    return Features(tuple(hidden), (), None if values is None else values.to(device).float(), None)
+
+
 class FeatureObjective(nn.Module):
     """TinyBERT's or MiniLM's intermediate-layer terms between a student and a teacher of given configs.
 
@@ -134,7 +163,7 @@ class FeatureObjective(nn.Module):
         terms: dict[str, torch.Tensor] = {}
         if self.method == "tinybert":
             pairs_s = [s.hidden_states[0]] + [s.hidden_states[i + 1] for i in range(len(self.layer_map))]
-            pairs_t = [t.hidden_states[0]] + [t.hidden_states[j + 1] for j in self.layer_map]
+            pairs_t = [t.hidden_states[i] for i in _tinybert_layers(self.layer_map)]
             terms["hidden_mse"] = hidden_mse(pairs_s, pairs_t, lambda k, x: self.project[min(k, 1)](x), mask)
             if "attention" not in self.skipped:
                 terms["attention_kl"] = sum(attention_kl(s.attentions[i], t.attentions[j], mask)

@@ -36,7 +36,7 @@ class Method:
 
 
 _FULL_VOCAB = {"stage1.use_vocab_map": False}
-_NO_CACHE = {"stage1.teacher_cache": False}  # losses the hidden-state cache cannot feed (no teacher, or its layers)
+_NO_CACHE = {"stage1.teacher_cache": False}  # no teacher in stage 1: nothing to cache
 _GLMD_STAGE2 = {"stage2.task_loss": "glmd"}
 
 
@@ -51,9 +51,9 @@ METHODS: dict[str, Method] = {m.name: m for m in [
        {**_FULL_VOCAB, "stage1.loss": "kd", "stage1.ce_weight": 1.0, "stage2.task_loss": "kd"}, gold=True),
     _m("tinybert", "TinyBERT: hidden MSE through a projection + attention KL + logit KL in stage 1 and on the task "
                    "inputs (2a); then soft task targets (2b)",
-       {**_FULL_VOCAB, **_NO_CACHE, "stage1.loss": "tinybert", "stage2.task_loss": "tinybert"}, layers=True),
+       {**_FULL_VOCAB, "stage1.loss": "tinybert", "stage2.task_loss": "tinybert"}, layers=True),
     _m("minilm", "MiniLM: last-layer attention and value-relation KL + logit KL; then gold-label fine-tuning",
-       {**_FULL_VOCAB, **_NO_CACHE, "stage1.loss": "minilm", "stage2.task_loss": "finetune"}, gold=True, layers=True),
+       {**_FULL_VOCAB, "stage1.loss": "minilm", "stage2.task_loss": "finetune"}, gold=True, layers=True),
     _m("glmd-vc", "GLMD without vocabulary compression", {**_FULL_VOCAB, **_GLMD_STAGE2}),
     _m("glmd", "GLMD: vocabulary KL over the kept half of the vocabulary, passes 2a + 2b, no gold label",
        {"vocab.keep_rate": 0.5, **_GLMD_STAGE2}),

@@ -42,7 +42,7 @@ from glmd_lib.data.corpus import default_corpus
 from glmd_lib.device import get_device, set_threads, use_bf16
 from glmd_lib.distill.figures import stage1_curves
 from glmd_lib.distill.distiller import stage1_distiller
-from glmd_lib.distill.feature_objective import FEATURE_LOSSES, teacher_features
+from glmd_lib.distill.feature_objective import FEATURE_LOSSES, cached_feature_spec, cached_features, teacher_features
 from glmd_lib.distill.heldout import evaluate
 from glmd_lib.distill.losses import mask_tokens
 from glmd_lib.distill.teacher import TeacherRunner, cached_teacher_fn, topk_cache_problem
@@ -99,11 +99,12 @@ def make_loss_fn(cfg: Stage1Config, runner: TeacherRunner | None, vocab_map: Voc
         feats = None
         if cfg.loss == "ce":  # the no-KD baseline: no teacher in the step
             teacher_fn = None
-        elif cfg.loss in FEATURE_LOSSES:
+        elif cfg.loss in FEATURE_LOSSES and cache is None:
             teacher_fn, feats = teacher_features(runner, ids_in, attn, cfg.loss == "minilm")
-        elif cache is not None:
+        elif cache is not None:  # the teacher's body never runs: its outputs (and features) come from disk
             teacher_fn = cached_teacher_fn(cache, batch["index"], runner, vocab_map, num_student_tokens,
                                            cfg.temperature, ids.device)
+            feats = cached_features(cache, batch["index"], ids.device) if cfg.loss in FEATURE_LOSSES else None
         else:
             teacher_fn = runner.chunks(ids_in, attn)
         loss, logs = model(to_student(ids_in), attn, teacher_fn, loss_mask, labels, teacher_features=feats)
@@ -190,10 +191,22 @@ def _blocks(cfg: Stage1Config, tokenizer: Any, world: int, training: bool = True
     return blocks, valid
 
 
-def _teacher_cache(cfg: Stage1Config, t: _Teacher, blocks: torch.Tensor, progress: bool) -> TeacherCache | None:
-    """The teacher cache of these blocks (``teacher_cache=True``), reused when its key matches, else built."""
+def _teacher_cache(cfg: Stage1Config, t: _Teacher, student: nn.Module, blocks: torch.Tensor, progress: bool
+                   ) -> TeacherCache | None:
+    """The teacher cache of these blocks (``teacher_cache=True``), reused when its key matches, else built.
+    TinyBERT's and MiniLM's also keep the teacher layers their terms read, unless a term compares attention
+    probabilities (never cached: the live teacher runs)."""
     if not cfg.teacher_cache:
         return None
+    spec = ([], 0)
+    if cfg.loss in FEATURE_LOSSES:
+        spec = cached_feature_spec(cfg.loss, student.config, t.model)
+        if spec is None:
+            log.info("loss=%r compares attention probabilities (never cached): the live teacher runs", cfg.loss)
+            return None
+        if cfg.cache_mode != "hidden":
+            raise Stage1Error(f"loss={cfg.loss!r} reads the teacher's hidden states: use cache_mode='hidden' or "
+                              f"teacher_cache=False")
     if t.kind == "masked":
         raise Stage1Error("teacher_cache works with causal-LM teachers only (masked LMs draw new masks each step)")
     if cfg.cache_mode == "topk" and topk_cache_problem(t.vocab_map):
@@ -204,7 +217,8 @@ def _teacher_cache(cfg: Stage1Config, t: _Teacher, blocks: torch.Tensor, progres
             raise Stage1Error(f"cache_mode='hidden': {problem}; use cache_mode='topk' (approximate at high T) "
                               f"or teacher_cache=False")
     topk = cfg.cache_topk if cfg.cache_mode == "topk" else None
-    key = cache_key(cfg.teacher, t.model, blocks, topk, mode=cfg.cache_mode, bf16=t.bf16)
+    key = cache_key(cfg.teacher, t.model, blocks, topk, mode=cfg.cache_mode, bf16=t.bf16, layers=spec[0],
+                    values=spec[1])
     where = cfg.out_dir / "teacher_cache" if cfg.cache_dir is None else Path(cfg.cache_dir) / key_digest(key)
     return ensure_teacher_cache(where, t.model, blocks, topk, key, batch_size=cfg.batch_size, progress=progress)[0]
 
@@ -303,7 +317,7 @@ def run_stage1(cfg: Stage1Config, progress: bool = True, on_log: Any = None) -> 
         return _finish(cfg, t, student, {"steps": 0, "tokens_seen": 0, "resumed_from": None, "final_loss": None,
                                          "train_time_s": 0.0, "feature_terms_skipped": {}}, valid, world)
     blocks, valid = _blocks(cfg, t.tokenizer, world)
-    cache = _teacher_cache(cfg, t, blocks, progress)
+    cache = _teacher_cache(cfg, t, student, blocks, progress)
     trainer, summary = _train(cfg, t, student, blocks, cache, progress, on_log)
     if not trainer.accelerator.is_main_process:
         return {}

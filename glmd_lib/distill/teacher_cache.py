@@ -9,7 +9,14 @@ teacher pass. Two modes (``Stage1Config.cache_mode``); neither depends on the te
 * ``hidden.npy`` [N, L, D] fp16: the teacher's final hidden state (after its final norm, i.e. the input
   of its output layer; ``D`` = 576 values = 1,152 bytes per position for SmolLM2).
 
-At train time each chunk's teacher logits are ``hidden.float() @ W_kept.T (+ b_kept)``, with ``W_kept`` the
+and, for stage 1's intermediate-layer losses (TinyBERT, MiniLM: ``Stage1Config.loss``), when the key asks:
+
+* ``layers.npy`` [N, L, n, D] fp16: the hidden states ``output_hidden_states[i]`` for the key's ``layers``
+  (TinyBERT's embeddings and mapped layers), in that order;
+* ``values.npy`` [N, L, Dv] fp16: the last layer's value projection (MiniLM's value relations).
+
+Attention probabilities ([N, H, L, L] per layer) are never cached: a loss that compares them runs the live
+teacher. At train time each chunk's teacher logits are ``hidden.float() @ W_kept.T (+ b_kept)``, with ``W_kept`` the
 rows of the teacher's output layer at the ``VocabMap``'s kept ids (all rows without a map), the same rows
 :class:`glmd_lib.distill.teacher.TeacherRunner` uses on the live path. This is the live teacher's logits up to fp16
 rounding of the hidden state, so the loss is exact at every ``T`` (``docs/benchmarks.md``, Stage 1: loss
@@ -112,10 +119,13 @@ def hidden_mode_problem(teacher: torch.nn.Module) -> str | None:
 
 
 def cache_key(teacher_name: str, teacher: torch.nn.Module, blocks: torch.Tensor, topk: int | None = None,
-              mode: str | None = None, bf16: bool = False) -> dict[str, Any]:
+              mode: str | None = None, bf16: bool = False, layers: tuple[int, ...] = (), values: int = 0
+              ) -> dict[str, Any]:
     """The identity of a cache. ``mode`` defaults to "topk" when ``topk`` is given, else "hidden".
 
     ``bf16``: the teacher's forward runs under bf16 autocast while the cache is built (its contents differ).
+    ``layers`` / ``values`` (hidden mode only): also keep these hidden states / the last layer's values of
+    width ``values`` (a cache without them is another cache).
     """
     mode = mode or ("topk" if topk is not None else "hidden")
     if mode not in MODES:
@@ -123,6 +133,8 @@ def cache_key(teacher_name: str, teacher: torch.nn.Module, blocks: torch.Tensor,
     key: dict[str, Any] = {"format": FORMAT, "mode": mode, "teacher": str(teacher_name),
                            "teacher_checksum": teacher_checksum(teacher), "teacher_bf16": bool(bf16),
                            "blocks": blocks_hash(blocks), "shape": list(blocks.shape)}
+    if mode == "topk" and (layers or values):
+        raise TeacherCacheError("only a hidden-state teacher cache keeps intermediate layers or values")
     if mode == "topk":
         if topk is None or int(topk) < 1:
             raise TeacherCacheError(f"a top-k teacher cache needs topk >= 1, got {topk!r}")
@@ -132,7 +144,27 @@ def cache_key(teacher_name: str, teacher: torch.nn.Module, blocks: torch.Tensor,
             raise TeacherCacheError("a hidden-state teacher cache takes no topk (it stores the exact hidden states)")
         head = teacher.get_output_embeddings() if hasattr(teacher, "get_output_embeddings") else None
         key["hidden_size"] = int(head.weight.shape[1] if head is not None else teacher.config.hidden_size)
+        if layers:
+            key["layers"] = [int(i) for i in layers]
+        if values:
+            key["values"] = int(values)
     return key
+
+
+def _files(key: dict[str, Any]) -> tuple[str, ...]:
+    """The ``.npy`` files of a cache with this key."""
+    if key.get("mode") == "topk":
+        return _FILES["topk"]
+    return _FILES["hidden"] + ("layers",) * bool(key.get("layers")) + ("values",) * bool(key.get("values"))
+
+
+def _shapes(key: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Each file's expected shape."""
+    shape = tuple(key["shape"])
+    if key.get("mode") == "topk":
+        return {"values": (*shape, key["topk"]), "ids": (*shape, key["topk"]), "tail": (*shape, 2)}
+    return {"hidden": (*shape, key["hidden_size"]), "layers": (*shape, len(key.get("layers", ())), key["hidden_size"]),
+            "values": (*shape, key.get("values", 0))}
 
 
 def key_digest(key: dict[str, Any]) -> str:
@@ -168,18 +200,14 @@ class TeacherCache:
         if self.mode not in MODES:
             raise TeacherCacheError(f"teacher cache {self.directory} has mode {self.mode!r}, expected one of {MODES}; "
                                     f"delete it to rebuild")
-        self.hidden = self.values = self.ids = self.tail = None
+        self.hidden = self.values = self.ids = self.tail = self.layers = None
         try:
-            for name in _FILES[self.mode]:
+            for name in _files(key):
                 setattr(self, name, np.load(self.directory / f"{name}.npy", mmap_mode="r"))
         except (OSError, ValueError) as e:
             raise TeacherCacheError(f"teacher cache {self.directory} is unreadable ({e}); delete it to rebuild") from e
-        shape = tuple(key["shape"])
-        if self.mode == "hidden":
-            found_shapes, expected = [self.hidden.shape], [(*shape, key["hidden_size"])]
-        else:
-            found_shapes = [self.values.shape, self.ids.shape, self.tail.shape]
-            expected = [(*shape, key["topk"])] * 2 + [(*shape, 2)]
+        found_shapes = [getattr(self, name).shape for name in _files(key)]
+        expected = [_shapes(key)[name] for name in _files(key)]
         if found_shapes != expected:
             raise TeacherCacheError(f"teacher cache {self.directory} holds {' / '.join(map(str, found_shapes))}, "
                                     f"expected {' / '.join(map(str, expected))}; delete it to rebuild")
@@ -211,6 +239,13 @@ class TeacherCache:
         self._require("hidden", "lookup_hidden()")
         idx = np.asarray(index.cpu().numpy(), dtype=np.int64)
         return torch.from_numpy(np.ascontiguousarray(self.hidden[idx]))
+
+    def lookup_features(self, index: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The kept intermediate hidden states [b, L, n, D] and last-layer values [b, L, Dv] (None: not kept)."""
+        self._require("hidden", "lookup_features()")
+        idx = np.asarray(index.cpu().numpy(), dtype=np.int64)
+        return tuple(None if a is None else torch.from_numpy(np.ascontiguousarray(a[idx]))
+                     for a in (self.layers, self.values))
 
 
 def tail_moments(logits: torch.Tensor, topk_idx: torch.Tensor) -> torch.Tensor:
@@ -249,22 +284,44 @@ def _open_arrays(tmp: Path, mode: str, shape: tuple[int, int], key: dict[str, An
         return np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=(*shape, last))
 
     if mode == "hidden":
-        D = int(key["hidden_size"])
-        return {"hidden": arr("hidden", np.float16, D)}, D * 2
+        shapes = _shapes(key)
+        arrays = {name: np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=np.float16,
+                                                  shape=shapes[name]) for name in _files(key)}
+        return arrays, sum(2 * int(np.prod(a.shape[2:])) for a in arrays.values())
     k = int(key["topk"])
     return {"values": arr("values", np.float16, k), "ids": arr("ids", np.int32, k),
             "tail": arr("tail", np.float32, 2)}, k * 6 + 8
 
 
-def _store_batch(teacher: torch.nn.Module, b: torch.Tensor, arrays: dict[str, Any], rows: slice) -> None:
+def _body(teacher: torch.nn.Module, b: torch.Tensor, layers: list[int], values: bool) -> dict[str, torch.Tensor]:
+    """One pass of the teacher's body: its final hidden states, and the kept layers / values when asked."""
+    if not layers and not values:
+        return {"hidden": teacher.base_model(input_ids=b, attention_mask=torch.ones_like(b)).last_hidden_state}
+    from glmd_lib.distill.feature_objective import value_projection
+
+    captured: dict[str, torch.Tensor] = {}
+    hook = (value_projection(teacher).register_forward_hook(lambda m, i, o: captured.__setitem__("values", o))
+            if values else None)
+    try:
+        out = teacher.base_model(input_ids=b, attention_mask=torch.ones_like(b), output_hidden_states=bool(layers))
+    finally:
+        if hook is not None:
+            hook.remove()
+    extra = {"layers": torch.stack([out.hidden_states[i] for i in layers], 2)} if layers else {}
+    return {"hidden": out.last_hidden_state, **extra, **captured}
+
+
+def _store_batch(teacher: torch.nn.Module, b: torch.Tensor, arrays: dict[str, Any], rows: slice,
+                 key: dict[str, Any]) -> None:
     """Run the teacher on blocks ``b`` and write what the cache keeps of it into ``arrays[rows]``."""
     if "hidden" in arrays:
         # only the body: the output layer is applied at train time (kept rows only)
-        h = teacher.base_model(input_ids=b, attention_mask=torch.ones_like(b)).last_hidden_state.to(torch.float16)
-        if not bool(torch.isfinite(h).all()):
-            raise TeacherCacheError(f"the teacher's final hidden states of blocks {rows.start}..{rows.stop - 1} "
-                                    f"exceed the fp16 range; use the top-k cache mode or no cache")
-        arrays["hidden"][rows] = h.cpu().numpy()
+        for name, x in _body(teacher, b, key.get("layers", []), bool(key.get("values"))).items():
+            x = x.to(torch.float16)
+            if not bool(torch.isfinite(x).all()):
+                raise TeacherCacheError(f"the teacher's {name} of blocks {rows.start}..{rows.stop - 1} exceed the "
+                                        f"fp16 range; use the top-k cache mode or no cache")
+            arrays[name][rows] = x.cpu().numpy()
         return
     logits = teacher(input_ids=b, attention_mask=torch.ones_like(b)).logits.float()
     v, i = logits.topk(arrays["values"].shape[-1], dim=-1)
@@ -292,7 +349,7 @@ def build_teacher_cache(teacher: torch.nn.Module, blocks: torch.Tensor, director
         for start in tqdm(range(0, n, batch_size), desc=f"teacher cache ({mode})", disable=not progress):
             b = blocks[start: start + batch_size].to(device)
             with autocast(device, bool(key.get("teacher_bf16"))):
-                _store_batch(teacher, b, arrays, slice(start, start + len(b)))
+                _store_batch(teacher, b, arrays, slice(start, start + len(b)), key)
         while arrays:  # flush and drop every memory map before the directory is renamed into place
             arrays.popitem()[1].flush()
         (tmp / "meta.json").write_text(json.dumps({"key": key, "bytes_per_position": per_pos}, indent=2) + "\n")

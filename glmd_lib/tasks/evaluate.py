@@ -317,8 +317,10 @@ def _fidelity_tasks(specs: list[ModelSpec], tasks: list[str]) -> list[str]:
 def _score(cfg, specs: list[ModelSpec], opts: dict[str, Any], log_fn) -> tuple[pd.DataFrame, dict, dict]:
     """Every model and the majority baseline on the dev examples; teachers and students also on the fidelity
     inputs. Returns (results, details, fidelity inputs)."""
+    # the same sample whatever the run's seed: runs of several seeds are compared on the same inputs (their
+    # spread is then the training's alone), and a shared prediction cache scores the teachers on them once
     unlabeled = fidelity_inputs(cfg.run_dir, _fidelity_tasks(specs, cfg.tasks), cfg.superglue_dir,
-                                cfg.max_fidelity_examples, cfg.seed)
+                                cfg.max_fidelity_examples)
     scored, details = evaluate_models(specs, cfg.tasks, cfg.superglue_dir, cfg.max_eval_examples, log_fn, unlabeled,
                                       **opts)
     majority, maj_details = majority_rows(cfg.tasks, cfg.superglue_dir, cfg.max_eval_examples, seed=cfg.seed,
