@@ -162,7 +162,8 @@ class Stage1Config(StudentShape, StageConfig):
     keep_checkpoints: int = param(2, "keep the last K checkpoints", ge=1)
     resume: bool = param(True, "continue from the last checkpoint in <run_dir>/stage1 if there is one")
     teacher_cache: bool = param(False, "train from a precomputed teacher cache instead of running the teacher's "
-                                       "transformer body each step (what is cached: cache_mode)")
+                                       "transformer body each step (what is cached: cache_mode; tinybert/minilm also keep the teacher "
+                                       "layers they read, or run live where they compare attention probabilities)")
     cache_mode: Literal["hidden", "topk"] = param(
         "hidden", "teacher cache contents: 'hidden' = the teacher's final hidden states (fp16), its output layer's "
                   "kept rows applied at train time: exact at every T; 'topk' = top-k logits + tail mean/std: "

@@ -13,6 +13,8 @@
 4. train with the chunked ``T^2 KL`` loss (:mod:`glmd_lib.distill.losses`) on the resumable trainer
    (:mod:`glmd_lib.trainer`), the teacher's logits made on the fly or from its cached final hidden states
    (exact) or top-k logits (approximate) (:mod:`glmd_lib.distill.teacher`, :mod:`glmd_lib.distill.teacher_cache`);
+   TinyBERT's and MiniLM's losses (``loss``) read the teacher layers they compare from the same cache, except
+   attention probabilities (equal head counts: the live teacher runs);
 5. evaluate on held-out text (:mod:`glmd_lib.distill.heldout`; with a shared ``cache_dir`` the teacher's
    held-out hidden states are kept there, so a comparison's runs pay for that teacher pass once), save ``student/``, ``metrics.json`` and ``curves.png`` (the trainer wrote
    ``history.csv``), and mark the stage complete.
