@@ -82,7 +82,7 @@ def test_the_compare_profile_is_the_issues_grid(tmp_path):
     alone = [p for p in expand("compare", tmp_path, {}, methods=["glmd"]).runs if p.keep_rate == 1.0]
     assert [(p.name, p.params["stage1.use_vocab_map"], p.vocab) for p in alone] == [("glmd-keep1", False, "")]
     vc = next(p for p in main if p.name == "glmd-vc" and p.seed == 0)
-    assert {k: v for k, v in alone[0].params.items()} == vc.params  # why it may stand for the sweep's point
+    assert alone[0].params == vc.params  # why it may stand for the sweep's point
 
 
 @pytest.mark.parametrize("profile", ["demo", "compare"])
