@@ -20,9 +20,12 @@ def build_optimizer(model: nn.Module, c: Any) -> torch.optim.AdamW:
     for p in model.parameters():  # tied weights appear once in .parameters(), so nothing is optimised twice
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
+    # fused: one kernel over every parameter (CPU and CUDA), 0.009 s against the default foreach's 0.042 s per step for
+    # a 4 x 256 student with a 49,152-row output layer (benchmarks/bench_peers.py, "levers"); same update rule
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in decay + no_decay)
     return torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}],
-                             lr=c.lr, betas=tuple(c.betas), eps=c.eps)
+                             lr=c.lr, betas=tuple(c.betas), eps=c.eps, fused=fused or None)
 
 
 def lr_factor(step: int, steps: int, warmup: int = 0, schedule: str = "cosine", floor: float = 0.0,

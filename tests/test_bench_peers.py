@@ -70,7 +70,9 @@ def test_table_and_overhead_line(bench):
     assert "timed out after 600 s" in table[4]
     assert table[3].split()[-4:] == ["290", "7.06", "7.00-7.12", "4.80"]
     line = bench.overhead_line({"teacher_s": 2.0, "student_s": 1.0, "step_s": 3.15})
-    assert "+5.0%" in line and "(full vocabulary)" in line
+    assert "+5.0% (loss step 3.15 s" in line and "(full vocabulary)" in line
+    line = bench.overhead_line({"teacher_s": 2.0, "student_s": 1.0, "step_s": 3.15}, trainer_step_s=3.45)
+    assert "+15.0% (trainer step 3.45 s vs 2.00 + 1.00 s; the loss step alone +5.0%" in line
     assert bench.overhead_line(None).endswith("n/a")
 
 

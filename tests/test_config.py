@@ -80,14 +80,23 @@ def test_every_profile_resolves_for_every_config():
 def test_a_child_profile_is_its_parents_values_plus_its_own():
     """compare starts from demo: a stage without a compare table resolves exactly as under demo; one with a table
     differs only in the keys that table names."""
-    from glmd_lib.config.stages import Stage1Config, VocabConfig
+    from glmd_lib.config.stages import Stage1Config, TeacherConfig, VocabConfig
 
-    demo, comp = (VocabConfig.resolve(p, run_dir="x").to_dict() for p in ("demo", "compare"))
-    assert "compare" not in VocabConfig.profiles and {**demo, "profile": "compare"} == comp
-    own = Stage1Config.profiles["compare"]
-    demo, comp = (Stage1Config.resolve(p, run_dir="x").to_dict() for p in ("demo", "compare"))
-    assert {k for k in demo if demo[k] != comp[k]} == {"profile"} | {k for k in own if own[k] != demo[k]}
+    demo, comp = (TeacherConfig.resolve(p, run_dir="x").to_dict() for p in ("demo", "compare"))
+    assert "compare" not in TeacherConfig.profiles and {**demo, "profile": "compare"} == comp
+    for cls in (Stage1Config, VocabConfig):
+        own = cls.profiles["compare"]
+        demo, comp = (cls.resolve(p, run_dir="x").to_dict() for p in ("demo", "compare"))
+        assert {k for k in demo if demo[k] != comp[k]} == {"profile"} | {k for k in own if own[k] != demo[k]}
     assert Stage1Config.resolve("compare", run_dir="x", steps=7).steps == 7  # explicit parameters still win
+    # the comparison's students stay 4 x 256 over 480 blocks while the demo's is the teacher's width; the vocabulary
+    # stage counts the parameters of the student that stage 1 trains, under either profile
+    for p in ("demo", "compare"):
+        s1, voc = Stage1Config.resolve(p, run_dir="x"), VocabConfig.resolve(p, run_dir="x")
+        assert all(getattr(s1, k) == getattr(voc, k) for k in ("student_layers", "student_hidden", "student_heads",
+                                                               "student_kv_heads", "student_intermediate"))
+    assert Stage1Config.resolve("compare", run_dir="x").student_hidden == 256
+    assert Stage1Config.resolve("demo", run_dir="x").student_hidden == 576
 
 
 def test_profile_names_are_one_list():

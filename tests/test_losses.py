@@ -309,6 +309,37 @@ def test_under_bf16_autocast_the_head_runs_in_bf16_and_the_rest_stays_fp32():
         assert F.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.999
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_bf16_steps_read_bf16_teacher_logits_and_sum_the_weight_gradient_in_fp32(kernel):
+    """Under bf16 autocast: teacher logits handed over in bf16 give bitwise the loss and gradients of the same
+    logits in fp32 (the kernel reads them in fp32 itself), and the output layer's gradient is the fp32 sum over
+    chunks of each chunk's bf16 product, exactly (the buffers made once per step change no value)."""
+    g = torch.Generator().manual_seed(5)
+    h = torch.randn(1, 40, 32, generator=g, requires_grad=True)
+    head = torch.nn.Linear(32, 500, bias=False)
+    t16 = (torch.randn(1, 40, 500, generator=g) * 3).bfloat16().reshape(-1, 500)
+
+    def run(t):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, _ = distill_loss(h, head, lambda sl: t[sl], torch.ones(1, 40), 15.0, chunk=16, kernel=kernel)
+        return loss, torch.autograd.grad(loss, [h, head.weight])
+
+    loss16, grads16 = run(t16)
+    loss32, grads32 = run(t16.float())
+    assert torch.equal(loss16, loss32) and all(torch.equal(a, b) for a, b in zip(grads16, grads32))
+    hb, wb = h.detach().reshape(-1, 32).bfloat16(), head.weight.detach().bfloat16()
+    assert grads16[1].dtype == torch.float32
+    # the buffers: bitwise the fp32 sum, in chunk order, of each chunk's bf16 product (as a plain `+=` makes it)
+    w = torch.zeros(500, 32)
+    bufs, expect = losses._GradBuffers(torch.zeros(40, 32), w, None), torch.zeros(500, 32)
+    for start in range(0, 40, 16):
+        sl = slice(start, start + 16)
+        gc, hc = torch.randn(len(range(40)[sl]), 500, generator=g).bfloat16(), hb[sl]
+        bufs.push(gc, hc, wb, sl)
+        expect += gc.t() @ hc
+    assert torch.equal(bufs.bufs[1], expect)
+
+
 def test_loss_kernel_choice(monkeypatch):
     monkeypatch.delenv("GLMD_LOSS_KERNEL", raising=False)
     assert loss_kernel(None, 1000) == "eager"  # small calls never pay for a compilation

@@ -57,6 +57,27 @@ def test_adam_settings_reach_the_optimizer():
         TrainConfig(steps=5, decay_fraction=0)
 
 
+def test_cpu_adamw_is_fused_and_makes_the_default_update():
+    """One fused kernel on CPU (a lever measured by benchmarks/bench_peers.py); its update is AdamW's."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 4)
+    ref = torch.nn.Linear(6, 4)
+    ref.load_state_dict(model.state_dict())
+    c = TrainConfig(steps=3, lr=1e-2, weight_decay=0.1)
+    opt = build_optimizer(model, c)
+    assert all(g["fused"] for g in opt.param_groups)
+    plain = torch.optim.AdamW([{"params": [ref.weight], "weight_decay": 0.1}, {"params": [ref.bias], "weight_decay": 0.0}],
+                              lr=1e-2, foreach=False)
+    x = torch.randn(5, 6)
+    for _ in range(3):
+        for m, o in ((model, opt), (ref, plain)):
+            o.zero_grad()
+            m(x).square().sum().backward()
+            o.step()
+    for a, b in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
 def test_paper_profiles_hold_the_authors_settings(tmp_path):
     s1 = Stage1Config.resolve(profile="paper", run_dir=str(tmp_path))
     assert (s1.adam_beta2, s1.adam_eps, s1.lr_floor, s1.decay_fraction) == (0.98, 1e-6, 0.05, 0.8)

@@ -152,6 +152,7 @@ class _GradBuffers:
     def __init__(self, hidden: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None):
         self.bufs = [torch.zeros_like(hidden), None if weight is None else torch.zeros_like(weight),
                      None if bias is None else torch.zeros_like(bias)]
+        self.product = self.widened = None  # the weight-sized buffers of a bf16 step, allocated at its first chunk
 
     def push(self, g: torch.Tensor, h: torch.Tensor, w: torch.Tensor | None, sl: slice) -> None:
         """A chunk's logit gradient ``g`` goes straight through the output layer ``w`` (same dtype as ``g``
@@ -165,7 +166,13 @@ class _GradBuffers:
             g_weight.addmm_(g.t(), h)
         else:
             g_hidden[sl] += g @ w
-            g_weight += g.t() @ h
+            # The weight's gradient [V, D] in bf16, widened and added to the fp32 sum through two buffers made once
+            # per step: a mixed-dtype ``+=`` makes a fresh fp32 temporary of the weight's size at every chunk,
+            # and the page faults of that allocation cost several times the add (measured in benchmarks/bench_peers.py).
+            if self.product is None:
+                self.product = torch.empty_like(g_weight, dtype=g.dtype)
+                self.widened = torch.empty_like(g_weight)
+            g_weight += self.widened.copy_(torch.mm(g.t(), h, out=self.product))
         if g_bias is not None:
             g_bias += g.sum(0, dtype=g_bias.dtype)
 

@@ -24,7 +24,10 @@ logits: :class:`TeacherScores`.
 
 Precision. Each producer runs under :func:`glmd_lib.device.autocast` with the teacher's own setting
 (``teacher_bf16``), which *disables* autocast when that setting is off: the loss is called inside the
-trainer's autocast region (bf16 on CUDA), and a teacher asked for fp32 must stay fp32 there.
+trainer's autocast region (bf16 on CUDA), and a teacher asked for fp32 must stay fp32 there. A chunk's logits
+come back in the dtype the head made them in (bf16 from a bf16 teacher: exactly representable in fp32): the
+loss kernel reads them in fp32 itself, so no fp32 copy of the chunk is written (at 256 positions x 49,152 tokens
+that copy is a fresh 50 MB allocation, whose page faults cost more than the conversion).
 """
 from __future__ import annotations
 
@@ -85,7 +88,7 @@ class TeacherRunner:
                 kept = vocab_map.kept_ids.to(w.device)
                 w = w.index_select(0, kept)
                 b = None if b is None else b.detach().index_select(0, kept)
-                self.target = _as_fp32
+                self.target = _as_computed
             self.head_w, self.head_b = (w.to(torch.bfloat16) if self.bf16 and bf16_weights else w), b
         self.module = teacher if self.head_w is None else teacher.base_model
         self.weights = bf16_linear_weights(self.module) if self.bf16 and bf16_weights else {}
@@ -130,8 +133,9 @@ def bf16_linear_weights(module: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _as_fp32(t: torch.Tensor) -> torch.Tensor:
-    return t.float()
+def _as_computed(t: torch.Tensor) -> torch.Tensor:
+    """The kept logits as the head computed them (the loss reads them in fp32; see the module docstring)."""
+    return t
 
 
 def _needs_kept_rows_only(vocab_map: VocabMap | None) -> bool:
@@ -139,22 +143,22 @@ def _needs_kept_rows_only(vocab_map: VocabMap | None) -> bool:
 
 
 def target_fn(vocab_map: VocabMap | None, temperature: float | None):
-    """Teacher logits over all ``V`` tokens -> the fp32 target logits over the student's rows (the map's
-    ``pruned_mass``; ``substitute`` needs the loss temperature)."""
+    """Teacher logits over all ``V`` tokens -> the target logits over the student's rows (the map's
+    ``pruned_mass``; ``substitute`` needs the loss temperature and computes in fp32; the others keep the dtype)."""
     if vocab_map is None or vocab_map.is_identity:
-        return _as_fp32
+        return _as_computed
     if vocab_map.pruned_mass == "substitute":
         if temperature is None or temperature <= 0:
             raise LossError(f"pruned_mass='substitute' adds the pruned tokens' probability at the loss temperature: "
                             f"pass the loss's temperature (> 0), got {temperature}")
         return lambda t: vocab_map.target_logits(t.float(), temperature)
-    return lambda t: vocab_map.restrict_logits(t).float()
+    return vocab_map.restrict_logits
 
 
-def _head_fn(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, bf16: bool, target=_as_fp32
+def _head_fn(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, bf16: bool, target=_as_computed
              ) -> TeacherFn:
     """Chunk logits ``target(h[sl] @ weight.T (+ bias))``: the matmul in fp32, or under bf16 autocast when the
-    teacher runs in bf16; the target (a log-sum-exp over groups for ``substitute``) always in fp32."""
+    teacher runs in bf16 (the logits then stay bf16); the ``substitute`` target (a log-sum-exp over groups) in fp32."""
     def fn(sl: slice) -> torch.Tensor:
         with torch.no_grad():
             with autocast(weight.device, bf16):
@@ -168,7 +172,7 @@ def _head_fn(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, b
 # --------------------------------------------------------------------------------------------
 
 def hidden_teacher_fn(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                      bf16: bool = False, target=_as_fp32) -> TeacherFn:
+                      bf16: bool = False, target=_as_computed) -> TeacherFn:
     """A ``teacher_fn`` from cached hidden states [..., D] and the head's rows.
 
     ``weight`` [K, D] (and ``bias`` [K]) are the teacher's output-layer rows the runner uses and ``target`` its
