@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from glmd_lib.config.base import ConfigError, StageConfig, check_value, param
-from glmd_lib.config.shared import (ALL_TASKS, COMPARE_STUDENT, CORE_TASKS, DEMO_STUDENT, DEMO_TEACHER, PAPER_SEQ_LEN, PAPER_STUDENT,
-                                    PAPER_TASK_EPOCHS, SMOKE_TEACHER, SelectionSplit, StudentShape, TaskList, shared_param,
-                                    superglue_dir_param, teacher_param)
+from glmd_lib.config.shared import (ALL_TASKS, COMPARE_STUDENT, CORE_TASKS, DEMO_STUDENT, DEMO_TEACHER,
+                                    PAPER_SEQ_LEN, PAPER_STUDENT, PAPER_TASK_EPOCHS, SMOKE_TEACHER, SelectionSplit,
+                                    StudentShape, TaskList, shared_param, superglue_dir_param, teacher_param)
 from glmd_lib.superglue.data import TASKS
 
 @dataclass

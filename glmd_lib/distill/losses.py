@@ -167,8 +167,9 @@ class _GradBuffers:
         else:
             g_hidden[sl] += g @ w
             # The weight's gradient [V, D] in bf16, widened and added to the fp32 sum through two buffers made once
-            # per step: a mixed-dtype ``+=`` makes a fresh fp32 temporary of the weight's size at every chunk,
-            # and the page faults of that allocation cost several times the add (measured in benchmarks/bench_peers.py).
+            # per step: a mixed-dtype ``+=`` makes a fresh fp32 temporary of the weight's size at every chunk, and
+            # above glibc's 32 MB mmap threshold each is new pages, whose faults cost several times the add
+            # (docs/benchmarks.md, "Peers", 2026-12-03).
             if self.product is None:
                 self.product = torch.empty_like(g_weight, dtype=g.dtype)
                 self.widened = torch.empty_like(g_weight)
