@@ -115,9 +115,11 @@ def overhead_line(c: dict | None, trainer_step_s: float | None = None) -> str:
     if not c:
         return "step overhead over teacher forward + student forward/backward (full vocabulary): n/a"
     parts = c["teacher_s"] + c["student_s"]
-    step = trainer_step_s if trainer_step_s is not None else c["step_s"]
-    which = "trainer step" if trainer_step_s is not None else "loss step"
-    alone = f"; the loss step alone {100 * (c['step_s'] / parts - 1):+.1f}%" if trainer_step_s is not None else ""
+    if trainer_step_s is None:
+        step, which, alone = c["step_s"], "loss step", ""
+    else:
+        alone = f"; the loss step alone {100 * (c['step_s'] / parts - 1):+.1f}%"
+        step, which = trainer_step_s, "trainer step"
     return (f"step overhead over teacher forward + student forward/backward (full vocabulary): "
             f"{100 * (step / parts - 1):+.1f}% ({which} {step:.2f} s vs {c['teacher_s']:.2f} + "
             f"{c['student_s']:.2f} s{alone}; target <= +10%)")

@@ -327,8 +327,8 @@ def test_bf16_steps_read_bf16_teacher_logits_and_sum_the_weight_gradient_in_fp32
     loss16, grads16 = run(t16)
     loss32, grads32 = run(t16.float())
     assert torch.equal(loss16, loss32) and all(torch.equal(a, b) for a, b in zip(grads16, grads32))
-    hb, wb = h.detach().reshape(-1, 32).bfloat16(), head.weight.detach().bfloat16()
     assert grads16[1].dtype == torch.float32
+    hb, wb = h.detach().reshape(-1, 32).bfloat16(), head.weight.detach().bfloat16()
     # the buffers: bitwise the fp32 sum, in chunk order, of each chunk's bf16 product (as a plain `+=` makes it)
     w = torch.zeros(500, 32)
     bufs, expect = losses._GradBuffers(torch.zeros(40, 32), w, None), torch.zeros(500, 32)

@@ -66,8 +66,8 @@ def test_cpu_adamw_is_fused_and_makes_the_default_update():
     c = TrainConfig(steps=3, lr=1e-2, weight_decay=0.1)
     opt = build_optimizer(model, c)
     assert all(g["fused"] for g in opt.param_groups)
-    plain = torch.optim.AdamW([{"params": [ref.weight], "weight_decay": 0.1}, {"params": [ref.bias], "weight_decay": 0.0}],
-                              lr=1e-2, foreach=False)
+    plain = torch.optim.AdamW([{"params": [ref.weight], "weight_decay": 0.1},
+                               {"params": [ref.bias], "weight_decay": 0.0}], lr=1e-2, foreach=False)
     x = torch.randn(5, 6)
     for _ in range(3):
         for m, o in ((model, opt), (ref, plain)):

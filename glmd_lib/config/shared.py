@@ -22,8 +22,9 @@ PAPER_STUDENT = {"student_layers": 19, "student_hidden": 576, "student_heads": 9
 # The demo's student: SmolLM2-135M's own width, heads and MLP with 4 of its layers (copied by stage 1's
 # init="teacher") and the kept vocabulary, 28.3M parameters (21% of the teacher). Measured on 2026-12-03 (2 cores
 # with bf16 units, 300 stage-1 steps over 960 cached blocks, T = 1): held-out top-1 agreement with the teacher
-# 0.350 [0.327, 0.369] and perplexity 387 [318, 485], where the earlier 4 x 256 student (7.4M, embeddings projected,
-# layers random; 480 blocks) reached 0.251 [0.234, 0.266] and 690 [565, 869]. Shared by the vocabulary stage and stage 1.
+# 0.350 [0.327, 0.369] and perplexity 387 [318, 485] (n = 64 held-out blocks), where the earlier 4 x 256 student
+# (7.4M, embeddings projected, layers random; 480 blocks; 2026-12-02, no bf16) reached 0.251 [0.234, 0.266] and
+# 690 [565, 869]. Shared by the vocabulary stage and stage 1.
 DEMO_STUDENT = {"student_hidden": 576, "student_heads": 9, "student_kv_heads": 3, "student_intermediate": 1536}
 # glmd compare's students stay at 4 x 256 (the defaults): some 40 of them are trained within its 2-hour budget.
 COMPARE_STUDENT = {"student_hidden": 256, "student_heads": 4, "student_kv_heads": None, "student_intermediate": None}
